@@ -1,0 +1,75 @@
+// Command pullcache is a registry mirror sidecar for CI runners: it serves
+// a local OCI registry from a shared cache volume and admits every upstream
+// pull through one budget, so a fleet of jobs never trips Docker Hub's rate
+// limit.
+//
+//	pullcache serve [flags]     run the mirror (defaults need no flags)
+//	pullcache stats [--addr]    print a running mirror's counters
+//	pullcache version           print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "pullcache:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+var errUsage = errors.New("usage")
+
+const usage = `pullcache: a registry mirror sidecar for CI runners
+
+Usage:
+  pullcache serve [flags]   run the mirror (see 'pullcache serve -h')
+  pullcache stats [flags]   print a running mirror's counters
+  pullcache version         print the version
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stderr)
+	case "stats":
+		return stats(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "pullcache", versionString())
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "pullcache: unknown command %q\n\n%s", args[0], usage)
+	return errUsage
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// serveConfig is everything `pullcache serve` takes. Its zero flags give the
+// embedded default configuration: loopback on :5000, the built-in upstreams,
+// docker.io as the default.
+type serveConfig struct {
+	listen          string
+	dir             string
+	upstreams       listFlag
+	defaultUpstream string
+	tagTTL          time.Duration
+	maxManifest     sizeFlag
+	logLevel        string
+	logFormat       string
+}
+
+func defaultDir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "pullcache")
+	}
+	return filepath.Join(os.TempDir(), "pullcache")
+}
+
+func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("pullcache serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:5000", "address to serve on; loopback by default, anything wider is your explicit choice")
+	fs.StringVar(&cfg.dir, "dir", defaultDir(), "cache directory (the shared volume)")
+	fs.Var(&cfg.upstreams, "upstream", "mirrored registry as NAME=URL (repeatable, e.g. docker.io=https://registry-1.docker.io); none given: the built-in set")
+	fs.StringVar(&cfg.defaultUpstream, "default-upstream", "docker.io", "upstream for requests that name no registry (dockerd's registry-mirrors); empty for none")
+	fs.DurationVar(&cfg.tagTTL, "tag-ttl", 10*time.Minute, "serve a tag this long with no upstream contact, then revalidate it with a HEAD")
+	cfg.maxManifest = 4 << 20
+	fs.Var(&cfg.maxManifest, "max-manifest-size", "largest manifest accepted, pushed or fetched (e.g. 4MiB)")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: pullcache serve [flags]\n\nEvery flag can also be set as PULLCACHE_<FLAG> (e.g. PULLCACHE_LISTEN, PULLCACHE_UPSTREAM=a=URL,b=URL).\nUpstream credentials: PULLCACHE_AUTH_<REGISTRY>=user:token (e.g. PULLCACHE_AUTH_DOCKER_IO), or a Docker config file.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	var cfg serveConfig
+	fs := serveFlags(&cfg, stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve takes no arguments, got %q", fs.Args())
+	}
+	if err := applyEnv(fs); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, cfg.logLevel, cfg.logFormat)
+	if err != nil {
+		return err
+	}
+
+	regs, err := upstreamRegistries(cfg.upstreams)
+	if err != nil {
+		return err
+	}
+	var clients []*upstream.Client
+	for _, reg := range regs {
+		c, err := upstream.NewClient(reg, upstream.Options{UserAgent: "pullcache/" + versionString()})
+		if err != nil {
+			return err
+		}
+		clients = append(clients, c)
+	}
+
+	store, err := cachestore.Open(cachestore.Options{Dir: cfg.dir})
+	if err != nil {
+		return fmt.Errorf("opening cache %s: %w", cfg.dir, err)
+	}
+	defer store.Close()
+
+	srv, err := sidecar.New(sidecar.Options{
+		Store:           store,
+		Upstreams:       clients,
+		DefaultUpstream: cfg.defaultUpstream,
+		TagTTL:          cfg.tagTTL,
+		MaxManifestSize: int64(cfg.maxManifest),
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return err
+	}
+	if !isLoopback(ln.Addr()) {
+		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror", "addr", ln.Addr().String())
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", strings.Join(srv.UpstreamNames(), ","), "default", cfg.defaultUpstream, "version", versionString())
+
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(shutCtx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-shutCtx.Done():
+		log.Warn("blob fills still running at shutdown; their temp files are cleaned at next start")
+	}
+	return nil
+}
+
+// upstreamRegistries turns --upstream values into registries; none given
+// means the built-in set. A value naming a built-in registry without URL
+// keeps its public endpoint.
+func upstreamRegistries(values []string) ([]upstream.Registry, error) {
+	if len(values) == 0 {
+		return upstream.Builtin(), nil
+	}
+	seen := map[string]bool{}
+	var out []upstream.Registry
+	for _, v := range values {
+		reg, err := upstream.ParseRegistry(v)
+		if err != nil {
+			return nil, err
+		}
+		if seen[reg.Name] {
+			return nil, fmt.Errorf("upstream %s given twice", reg.Name)
+		}
+		seen[reg.Name] = true
+		out = append(out, reg)
+	}
+	return out, nil
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

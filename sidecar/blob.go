@@ -1,0 +1,300 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/route"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// getBlob serves GET/HEAD of a blob: from the store (with Range, via
+// http.ServeContent), else by following a fill from the upstream.
+func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Request) {
+	f, info, err := s.store.OpenBlob(req.Digest)
+	if err == nil {
+		defer f.Close()
+		s.stats.BlobHits.Add(1)
+		h := w.Header()
+		h.Set("Docker-Content-Digest", req.Digest.String())
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("Etag", `"`+req.Digest.String()+`"`)
+		h.Set("Cache-Control", "max-age=31536000, immutable")
+		cw := &countingWriter{ResponseWriter: w}
+		http.ServeContent(cw, r, "", time.Time{}, f)
+		s.stats.BytesServed.Add(cw.n)
+		_ = info
+		return
+	}
+	if !errors.Is(err, cachestore.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	up, err := s.mirrorFor(req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if up == nil {
+		s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is unknown", req.Digest))
+		return
+	}
+	if r.Method == http.MethodHead {
+		s.headBlobUpstream(w, r, req, up)
+		return
+	}
+	s.stats.BlobMisses.Add(1)
+	fill, joined := s.joinFill(up, req.Repo, req.Digest)
+	if joined {
+		s.stats.CoalescedWaiters.Add(1)
+	}
+	s.followFill(w, r, req, fill)
+}
+
+// headBlobUpstream answers a HEAD for a blob we lack: from a fill in progress
+// if there is one, else with an (uncounted) upstream HEAD. A HEAD never
+// starts a download.
+func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client) {
+	var size int64 = -1
+	s.fillMu.Lock()
+	f := s.fills[req.Digest.String()]
+	s.fillMu.Unlock()
+	if f != nil {
+		select {
+		case <-f.ready:
+			if f.err == nil {
+				size = f.size
+			}
+		default:
+		}
+	}
+	if size < 0 {
+		ns := up.Registry().Name
+		resp, err := up.Blob(r.Context(), http.MethodHead, req.Repo, req.Digest, 0)
+		s.countUpstream(ns, "blob_head", resp, err)
+		if err != nil {
+			s.fail(w, r, upstreamFailure(ns, err))
+			return
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			s.fail(w, r, upstreamStatus(ns, resp, apierr.BlobUnknown, "blob "+req.Digest.String()))
+			return
+		}
+		size = resp.ContentLength
+	}
+	h := w.Header()
+	h.Set("Docker-Content-Digest", req.Digest.String())
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Accept-Ranges", "bytes")
+	if size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// followFill streams a fill in progress to one client. The final bytes are
+// released only after the store verified the digest, so a client never
+// receives a complete-looking body whose digest is wrong; any failure after
+// the headers went out aborts the connection, so it cannot mistake a short
+// body for a whole one either.
+func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Request, f *blobFill) {
+	select {
+	case <-f.ready:
+	case <-r.Context().Done():
+		return
+	}
+	if f.err != nil {
+		s.fail(w, r, f.err)
+		return
+	}
+	rc, err := f.writer.Follow()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer rc.Close()
+
+	h := w.Header()
+	h.Set("Docker-Content-Digest", req.Digest.String())
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Accept-Ranges", "bytes")
+
+	var body io.Reader = rc
+	status := http.StatusOK
+	if f.size >= 0 {
+		start, end, partial, ok := parseRange(r.Header.Get("Range"), f.size)
+		if !ok {
+			h.Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
+			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", r.Header.Get("Range"), f.size))
+			return
+		}
+		body = &verifiedTail{r: rc, remaining: f.size}
+		if partial {
+			if _, err := io.CopyN(io.Discard, body, start); err != nil {
+				s.fail(w, r, apierr.Wrap(apierr.Unavailable, err, "fill of %s failed", req.Digest))
+				return
+			}
+			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, f.size))
+			body = io.LimitReader(body, end-start+1)
+			status = http.StatusPartialContent
+			h.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
+		} else {
+			h.Set("Content-Length", strconv.FormatInt(f.size, 10))
+		}
+	}
+	w.WriteHeader(status)
+	cw := &countingWriter{ResponseWriter: w}
+	_, err = copyFlushing(cw, body)
+	s.stats.BytesServed.Add(cw.n)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client left; the fill goes on for the others
+		}
+		s.log.Warn("aborting blob response: fill failed", "digest", req.Digest, "err", err)
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// verifiedTail passes a follower's bytes through but holds back the last
+// read until the follower reported io.EOF, which the store sends only after
+// the blob was verified and committed.
+type verifiedTail struct {
+	r         io.Reader
+	remaining int64
+	probe     [1]byte
+}
+
+func (v *verifiedTail) Read(p []byte) (int, error) {
+	if v.remaining <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > v.remaining {
+		p = p[:v.remaining]
+	}
+	n, err := v.r.Read(p)
+	v.remaining -= int64(n)
+	if v.remaining == 0 && err == nil {
+		// All bytes are in p; release them only once verified.
+		m, perr := v.r.Read(v.probe[:])
+		for m == 0 && perr == nil {
+			m, perr = v.r.Read(v.probe[:])
+		}
+		if perr != io.EOF {
+			if perr == nil {
+				perr = errors.New("blob is longer than announced")
+			}
+			return 0, perr
+		}
+		return n, io.EOF
+	}
+	if err == io.EOF && v.remaining > 0 {
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// parseRange handles the single-range form clients use ("bytes=N-",
+// "bytes=N-M", "bytes=-N"). No header: the whole body. ok is false for a
+// malformed or unsatisfiable range.
+func parseRange(v string, size int64) (start, end int64, partial, ok bool) {
+	if v == "" {
+		return 0, size - 1, false, true
+	}
+	spec, found := strings.CutPrefix(v, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, 0, false, false
+	}
+	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
+	if !found {
+		return 0, 0, false, false
+	}
+	switch {
+	case a == "": // suffix: last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 {
+			return 0, 0, false, false
+		}
+		if n > size {
+			n = size
+		}
+		return size - n, size - 1, true, size > 0
+	default:
+		s, err := strconv.ParseInt(a, 10, 64)
+		if err != nil || s < 0 || s >= size {
+			return 0, 0, false, false
+		}
+		e := size - 1
+		if b != "" {
+			e, err = strconv.ParseInt(b, 10, 64)
+			if err != nil || e < s {
+				return 0, 0, false, false
+			}
+			if e >= size {
+				e = size - 1
+			}
+		}
+		return s, e, true, true
+	}
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// copyFlushing copies and flushes after each chunk so clients see bytes as
+// the upstream delivers them, not when a buffer fills.
+func copyFlushing(w *countingWriter, r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	rc := http.NewResponseController(w.ResponseWriter)
+	var total int64
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			wn, werr := w.Write(buf[:n])
+			total += int64(wn)
+			if werr != nil {
+				return total, werr
+			}
+			_ = rc.Flush()
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, req route.Request) {
+	if req.Registry != "" && s.upstreams[req.Registry] != nil {
+		s.fail(w, r, apierr.New(apierr.Unsupported, "mirrored content of %s is read-only", req.Registry))
+		return
+	}
+	if err := s.store.DeleteBlob(req.Digest); err != nil {
+		if errors.Is(err, cachestore.ErrNotFound) {
+			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is unknown", req.Digest))
+			return
+		}
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}

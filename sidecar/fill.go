@@ -1,0 +1,243 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// A blobFill is one download of a blob from upstream into the store. Every
+// client asking for the blob while it runs follows it: they read the bytes
+// from the store's temp file as they arrive, so N clients cost one upstream
+// GET and no extra memory.
+type blobFill struct {
+	digest v1.Hash
+
+	// ready is closed once the upstream answered: either writer and size
+	// are set, or err is.
+	ready  chan struct{}
+	writer *cachestore.BlobWriter
+	size   int64 // -1 if the upstream did not say
+	err    error
+
+	// done is closed when the fill has committed or failed for good.
+	done chan struct{}
+}
+
+// maxFillAttempts bounds how often one fill resumes after upstream drops.
+const maxFillAttempts = 6
+
+// joinFill returns the fill in progress for d, starting one if there is none.
+func (s *Server) joinFill(up *upstream.Client, repo string, d v1.Hash) (f *blobFill, joined bool) {
+	key := d.String()
+	s.fillMu.Lock()
+	defer s.fillMu.Unlock()
+	if f := s.fills[key]; f != nil {
+		return f, true
+	}
+	f = &blobFill{digest: d, ready: make(chan struct{}), done: make(chan struct{}), size: -1}
+	s.fills[key] = f
+	s.fillWG.Add(1)
+	go s.runFill(f, up, repo)
+	return f, false
+}
+
+// runFill downloads the blob, resuming with Range when the upstream drops the
+// connection, and commits it only after the store verified digest and size.
+// It runs under its own context: no client's disconnect cancels it.
+func (s *Server) runFill(f *blobFill, up *upstream.Client, repo string) {
+	defer s.fillWG.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), s.opts.FillTimeout)
+	defer cancel()
+	err := s.fill(ctx, f, up, repo)
+	if err != nil {
+		if f.writer != nil {
+			f.writer.Abort(err)
+		}
+		s.log.Warn("blob fill failed", "upstream", up.Registry().Name, "repo", repo, "digest", f.digest, "err", err)
+	}
+	s.fillMu.Lock()
+	delete(s.fills, f.digest.String())
+	s.fillMu.Unlock()
+	if f.writer == nil {
+		f.err = err
+		close(f.ready)
+	}
+	close(f.done)
+}
+
+func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, repo string) error {
+	ns := up.Registry().Name
+	var lastErr error
+	for attempt := 0; attempt < maxFillAttempts; attempt++ {
+		if attempt > 0 {
+			s.stats.FillResumes.Add(1)
+			if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+				return fmt.Errorf("giving up after %w (last: %w)", err, lastErr)
+			}
+		}
+		var offset int64
+		if f.writer != nil {
+			offset = f.writer.Written()
+		}
+		resp, err := up.Blob(ctx, http.MethodGet, repo, f.digest, offset)
+		s.countUpstream(ns, "blob_get", resp, err)
+		if err != nil {
+			lastErr = upstreamFailure(ns, err)
+			continue
+		}
+		body, err := s.positionBody(ns, resp, offset)
+		if err != nil {
+			resp.Body.Close()
+			if retryable(err) {
+				lastErr = err
+				continue
+			}
+			return err
+		}
+		if f.writer == nil {
+			size := resp.ContentLength
+			if resp.StatusCode == http.StatusPartialContent {
+				size = -1
+			}
+			w, err := s.store.NewBlobWriter(f.digest, size)
+			if err != nil {
+				resp.Body.Close()
+				return err
+			}
+			f.writer, f.size = w, size
+			close(f.ready)
+		}
+		n, copyErr := copyToWriter(f.writer, body)
+		resp.Body.Close()
+		s.stats.BytesUpstream.Add(n)
+		var we *writeError
+		if errors.As(copyErr, &we) {
+			return we.err // the store refused bytes (size exceeded, disk): not the upstream's fault
+		}
+		if copyErr != nil {
+			lastErr = fmt.Errorf("upstream %s dropped %s after %d bytes: %w", ns, f.digest, f.writer.Written(), copyErr)
+			continue
+		}
+		if f.size >= 0 && f.writer.Written() < f.size {
+			lastErr = fmt.Errorf("upstream %s ended %s early at %d of %d bytes", ns, f.digest, f.writer.Written(), f.size)
+			continue
+		}
+		if _, err := f.writer.Commit(); err != nil {
+			if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
+				return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
+			}
+			return err
+		}
+		return nil
+	}
+	return lastErr
+}
+
+// positionBody checks the upstream's answer to a (possibly ranged) blob GET
+// and returns a body that starts at offset.
+func (s *Server) positionBody(ns string, resp *http.Response, offset int64) (io.Reader, error) {
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if offset > 0 {
+			// The upstream ignored Range: skip what we already have.
+			if _, err := io.CopyN(io.Discard, resp.Body, offset); err != nil {
+				return nil, fmt.Errorf("skipping to resume offset %d: %w", offset, err)
+			}
+		}
+		return resp.Body, nil
+	case http.StatusPartialContent:
+		if start := contentRangeStart(resp.Header.Get("Content-Range")); start != offset {
+			return nil, apierr.New(apierr.UpstreamError, "upstream resumed at byte %d, asked for %d", start, offset)
+		}
+		return resp.Body, nil
+	default:
+		return nil, upstreamStatus(ns, resp, apierr.BlobUnknown, "blob")
+	}
+}
+
+// retryable reports whether a fill attempt's failure may go away on retry:
+// transport failures and 5xx, not 404, denials or throttling (retrying a
+// 429 is exactly the storm pullcache exists to prevent).
+func retryable(err error) bool {
+	switch apierr.StatusOf(err) {
+	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout, http.StatusInternalServerError:
+		return true
+	}
+	var ae *apierr.Error
+	return !errors.As(err, &ae)
+}
+
+func contentRangeStart(v string) int64 {
+	v = strings.TrimPrefix(v, "bytes ")
+	start, _, _ := strings.Cut(v, "-")
+	n, err := strconv.ParseInt(start, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// writeError marks a failure on the store side of a copy.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
+
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// copyToWriter copies like io.Copy but tells read failures (upstream) from
+// write failures (store) apart.
+func copyToWriter(w io.Writer, r io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	var total int64
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			wn, werr := w.Write(buf[:n])
+			total += int64(wn)
+			if werr != nil {
+				return total, &writeError{werr}
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+func backoff(attempt int) time.Duration {
+	d := 100 * time.Millisecond << (attempt - 1)
+	if d > 3*time.Second {
+		d = 3 * time.Second
+	}
+	return d
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,416 @@
+package sidecar
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/route"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// manifest is a manifest ready to serve.
+type manifest struct {
+	rec  cachestore.ManifestRecord
+	body []byte
+	// stale is set when the tag mapping could not be revalidated because
+	// the upstream failed, and the last good copy is served instead.
+	stale bool
+}
+
+// getManifest serves GET/HEAD of a manifest: local namespace first, then the
+// store by digest, then the mirrored upstream.
+func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, req route.Request) {
+	m, err := s.findManifest(r.Context(), req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if !acceptable(r, m.rec.MediaType) {
+		// An old client that takes no index gets the image for this
+		// host's platform, as distribution does.
+		m, err = s.platformManifest(r.Context(), req, m)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	writeManifest(w, r, m)
+}
+
+func (s *Server) findManifest(ctx context.Context, req route.Request) (manifest, error) {
+	if req.HasDigest() {
+		// Content-addressed: whoever put it there, the bytes are these.
+		if m, err := s.storedManifest(req.Digest); err == nil {
+			s.stats.ManifestHits.Add(1)
+			return m, nil
+		} else if !errors.Is(err, cachestore.ErrNotFound) {
+			return manifest{}, err
+		}
+	} else if tr, err := s.store.GetTag(LocalNamespace, s.localRepo(req), req.Tag); err == nil {
+		m, err := s.storedManifest(tr.Digest)
+		if err == nil {
+			s.stats.ManifestHits.Add(1)
+		}
+		return m, err
+	} else if !errors.Is(err, cachestore.ErrNotFound) {
+		return manifest{}, err
+	}
+	up, err := s.mirrorFor(req)
+	if err != nil {
+		return manifest{}, err
+	}
+	if up == nil {
+		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s:%s is not in the local namespace and no default upstream is configured", req.Repo, req.Reference())
+	}
+	return s.mirrorManifest(ctx, up, req)
+}
+
+func (s *Server) storedManifest(d v1.Hash) (manifest, error) {
+	rec, body, err := s.store.GetManifest(d)
+	if err != nil {
+		if errors.Is(err, cachestore.ErrNotFound) {
+			return manifest{}, apierr.Wrap(apierr.ManifestUnknown, err, "manifest %s is unknown", d)
+		}
+		return manifest{}, err
+	}
+	return manifest{rec: rec, body: body}, nil
+}
+
+// mirrorManifest serves a manifest of a mirrored upstream: digests from the
+// store forever, fresh tags with no upstream contact, stale tags after a
+// HEAD, misses with one coalesced GET.
+func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req route.Request) (manifest, error) {
+	ns := up.Registry().Name
+	repo := up.Registry().NormalizeRepo(req.Repo)
+	if req.HasDigest() {
+		d := req.Digest
+		return s.coalesce(ctx, "m|"+ns+"|"+d.String(), func(ctx context.Context) (manifest, error) {
+			// The store may have gained it while this call waited its turn.
+			if m, err := s.storedManifest(d); err == nil {
+				return m, nil
+			}
+			s.stats.ManifestMisses.Add(1)
+			return s.fetchManifest(ctx, up, repo, d.String(), &d)
+		})
+	}
+	tag := req.Tag
+	tr, err := s.store.GetTag(ns, repo, tag)
+	if err == nil {
+		cached, cerr := s.storedManifest(tr.Digest)
+		if cerr == nil {
+			if s.opts.Now().Sub(tr.CheckedAt) < s.opts.TagTTL {
+				s.stats.ManifestHits.Add(1)
+				return cached, nil
+			}
+			m, err := s.coalesce(ctx, "r|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
+				return s.revalidate(ctx, up, repo, tag, tr, cached)
+			})
+			if err != nil && staleAllowed(err) {
+				s.stats.StaleServed.Add(1)
+				s.log.Warn("upstream failed; serving last good copy of tag", "upstream", ns, "repo", repo, "tag", tag, "err", err)
+				cached.stale = true
+				return cached, nil
+			}
+			return m, err
+		}
+	} else if !errors.Is(err, cachestore.ErrNotFound) {
+		return manifest{}, err
+	}
+	return s.coalesce(ctx, "t|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
+		s.stats.ManifestMisses.Add(1)
+		return s.fetchManifest(ctx, up, repo, tag, nil)
+	})
+}
+
+// staleAllowed reports whether a failed revalidation may fall back to the
+// cached copy: the upstream throttled, failed or could not be reached. A 404
+// or a denial is an answer, not a failure.
+func staleAllowed(err error) bool {
+	switch apierr.StatusOf(err) {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout, http.StatusInternalServerError:
+		return true
+	}
+	return false
+}
+
+// coalesce runs fn once per key however many requests ask at once; every
+// waiter gets the same result or the same error. fn runs detached from any
+// one client's context, so a client hanging up does not fail the others.
+func (s *Server) coalesce(ctx context.Context, key string, fn func(context.Context) (manifest, error)) (manifest, error) {
+	ch := s.manifestFlight.DoChan(key, func() (any, error) {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ManifestTimeout)
+		defer cancel()
+		return fn(fctx)
+	})
+	select {
+	case res := <-ch:
+		if res.Shared {
+			s.stats.CoalescedWaiters.Add(1)
+		}
+		if res.Err != nil {
+			return manifest{}, res.Err
+		}
+		return res.Val.(manifest), nil
+	case <-ctx.Done():
+		return manifest{}, ctx.Err()
+	}
+}
+
+// revalidate checks a stale tag with a HEAD (which Docker Hub does not
+// count) and fetches by digest only when the tag moved.
+func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag string, tr cachestore.TagRecord, cached manifest) (manifest, error) {
+	ns := up.Registry().Name
+	s.stats.Revalidations.Add(1)
+	resp, err := up.Manifest(ctx, http.MethodHead, repo, tag)
+	s.countUpstream(ns, "manifest_head", resp, err)
+	if err != nil {
+		return manifest{}, upstreamFailure(ns, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		if resp.StatusCode == http.StatusNotFound {
+			// The tag is gone upstream: forget it rather than serve a
+			// mapping the upstream no longer has.
+			_ = s.store.DeleteTag(ns, repo, tag)
+		}
+		return manifest{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
+	}
+	now := s.opts.Now()
+	if d, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest")); err == nil {
+		if d == tr.Digest {
+			tr.CheckedAt = now
+			if err := s.store.PutTag(ns, repo, tag, tr); err != nil {
+				s.log.Warn("could not record tag revalidation", "err", err)
+			}
+			return cached, nil
+		}
+		// Moved to content we may already hold (a rollback, another tag).
+		if m, err := s.storedManifest(d); err == nil {
+			return m, s.putTag(ns, repo, tag, m.rec)
+		}
+		m, err := s.fetchManifest(ctx, up, repo, d.String(), &d)
+		if err != nil {
+			return manifest{}, err
+		}
+		return m, s.putTag(ns, repo, tag, m.rec)
+	}
+	// No digest in the HEAD answer: only a GET can tell.
+	return s.fetchManifest(ctx, up, repo, tag, nil)
+}
+
+// fetchManifest GETs ref upstream, verifies it and stores it; for a tag it
+// also records the tag mapping. want, if set, is the digest the bytes must
+// have.
+func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, ref string, want *v1.Hash) (manifest, error) {
+	ns := up.Registry().Name
+	resp, err := up.Manifest(ctx, http.MethodGet, repo, ref)
+	s.countUpstream(ns, "manifest_get", resp, err)
+	if err != nil {
+		return manifest{}, upstreamFailure(ns, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return manifest{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+ref)
+	}
+	body, err := readLimited(resp.Body, s.opts.MaxManifestSize)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			return manifest{}, apierr.Wrap(apierr.ManifestInvalid, err, "upstream manifest %s exceeds %d bytes", ref, s.opts.MaxManifestSize).WithStatus(http.StatusBadGateway)
+		}
+		return manifest{}, upstreamFailure(ns, err)
+	}
+	d := sha256Hash(body)
+	if want != nil && d != *want {
+		return manifest{}, apierr.New(apierr.DigestInvalid, "upstream %s sent manifest %s with digest %s; nothing was cached", ns, want, d).WithStatus(http.StatusBadGateway)
+	}
+	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != d.String() {
+		return manifest{}, apierr.New(apierr.DigestInvalid, "upstream %s announced digest %s for %s but sent %s; nothing was cached", ns, h, ref, d).WithStatus(http.StatusBadGateway)
+	}
+	mt := mediaTypeOf(resp.Header.Get("Content-Type"), body)
+	if mt == "" {
+		return manifest{}, apierr.New(apierr.ManifestInvalid, "upstream %s sent manifest %s without a media type", ns, ref).WithStatus(http.StatusBadGateway)
+	}
+	rec, err := s.store.PutManifest(mt, body)
+	if err != nil {
+		return manifest{}, err
+	}
+	if want == nil {
+		if err := s.putTag(ns, repo, ref, rec); err != nil {
+			return manifest{}, err
+		}
+	}
+	return manifest{rec: rec, body: body}, nil
+}
+
+func (s *Server) putTag(ns, repo, tag string, rec cachestore.ManifestRecord) error {
+	now := s.opts.Now()
+	return s.store.PutTag(ns, repo, tag, cachestore.TagRecord{
+		Digest: rec.Digest, MediaType: rec.MediaType, Size: rec.Size, FetchedAt: now, CheckedAt: now,
+	})
+}
+
+// platformManifest picks this host's platform out of an index for a client
+// that does not accept indexes.
+func (s *Server) platformManifest(ctx context.Context, req route.Request, m manifest) (manifest, error) {
+	if !isIndex(m.rec.MediaType) {
+		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s has media type %s, which the client does not accept", req.Reference(), m.rec.MediaType)
+	}
+	var idx v1.IndexManifest
+	if err := json.Unmarshal(m.body, &idx); err != nil {
+		return manifest{}, apierr.Wrap(apierr.ManifestInvalid, err, "index %s does not parse", m.rec.Digest)
+	}
+	for _, d := range idx.Manifests {
+		if d.Platform != nil && d.Platform.OS == runtime.GOOS && d.Platform.Architecture == runtime.GOARCH {
+			child := req
+			child.Tag, child.Digest = "", d.Digest
+			return s.findManifest(ctx, child)
+		}
+	}
+	return manifest{}, apierr.New(apierr.ManifestUnknown, "index %s has no %s/%s image and the client does not accept indexes", m.rec.Digest, runtime.GOOS, runtime.GOARCH)
+}
+
+func writeManifest(w http.ResponseWriter, r *http.Request, m manifest) {
+	h := w.Header()
+	h.Set("Content-Type", m.rec.MediaType)
+	h.Set("Docker-Content-Digest", m.rec.Digest.String())
+	h.Set("Etag", `"`+m.rec.Digest.String()+`"`)
+	h.Set("Content-Length", strconv.Itoa(len(m.body)))
+	if m.stale {
+		h.Set("X-Pullcache-Stale", "upstream-unavailable")
+		h.Set("Warning", `110 pullcache "Response is stale"`)
+	}
+	if r.Method == http.MethodHead {
+		return
+	}
+	w.Write(m.body)
+}
+
+// acceptable reports whether the client's Accept headers allow mediaType.
+// No Accept header, or */*, accepts anything.
+func acceptable(r *http.Request, mediaType string) bool {
+	values := r.Header.Values("Accept")
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			mt, _, _ := strings.Cut(part, ";")
+			mt = strings.TrimSpace(mt)
+			if mt == mediaType || mt == "*/*" || mt == "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isIndex(mt string) bool {
+	return mt == "application/vnd.oci.image.index.v1+json" || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
+}
+
+// mediaTypeOf takes the Content-Type, else the manifest's own mediaType field.
+func mediaTypeOf(contentType string, body []byte) string {
+	if mt, _, err := mime.ParseMediaType(contentType); err == nil && mt != "" && mt != "application/octet-stream" && mt != "text/plain" {
+		return mt
+	}
+	var probe struct {
+		MediaType string `json:"mediaType"`
+	}
+	if json.Unmarshal(body, &probe) == nil {
+		return probe.MediaType
+	}
+	return ""
+}
+
+var errTooLarge = errors.New("body too large")
+
+func readLimited(r io.Reader, max int64) ([]byte, error) {
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, errTooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+func sha256Hash(b []byte) v1.Hash {
+	sum := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// countUpstream records one upstream request in the stats.
+func (s *Server) countUpstream(ns, kind string, resp *http.Response, err error) {
+	status := 0
+	if err == nil && resp != nil {
+		status = resp.StatusCode
+	}
+	s.stats.upstreamRequest(ns, kind, status)
+}
+
+// upstreamFailure turns a transport error into 503 with a Retry-After: the
+// client should come back later, not hammer a dead upstream.
+func upstreamFailure(ns string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return apierr.Wrap(apierr.Unavailable, err, "upstream %s timed out", ns).WithRetryAfter(10 * time.Second)
+	}
+	return apierr.Wrap(apierr.Unavailable, err, "upstream %s is unavailable", ns).WithRetryAfter(10 * time.Second)
+}
+
+// upstreamStatus maps an upstream's non-success answer onto ours. A 429
+// stays a 429 with Retry-After: turning it into a 5xx would make clients
+// retry blindly and deepen the throttling.
+func upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what string) error {
+	switch code := resp.StatusCode; {
+	case code == http.StatusNotFound:
+		return apierr.New(notFound, "%s not found upstream at %s", what, ns)
+	case code == http.StatusUnauthorized:
+		return apierr.New(apierr.Unauthorized, "upstream %s requires credentials for %s (set %s or a Docker config)", ns, what, upstream.EnvAuthVar(ns))
+	case code == http.StatusForbidden:
+		return apierr.New(apierr.Denied, "upstream %s denied access to %s", ns, what)
+	case code == http.StatusTooManyRequests:
+		return apierr.New(apierr.TooManyRequests, "upstream %s is throttling requests (HTTP 429); retry later", ns).WithRetryAfter(retryAfter(resp.Header, time.Minute))
+	case code >= 500:
+		return apierr.New(apierr.Unavailable, "upstream %s failed with HTTP %d", ns, code).WithRetryAfter(retryAfter(resp.Header, 10*time.Second))
+	default:
+		return apierr.New(apierr.UpstreamError, "upstream %s answered HTTP %d for %s", ns, code, what)
+	}
+}
+
+// retryAfter reads a Retry-After header in seconds or HTTP-date form.
+func retryAfter(h http.Header, def time.Duration) time.Duration {
+	v := h.Get("Retry-After")
+	if v == "" {
+		return def
+	}
+	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
+		return time.Duration(secs) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		if d := time.Until(t); d > 0 {
+			return d
+		}
+		return time.Second
+	}
+	return def
+}
+
+var _ = fmt.Sprintf

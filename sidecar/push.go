@@ -1,0 +1,419 @@
+package sidecar
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/route"
+)
+
+// Pushes land in the local namespace: BuildKit's registry cache, images one
+// job builds and another pulls. Blobs are content-addressed and shared with
+// mirrored content, so a layer pulled from Docker Hub need never be uploaded.
+
+// pathName is the repository as it appears in the client's URL paths, so
+// that Location headers lead back to the same place.
+func pathName(req route.Request) string {
+	if req.RegistryFromPath {
+		return req.Registry + "/" + req.Repo
+	}
+	return req.Repo
+}
+
+func withNS(req route.Request, path string) string {
+	if req.Registry != "" && !req.RegistryFromPath {
+		return path + "?ns=" + url.QueryEscape(req.Registry)
+	}
+	return path
+}
+
+func (s *Server) uploadLocation(req route.Request, id string) string {
+	return withNS(req, "/v2/"+pathName(req)+"/blobs/uploads/"+id)
+}
+
+func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, req route.Request) {
+	// Cross-repository mount: every blob is visible to every repository,
+	// so a mount succeeds whenever we hold the blob.
+	if req.MountDigest.Hex != "" {
+		if _, err := s.store.StatBlob(req.MountDigest); err == nil {
+			s.blobCreated(w, req, req.MountDigest)
+			return
+		}
+	}
+	// Monolithic upload: POST with ?digest= and the whole blob as body.
+	if req.UploadDigest.Hex != "" {
+		if _, err := s.store.PutBlob(req.UploadDigest, r.Body); err != nil {
+			s.fail(w, r, uploadErr(err, req.UploadDigest))
+			return
+		}
+		s.blobCreated(w, req, req.UploadDigest)
+		return
+	}
+	id, err := s.store.NewUpload()
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.uploadAccepted(w, req, id, 0)
+}
+
+func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Request) {
+	id := req.UploadID
+	switch r.Method {
+	case http.MethodGet:
+		size, err := s.store.UploadSize(id)
+		if err != nil {
+			s.fail(w, r, uploadErr(err, v1.Hash{}))
+			return
+		}
+		w.Header().Set("Location", s.uploadLocation(req, id))
+		w.Header().Set("Range", rangeHeader(size))
+		w.Header().Set("Docker-Upload-UUID", id)
+		w.WriteHeader(http.StatusNoContent)
+	case http.MethodPatch:
+		offset := int64(-1)
+		if cr := r.Header.Get("Content-Range"); cr != "" {
+			start, ok := parseContentRangeStart(cr)
+			if !ok {
+				s.fail(w, r, apierr.New(apierr.RangeInvalid, "malformed Content-Range %q", cr))
+				return
+			}
+			offset = start
+		}
+		size, err := s.store.AppendUpload(id, offset, r.Body)
+		if err != nil {
+			s.fail(w, r, uploadErr(err, v1.Hash{}))
+			return
+		}
+		s.uploadAccepted(w, req, id, size)
+	case http.MethodPut:
+		if req.UploadDigest.Hex == "" {
+			s.fail(w, r, apierr.New(apierr.DigestInvalid, "completing an upload needs ?digest="))
+			return
+		}
+		if r.ContentLength != 0 {
+			if _, err := s.store.AppendUpload(id, -1, r.Body); err != nil {
+				s.fail(w, r, uploadErr(err, req.UploadDigest))
+				return
+			}
+		}
+		if _, err := s.store.CommitUpload(id, req.UploadDigest); err != nil {
+			s.fail(w, r, uploadErr(err, req.UploadDigest))
+			return
+		}
+		s.blobCreated(w, req, req.UploadDigest)
+	case http.MethodDelete:
+		if err := s.store.CancelUpload(id); err != nil {
+			s.fail(w, r, uploadErr(err, v1.Hash{}))
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (s *Server) uploadAccepted(w http.ResponseWriter, req route.Request, id string, size int64) {
+	h := w.Header()
+	h.Set("Location", s.uploadLocation(req, id))
+	h.Set("Range", rangeHeader(size))
+	h.Set("Docker-Upload-UUID", id)
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+}
+
+func (s *Server) blobCreated(w http.ResponseWriter, req route.Request, d v1.Hash) {
+	h := w.Header()
+	h.Set("Location", withNS(req, "/v2/"+pathName(req)+"/blobs/"+d.String()))
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+// rangeHeader is the upload progress header: bytes received so far.
+func rangeHeader(size int64) string {
+	if size <= 0 {
+		return "0-0"
+	}
+	return "0-" + strconv.FormatInt(size-1, 10)
+}
+
+func parseContentRangeStart(v string) (int64, bool) {
+	v = strings.TrimPrefix(strings.TrimSpace(v), "bytes ")
+	a, b, found := strings.Cut(v, "-")
+	if !found {
+		return 0, false
+	}
+	start, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || start < 0 {
+		return 0, false
+	}
+	if b, _, _ = strings.Cut(b, "/"); b != "" {
+		if end, err := strconv.ParseInt(b, 10, 64); err != nil || end < start {
+			return 0, false
+		}
+	}
+	return start, true
+}
+
+func uploadErr(err error, d v1.Hash) error {
+	switch {
+	case errors.Is(err, cachestore.ErrUploadUnknown):
+		return apierr.Wrap(apierr.BlobUploadUnknown, err, "upload session is unknown")
+	case errors.Is(err, cachestore.ErrUploadOffset):
+		return apierr.Wrap(apierr.RangeInvalid, err, "chunk does not continue the upload")
+	case errors.Is(err, cachestore.ErrDigestMismatch), errors.Is(err, cachestore.ErrSizeMismatch):
+		return apierr.Wrap(apierr.DigestInvalid, err, "uploaded content does not match %s", d)
+	}
+	return err
+}
+
+// pushedManifest is the part of a manifest the push path looks at.
+type pushedManifest struct {
+	MediaType    string            `json:"mediaType"`
+	ArtifactType string            `json:"artifactType"`
+	Config       *v1.Descriptor    `json:"config"`
+	Layers       []v1.Descriptor   `json:"layers"`
+	Manifests    []v1.Descriptor   `json:"manifests"`
+	Subject      *v1.Descriptor    `json:"subject"`
+	Annotations  map[string]string `json:"annotations"`
+}
+
+func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.Request) {
+	body, err := readLimited(r.Body, s.opts.MaxManifestSize)
+	if err != nil {
+		if errors.Is(err, errTooLarge) {
+			s.fail(w, r, apierr.ManifestTooLarge(s.opts.MaxManifestSize))
+			return
+		}
+		s.fail(w, r, apierr.Wrap(apierr.ManifestInvalid, err, "reading manifest"))
+		return
+	}
+	var pm pushedManifest
+	if err := json.Unmarshal(body, &pm); err != nil {
+		s.fail(w, r, apierr.Wrap(apierr.ManifestInvalid, err, "manifest is not valid JSON"))
+		return
+	}
+	mt := mediaTypeOf(r.Header.Get("Content-Type"), body)
+	if mt == "" {
+		s.fail(w, r, apierr.New(apierr.ManifestInvalid, "manifest has no media type (Content-Type or mediaType field)"))
+		return
+	}
+	d := sha256Hash(body)
+	if req.HasDigest() && req.Digest != d {
+		s.fail(w, r, apierr.New(apierr.DigestInvalid, "manifest digest is %s, not %s", d, req.Digest))
+		return
+	}
+	// Everything a manifest references must already be here: a manifest
+	// that points at nothing would fail every later pull.
+	refs := append([]v1.Descriptor{}, pm.Layers...)
+	refs = append(refs, pm.Manifests...)
+	if pm.Config != nil {
+		refs = append(refs, *pm.Config)
+	}
+	for _, ref := range refs {
+		if _, err := s.store.StatBlob(ref.Digest); err != nil {
+			if errors.Is(err, cachestore.ErrNotFound) && len(ref.URLs) == 0 {
+				s.fail(w, r, apierr.New(apierr.ManifestBlobUnknown, "manifest references %s, which was not pushed", ref.Digest).WithDetail(map[string]string{"digest": ref.Digest.String()}))
+				return
+			}
+			if !errors.Is(err, cachestore.ErrNotFound) {
+				s.fail(w, r, err)
+				return
+			}
+		}
+	}
+	rec, err := s.store.PutManifest(mt, body)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	repo := s.localRepo(req)
+	if !req.HasDigest() {
+		if err := s.putTag(LocalNamespace, repo, req.Tag, rec); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	if pm.Subject != nil {
+		artifactType := pm.ArtifactType
+		if artifactType == "" && pm.Config != nil {
+			artifactType = string(pm.Config.MediaType)
+		}
+		desc := v1.Descriptor{MediaType: types.MediaType(mt), Size: rec.Size, Digest: rec.Digest, ArtifactType: artifactType, Annotations: pm.Annotations}
+		if err := s.store.PutReferrer(LocalNamespace, repo, pm.Subject.Digest, desc); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		w.Header().Set("OCI-Subject", pm.Subject.Digest.String())
+	}
+	s.stats.Pushes.Add(1)
+	w.Header().Set("Location", withNS(req, "/v2/"+pathName(req)+"/manifests/"+rec.Digest.String()))
+	w.Header().Set("Docker-Content-Digest", rec.Digest.String())
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, req route.Request) {
+	repo := s.localRepo(req)
+	if !req.HasDigest() {
+		if _, err := s.store.GetTag(LocalNamespace, repo, req.Tag); err != nil {
+			s.fail(w, r, apierr.Wrap(apierr.ManifestUnknown, err, "tag %s is not in the local namespace", req.Tag))
+			return
+		}
+		if err := s.store.DeleteTag(LocalNamespace, repo, req.Tag); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	m, err := s.storedManifest(req.Digest)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	tags, err := s.store.TagsFor(LocalNamespace, repo, req.Digest)
+	if err != nil && !errors.Is(err, cachestore.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	for _, t := range tags {
+		if err := s.store.DeleteTag(LocalNamespace, repo, t); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	var pm pushedManifest
+	if json.Unmarshal(m.body, &pm) == nil && pm.Subject != nil {
+		_ = s.store.DeleteReferrer(LocalNamespace, repo, pm.Subject.Digest, req.Digest)
+	}
+	if err := s.store.DeleteManifest(req.Digest); err != nil && !errors.Is(err, cachestore.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	w.WriteHeader(http.StatusAccepted)
+}
+
+// listTags lists the local namespace's tags for the repository, else the
+// upstream's (uncached: tag lists are rare and change).
+func (s *Server) listTags(w http.ResponseWriter, r *http.Request, req route.Request) {
+	tags, err := s.store.ListTags(LocalNamespace, s.localRepo(req))
+	if err != nil && !errors.Is(err, cachestore.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	if len(tags) == 0 {
+		if up, err := s.mirrorFor(req); err != nil {
+			s.fail(w, r, err)
+			return
+		} else if up != nil {
+			s.proxyUpstreamJSON(w, r, req, "/tags/list", "tags")
+			return
+		}
+		s.fail(w, r, apierr.New(apierr.NameUnknown, "repository %s is unknown", req.Repo))
+		return
+	}
+	sort.Strings(tags)
+	if req.TagsLast != "" {
+		i := sort.SearchStrings(tags, req.TagsLast)
+		if i < len(tags) && tags[i] == req.TagsLast {
+			i++
+		}
+		tags = tags[i:]
+	}
+	if req.TagsN >= 0 && req.TagsN < len(tags) {
+		tags = tags[:req.TagsN]
+		if req.TagsN > 0 {
+			next := "/v2/" + pathName(req) + "/tags/list?n=" + strconv.Itoa(req.TagsN) + "&last=" + url.QueryEscape(tags[len(tags)-1])
+			w.Header().Set("Link", fmt.Sprintf("<%s>; rel=\"next\"", next))
+		}
+	}
+	writeJSON(w, r, "application/json", map[string]any{"name": pathName(req), "tags": tags})
+}
+
+func (s *Server) referrers(w http.ResponseWriter, r *http.Request, req route.Request) {
+	descs, err := s.store.Referrers(LocalNamespace, s.localRepo(req), req.Digest)
+	if err != nil && !errors.Is(err, cachestore.ErrNotFound) {
+		s.fail(w, r, err)
+		return
+	}
+	if len(descs) == 0 {
+		if up, _ := s.mirrorFor(req); up != nil {
+			s.proxyUpstreamJSON(w, r, req, "/referrers/"+req.Digest.String(), "referrers")
+			return
+		}
+	}
+	if req.ArtifactType != "" {
+		kept := descs[:0]
+		for _, d := range descs {
+			if d.ArtifactType == req.ArtifactType {
+				kept = append(kept, d)
+			}
+		}
+		descs = kept
+		w.Header().Set("OCI-Filters-Applied", "artifactType")
+	}
+	if descs == nil {
+		descs = []v1.Descriptor{}
+	}
+	writeJSON(w, r, "application/vnd.oci.image.index.v1+json", map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     "application/vnd.oci.image.index.v1+json",
+		"manifests":     descs,
+	})
+}
+
+// proxyUpstreamJSON passes a small read-only JSON answer through from the
+// upstream. An upstream without a referrers API gets an empty index.
+func (s *Server) proxyUpstreamJSON(w http.ResponseWriter, r *http.Request, req route.Request, suffix, kind string) {
+	up, _ := s.mirrorFor(req)
+	ns := up.Registry().Name
+	resp, err := up.Get(r.Context(), req.Repo, suffix, r.URL.RawQuery)
+	s.countUpstream(ns, kind, resp, err)
+	if err != nil {
+		s.fail(w, r, upstreamFailure(ns, err))
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		if kind == "referrers" && resp.StatusCode == http.StatusNotFound {
+			writeJSON(w, r, "application/vnd.oci.image.index.v1+json", map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []v1.Descriptor{}})
+			return
+		}
+		s.fail(w, r, upstreamStatus(ns, resp, apierr.NameUnknown, req.Repo))
+		return
+	}
+	body, err := readLimited(resp.Body, s.opts.MaxManifestSize)
+	if err != nil {
+		s.fail(w, r, upstreamFailure(ns, err))
+		return
+	}
+	for _, k := range []string{"Content-Type", "Link", "OCI-Filters-Applied"} {
+		if v := resp.Header.Get(k); v != "" {
+			w.Header().Set(k, v)
+		}
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	if r.Method != http.MethodHead {
+		w.Write(body)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, r *http.Request, contentType string, v any) {
+	b, _ := json.Marshal(v)
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	if r.Method != http.MethodHead {
+		w.Write(b)
+	}
+}

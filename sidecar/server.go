@@ -1,0 +1,248 @@
+// Package sidecar is pullcache's HTTP face: a Distribution API (/v2/) mirror
+// that serves content from the cachestore, fetches misses from configured
+// upstreams exactly once however many clients ask, and keeps pushed content
+// (BuildKit's registry cache, images shared between jobs) in a local
+// namespace that pulls consult first.
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/route"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// LocalNamespace is the store namespace of pushed content.
+const LocalNamespace = "local"
+
+// Options configure a Server. Store is required; everything else has a
+// default.
+type Options struct {
+	Store *cachestore.Store
+	// Upstreams are the only registries the server will ever contact.
+	Upstreams []*upstream.Client
+	// DefaultUpstream serves requests that name no registry (dockerd's
+	// registry-mirrors). Empty: such requests see only the local namespace.
+	DefaultUpstream string
+	// TagTTL is how long a tag is served with no upstream contact; after it
+	// the tag is revalidated with a HEAD. Default 10 minutes.
+	TagTTL time.Duration
+	// MaxManifestSize caps manifest bodies, pushed or fetched. Default 4 MiB.
+	MaxManifestSize int64
+	// FillTimeout bounds one blob fill from upstream, across resumes.
+	// Default 30 minutes.
+	FillTimeout time.Duration
+	// ManifestTimeout bounds one manifest fetch or revalidation. Default 60s.
+	ManifestTimeout time.Duration
+	// Logger receives operational logs; never credentials.
+	Logger *slog.Logger
+	// Now is the clock (tests).
+	Now func() time.Time
+}
+
+// Server serves /v2/ and pullcache's own endpoints. Create it with New.
+type Server struct {
+	opts      Options
+	store     *cachestore.Store
+	upstreams map[string]*upstream.Client
+	log       *slog.Logger
+	stats     *Stats
+
+	manifestFlight singleflight.Group
+
+	fillMu sync.Mutex
+	fills  map[string]*blobFill
+	fillWG sync.WaitGroup
+}
+
+// New validates opts and returns a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("sidecar: Options.Store is required")
+	}
+	if opts.TagTTL <= 0 {
+		opts.TagTTL = 10 * time.Minute
+	}
+	if opts.MaxManifestSize <= 0 {
+		opts.MaxManifestSize = 4 << 20
+	}
+	if opts.FillTimeout <= 0 {
+		opts.FillTimeout = 30 * time.Minute
+	}
+	if opts.ManifestTimeout <= 0 {
+		opts.ManifestTimeout = 60 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	s := &Server{
+		opts:      opts,
+		store:     opts.Store,
+		upstreams: make(map[string]*upstream.Client),
+		log:       opts.Logger,
+		stats:     newStats(),
+		fills:     make(map[string]*blobFill),
+	}
+	for _, u := range opts.Upstreams {
+		s.upstreams[u.Registry().Name] = u
+	}
+	if d := opts.DefaultUpstream; d != "" && s.upstreams[d] == nil {
+		return nil, fmt.Errorf("sidecar: default upstream %q is not among the configured upstreams (%s)", d, strings.Join(s.UpstreamNames(), ", "))
+	}
+	return s, nil
+}
+
+// UpstreamNames lists the configured upstream registry names, sorted.
+func (s *Server) UpstreamNames() []string {
+	names := make([]string, 0, len(s.upstreams))
+	for n := range s.upstreams {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Stats exposes the server's counters.
+func (s *Server) Stats() *Stats { return s.stats }
+
+// Wait blocks until every background blob fill has finished. Call it after
+// the HTTP server has shut down, before closing the store.
+func (s *Server) Wait() { s.fillWG.Wait() }
+
+// Handler returns the HTTP handler: /v2/..., /healthz, /_pullcache/stats and
+// /metrics. /v2/ paths are dispatched by hand, not through http.ServeMux,
+// because ServeMux cleans paths ("/v2/a/../b") before the parser could
+// reject them.
+func (s *Server) Handler() http.Handler {
+	metrics := s.stats.metricsHandler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.EscapedPath()
+		switch {
+		case p == "/v2" || strings.HasPrefix(p, "/v2/"):
+			s.serveV2(w, r)
+		case p == "/healthz":
+			w.Header().Set("Content-Type", "text/plain")
+			fmt.Fprintln(w, "ok")
+		case p == "/_pullcache/stats":
+			s.serveStats(w, r)
+		case p == "/metrics":
+			metrics.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	req, err := route.Parse(r)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	switch req.Kind {
+	case route.KindPing:
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "2")
+		if r.Method != http.MethodHead {
+			w.Write([]byte("{}"))
+		}
+	case route.KindManifest:
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			s.getManifest(w, r, req)
+		case http.MethodPut:
+			s.putManifest(w, r, req)
+		case http.MethodDelete:
+			s.deleteManifest(w, r, req)
+		}
+	case route.KindBlob:
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			s.getBlob(w, r, req)
+		case http.MethodDelete:
+			s.deleteBlob(w, r, req)
+		}
+	case route.KindTags:
+		s.listTags(w, r, req)
+	case route.KindReferrers:
+		s.referrers(w, r, req)
+	case route.KindUploadStart:
+		s.startUpload(w, r, req)
+	case route.KindUpload:
+		s.upload(w, r, req)
+	case route.KindCatalog:
+		s.fail(w, r, apierr.New(apierr.Unsupported, "the catalog is not served by this mirror"))
+	default:
+		s.fail(w, r, apierr.New(apierr.Unsupported, "unsupported endpoint"))
+	}
+}
+
+// fail writes err as OCI error JSON. Internal errors are logged with their
+// cause; the client sees only the generic message apierr chooses.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	status := apierr.StatusOf(err)
+	if status >= 500 && status != http.StatusServiceUnavailable {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	} else {
+		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	apierr.Write(w, r, err)
+}
+
+// mirrorFor returns the upstream a pull may fall through to: the one the
+// client named, or the default. It never invents one: an unknown registry is
+// a client error and no request leaves the machine.
+func (s *Server) mirrorFor(req route.Request) (*upstream.Client, error) {
+	if req.Registry != "" {
+		if u := s.upstreams[req.Registry]; u != nil {
+			return u, nil
+		}
+		return nil, apierr.New(apierr.NameUnknown, "registry %q is not an upstream of this mirror (configured: %s)", req.Registry, strings.Join(s.UpstreamNames(), ", "))
+	}
+	if s.opts.DefaultUpstream == "" {
+		return nil, nil
+	}
+	return s.upstreams[s.opts.DefaultUpstream], nil
+}
+
+// localRepo is the local-namespace key for a request: pushes to
+// /v2/ghcr.io/org/app land under "ghcr.io/org/app", and pulls of ghcr.io's
+// org/app (by path or ?ns=) find them there before asking ghcr.io.
+func (s *Server) localRepo(req route.Request) string {
+	if req.Registry == "" {
+		return req.Repo
+	}
+	repo := req.Repo
+	if u := s.upstreams[req.Registry]; u != nil {
+		repo = u.Registry().NormalizeRepo(repo)
+	}
+	return req.Registry + "/" + repo
+}
+
+// clientName identifies a client in logs and per-client counters: the
+// remote address without its port.
+func clientName(r *http.Request) string {
+	host := r.RemoteAddr
+	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.HasSuffix(host, "]") {
+		host = host[:i]
+	}
+	if host == "" || host == "@" {
+		return "local"
+	}
+	return host
+}

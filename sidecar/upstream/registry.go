@@ -1,0 +1,91 @@
+// Package upstream is pullcache's client for the registries it mirrors: which
+// registries may be reached at all, where they live, how to authenticate to
+// them, and the few raw Distribution API requests a pull-through cache makes.
+//
+// It deliberately returns raw *http.Response values: the caller needs the
+// status, Docker-Content-Digest, ratelimit-* headers and a streaming body, and
+// decides itself what to cache.
+package upstream
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"strings"
+)
+
+// Registry is one mirrored upstream: the name clients use for it and the
+// endpoint pullcache actually talks to.
+type Registry struct {
+	// Name is the registry name clients use ("docker.io", "ghcr.io").
+	Name string
+	// Endpoint is the base URL requests go to (https://registry-1.docker.io).
+	Endpoint *url.URL
+}
+
+// builtin are the upstreams pullcache mirrors when none is configured.
+var builtin = map[string]string{
+	"docker.io":         "https://registry-1.docker.io",
+	"ghcr.io":           "https://ghcr.io",
+	"quay.io":           "https://quay.io",
+	"gcr.io":            "https://gcr.io",
+	"registry.k8s.io":   "https://registry.k8s.io",
+	"public.ecr.aws":    "https://public.ecr.aws",
+	"mcr.microsoft.com": "https://mcr.microsoft.com",
+}
+
+// Builtin returns the default upstream set, sorted by name.
+func Builtin() []Registry {
+	out := make([]Registry, 0, len(builtin))
+	for name, raw := range builtin {
+		u, _ := url.Parse(raw)
+		out = append(out, Registry{Name: name, Endpoint: u})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// ParseRegistry parses NAME=URL ("docker.io=http://127.0.0.1:5001") or a bare
+// NAME of a built-in registry.
+func ParseRegistry(s string) (Registry, error) {
+	name, raw, found := strings.Cut(s, "=")
+	name = strings.ToLower(strings.TrimSpace(name))
+	if name == "" || strings.ContainsAny(name, "/@ ") {
+		return Registry{}, fmt.Errorf("upstream %q: want NAME=URL, e.g. docker.io=https://registry-1.docker.io", s)
+	}
+	if !found {
+		b, ok := builtin[name]
+		if !ok {
+			return Registry{}, fmt.Errorf("upstream %q is not built in: give its endpoint as %s=https://HOST", name, name)
+		}
+		raw = b
+	}
+	u, err := url.Parse(strings.TrimSpace(raw))
+	if err != nil {
+		return Registry{}, fmt.Errorf("upstream %q: %w", s, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return Registry{}, fmt.Errorf("upstream %q: endpoint must be http(s)://HOST[:PORT] without path or credentials", s)
+	}
+	u.Path = ""
+	return Registry{Name: name, Endpoint: u}, nil
+}
+
+// NormalizeRepo returns the repository path the upstream knows: Docker Hub's
+// official images live under library/.
+func (r Registry) NormalizeRepo(repo string) string {
+	if r.Name == "docker.io" && !strings.Contains(repo, "/") {
+		return "library/" + repo
+	}
+	return repo
+}
+
+// keychainName is the name credentials are filed under in a Docker config
+// file; Docker Hub's is historical.
+func (r Registry) keychainName() string {
+	if r.Name == "docker.io" {
+		return "index.docker.io"
+	}
+	return r.Name
+}
