@@ -36,12 +36,18 @@ type manifest struct {
 // getManifest serves GET/HEAD of a manifest: local namespace first, then the
 // store by digest, then the mirrored upstream.
 func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, req route.Request) {
-	m, err := s.findManifest(r.Context(), req)
+	m, err := s.findManifest(r.Context(), req, r.Method == http.MethodHead)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	if !acceptable(r, m.rec.MediaType) {
+		if m.body == nil {
+			if m, err = s.findManifest(r.Context(), req, false); err != nil {
+				s.fail(w, r, err)
+				return
+			}
+		}
 		// An old client that takes no index gets the image for this
 		// host's platform, as distribution does.
 		m, err = s.platformManifest(r.Context(), req, m)
@@ -53,7 +59,9 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, req route.R
 	writeManifest(w, r, m)
 }
 
-func (s *Server) findManifest(ctx context.Context, req route.Request) (manifest, error) {
+// findManifest finds req's manifest. With head set, a tag may be answered
+// from its tag record alone (digest, type, size): the body is not needed.
+func (s *Server) findManifest(ctx context.Context, req route.Request, head bool) (manifest, error) {
 	if req.HasDigest() {
 		// Content-addressed: whoever put it there, the bytes are these.
 		if m, err := s.storedManifest(req.Digest); err == nil {
@@ -78,7 +86,7 @@ func (s *Server) findManifest(ctx context.Context, req route.Request) (manifest,
 	if up == nil {
 		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s:%s is not in the local namespace and no default upstream is configured", req.Repo, req.Reference())
 	}
-	return s.mirrorManifest(ctx, up, req)
+	return s.mirrorManifest(ctx, up, req, head)
 }
 
 func (s *Server) storedManifest(d v1.Hash) (manifest, error) {
@@ -94,47 +102,76 @@ func (s *Server) storedManifest(d v1.Hash) (manifest, error) {
 
 // mirrorManifest serves a manifest of a mirrored upstream: digests from the
 // store forever, fresh tags with no upstream contact, stale tags after a
-// HEAD, misses with one coalesced GET.
-func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req route.Request) (manifest, error) {
+// HEAD, misses with one coalesced request. A HEAD by tag costs at most an
+// upstream HEAD, which Docker Hub does not count against the pull quota;
+// only a GET of content we do not hold is a counted request.
+func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req route.Request, head bool) (manifest, error) {
 	ns := up.Registry().Name
 	repo := up.Registry().NormalizeRepo(req.Repo)
 	if req.HasDigest() {
-		d := req.Digest
-		return s.coalesce(ctx, "m|"+ns+"|"+d.String(), func(ctx context.Context) (manifest, error) {
-			// The store may have gained it while this call waited its turn.
-			if m, err := s.storedManifest(d); err == nil {
-				return m, nil
-			}
-			s.stats.ManifestMisses.Add(1)
-			return s.fetchManifest(ctx, up, repo, d.String(), &d)
-		})
+		return s.manifestByDigest(ctx, up, repo, req.Digest)
 	}
 	tag := req.Tag
 	tr, err := s.store.GetTag(ns, repo, tag)
-	if err == nil {
-		cached, cerr := s.storedManifest(tr.Digest)
-		if cerr == nil {
-			if s.opts.Now().Sub(tr.CheckedAt) < s.opts.TagTTL {
-				s.stats.ManifestHits.Add(1)
-				return cached, nil
-			}
-			m, err := s.coalesce(ctx, "r|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
-				return s.revalidate(ctx, up, repo, tag, tr, cached)
+	switch {
+	case err == nil:
+		stale := false
+		if s.opts.Now().Sub(tr.CheckedAt) >= s.opts.TagTTL {
+			fresh, err := s.coalesceTag(ctx, "r|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (cachestore.TagRecord, error) {
+				return s.revalidate(ctx, up, repo, tag, tr)
 			})
-			if err != nil && staleAllowed(err) {
+			switch {
+			case err == nil:
+				tr = fresh
+			case staleAllowed(err):
 				s.stats.StaleServed.Add(1)
 				s.log.Warn("upstream failed; serving last good copy of tag", "upstream", ns, "repo", repo, "tag", tag, "err", err)
-				cached.stale = true
-				return cached, nil
+				stale = true
+			default:
+				return manifest{}, err
 			}
-			return m, err
+		} else {
+			s.stats.ManifestHits.Add(1)
 		}
-	} else if !errors.Is(err, cachestore.ErrNotFound) {
+		var m manifest
+		if head {
+			m = manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}
+		} else if m, err = s.manifestByDigest(ctx, up, repo, tr.Digest); err != nil {
+			return manifest{}, err
+		}
+		m.stale = stale
+		return m, nil
+	case !errors.Is(err, cachestore.ErrNotFound):
 		return manifest{}, err
 	}
+	s.stats.ManifestMisses.Add(1)
+	if head {
+		tr, err := s.coalesceTag(ctx, "h|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (cachestore.TagRecord, error) {
+			return s.headTag(ctx, up, repo, tag)
+		})
+		if err != nil {
+			return manifest{}, err
+		}
+		return manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}, nil
+	}
 	return s.coalesce(ctx, "t|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
-		s.stats.ManifestMisses.Add(1)
 		return s.fetchManifest(ctx, up, repo, tag, nil)
+	})
+}
+
+// manifestByDigest serves an immutable manifest: from the store, else with
+// one coalesced upstream GET.
+func (s *Server) manifestByDigest(ctx context.Context, up *upstream.Client, repo string, d v1.Hash) (manifest, error) {
+	if m, err := s.storedManifest(d); err == nil {
+		return m, nil
+	}
+	return s.coalesce(ctx, "m|"+up.Registry().Name+"|"+d.String(), func(ctx context.Context) (manifest, error) {
+		// The store may have gained it while this call waited its turn.
+		if m, err := s.storedManifest(d); err == nil {
+			return m, nil
+		}
+		s.stats.ManifestMisses.Add(1)
+		return s.fetchManifest(ctx, up, repo, d.String(), &d)
 	})
 }
 
@@ -153,34 +190,82 @@ func staleAllowed(err error) bool {
 // waiter gets the same result or the same error. fn runs detached from any
 // one client's context, so a client hanging up does not fail the others.
 func (s *Server) coalesce(ctx context.Context, key string, fn func(context.Context) (manifest, error)) (manifest, error) {
+	return coalesceOn(s, ctx, key, fn)
+}
+
+func (s *Server) coalesceTag(ctx context.Context, key string, fn func(context.Context) (cachestore.TagRecord, error)) (cachestore.TagRecord, error) {
+	return coalesceOn(s, ctx, key, fn)
+}
+
+func coalesceOn[T any](s *Server, ctx context.Context, key string, fn func(context.Context) (T, error)) (T, error) {
 	ch := s.manifestFlight.DoChan(key, func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ManifestTimeout)
 		defer cancel()
 		return fn(fctx)
 	})
+	var zero T
 	select {
 	case res := <-ch:
 		if res.Shared {
 			s.stats.CoalescedWaiters.Add(1)
 		}
 		if res.Err != nil {
-			return manifest{}, res.Err
+			return zero, res.Err
 		}
-		return res.Val.(manifest), nil
+		return res.Val.(T), nil
 	case <-ctx.Done():
-		return manifest{}, ctx.Err()
+		return zero, ctx.Err()
 	}
 }
 
+// headTag learns a tag's current digest, type and size with an upstream
+// HEAD and records it; the body is fetched by digest when a client GETs it.
+func (s *Server) headTag(ctx context.Context, up *upstream.Client, repo, tag string) (cachestore.TagRecord, error) {
+	ns := up.Registry().Name
+	resp, err := up.Manifest(ctx, http.MethodHead, repo, tag)
+	s.countUpstream(ns, "manifest_head", resp, err)
+	if err != nil {
+		return cachestore.TagRecord{}, upstreamFailure(ns, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return cachestore.TagRecord{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
+	}
+	tr, ok := tagFromHead(resp, s.opts.Now())
+	if !ok {
+		// An upstream that does not describe the manifest in a HEAD
+		// answer: only a GET can tell.
+		if _, err := s.fetchManifest(ctx, up, repo, tag, nil); err != nil {
+			return cachestore.TagRecord{}, err
+		}
+		return s.store.GetTag(ns, repo, tag)
+	}
+	return tr, s.store.PutTag(ns, repo, tag, tr)
+}
+
+// tagFromHead reads a manifest HEAD answer into a tag record.
+func tagFromHead(resp *http.Response, now time.Time) (cachestore.TagRecord, bool) {
+	d, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+	if err != nil || resp.ContentLength < 0 {
+		return cachestore.TagRecord{}, false
+	}
+	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil || mt == "" || mt == "application/octet-stream" || mt == "text/plain" {
+		return cachestore.TagRecord{}, false
+	}
+	return cachestore.TagRecord{Digest: d, MediaType: mt, Size: resp.ContentLength, FetchedAt: now, CheckedAt: now}, true
+}
+
 // revalidate checks a stale tag with a HEAD (which Docker Hub does not
-// count) and fetches by digest only when the tag moved.
-func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag string, tr cachestore.TagRecord, cached manifest) (manifest, error) {
+// count). The manifest itself is fetched, by digest, only when a client
+// GETs a digest we do not hold.
+func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag string, old cachestore.TagRecord) (cachestore.TagRecord, error) {
 	ns := up.Registry().Name
 	s.stats.Revalidations.Add(1)
 	resp, err := up.Manifest(ctx, http.MethodHead, repo, tag)
 	s.countUpstream(ns, "manifest_head", resp, err)
 	if err != nil {
-		return manifest{}, upstreamFailure(ns, err)
+		return cachestore.TagRecord{}, upstreamFailure(ns, err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -189,29 +274,20 @@ func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag 
 			// mapping the upstream no longer has.
 			_ = s.store.DeleteTag(ns, repo, tag)
 		}
-		return manifest{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
+		return cachestore.TagRecord{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
 	}
 	now := s.opts.Now()
-	if d, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest")); err == nil {
-		if d == tr.Digest {
-			tr.CheckedAt = now
-			if err := s.store.PutTag(ns, repo, tag, tr); err != nil {
-				s.log.Warn("could not record tag revalidation", "err", err)
-			}
-			return cached, nil
+	tr, ok := tagFromHead(resp, now)
+	if !ok {
+		if _, err := s.fetchManifest(ctx, up, repo, tag, nil); err != nil {
+			return cachestore.TagRecord{}, err
 		}
-		// Moved to content we may already hold (a rollback, another tag).
-		if m, err := s.storedManifest(d); err == nil {
-			return m, s.putTag(ns, repo, tag, m.rec)
-		}
-		m, err := s.fetchManifest(ctx, up, repo, d.String(), &d)
-		if err != nil {
-			return manifest{}, err
-		}
-		return m, s.putTag(ns, repo, tag, m.rec)
+		return s.store.GetTag(ns, repo, tag)
 	}
-	// No digest in the HEAD answer: only a GET can tell.
-	return s.fetchManifest(ctx, up, repo, tag, nil)
+	if tr.Digest == old.Digest {
+		tr.FetchedAt = old.FetchedAt
+	}
+	return tr, s.store.PutTag(ns, repo, tag, tr)
 }
 
 // fetchManifest GETs ref upstream, verifies it and stores it; for a tag it
@@ -279,7 +355,7 @@ func (s *Server) platformManifest(ctx context.Context, req route.Request, m mani
 		if d.Platform != nil && d.Platform.OS == runtime.GOOS && d.Platform.Architecture == runtime.GOARCH {
 			child := req
 			child.Tag, child.Digest = "", d.Digest
-			return s.findManifest(ctx, child)
+			return s.findManifest(ctx, child, false)
 		}
 	}
 	return manifest{}, apierr.New(apierr.ManifestUnknown, "index %s has no %s/%s image and the client does not accept indexes", m.rec.Digest, runtime.GOOS, runtime.GOARCH)

@@ -75,8 +75,9 @@ type Request struct {
 	MountDigest v1.Hash
 	MountFrom   string
 
-	// TagsN and TagsLast are tags/list pagination (?n=, ?last=); TagsN is
-	// -1 when not given.
+	// TagsN and TagsLast are tags/list pagination (?n=, ?last=), also
+	// used for _catalog (where TagsLast is a repository); TagsN is -1 when
+	// not given.
 	TagsN    int
 	TagsLast string
 	// ArtifactType filters referrers (?artifactType=).
