@@ -1,0 +1,128 @@
+package admit
+
+import (
+	"net/http"
+	"testing"
+	"time"
+)
+
+func TestParseLimit(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in      string
+		name    string
+		want    Limit
+		wantErr bool
+	}{
+		{in: "docker.io=100/6h,burst=20", name: "docker.io", want: Limit{100, 6 * time.Hour, 20}},
+		{in: " Docker.IO = 200/21600s ", name: "docker.io", want: Limit{200, 6 * time.Hour, 0}},
+		{in: "quay.io=60/m", name: "quay.io", want: Limit{60, time.Minute, 0}},
+		{in: "a.io=1000/1d, burst = 50", name: "a.io", want: Limit{1000, 24 * time.Hour, 50}},
+		{in: "a.io=10/1.5h", name: "a.io", want: Limit{10, 90 * time.Minute, 0}},
+		{in: "reg:5000=5/10s,burst=5", name: "reg:5000", want: Limit{5, 10 * time.Second, 5}},
+		{in: "ghcr.io=unlimited", name: "ghcr.io", want: Limit{}},
+		{in: "ghcr.io=0", name: "ghcr.io", want: Limit{}},
+		{in: "docker.io", wantErr: true},
+		{in: "=100/6h", wantErr: true},
+		{in: "a b=100/6h", wantErr: true},
+		{in: "docker.io=100", wantErr: true},
+		{in: "docker.io=x/6h", wantErr: true},
+		{in: "docker.io=-1/6h", wantErr: true},
+		{in: "docker.io=100/", wantErr: true},
+		{in: "docker.io=100/6", wantErr: true},
+		{in: "docker.io=100/100ms", wantErr: true},
+		{in: "docker.io=100/-1h", wantErr: true},
+		{in: "docker.io=100/xd", wantErr: true},
+		{in: "docker.io=100/6h,burst=0", wantErr: true},
+		{in: "docker.io=100/6h,burst=101", wantErr: true},
+		{in: "docker.io=100/6h,burst=x", wantErr: true},
+		{in: "docker.io=100/6h,refill=3", wantErr: true},
+		{in: "ghcr.io=unlimited,burst=3", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			t.Parallel()
+			name, l, err := ParseLimit(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("ParseLimit(%q) = %q, %+v; want error", tt.in, name, l)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseLimit(%q): %v", tt.in, err)
+			}
+			if name != tt.name || l != tt.want {
+				t.Fatalf("ParseLimit(%q) = %q, %+v; want %q, %+v", tt.in, name, l, tt.name, tt.want)
+			}
+			// String renders something ParseLimit reads back to the same limit.
+			_, back, err := ParseLimit(name + "=" + l.String())
+			if err != nil || back.Count != l.Count || back.Window != l.Window || back.capacity() != l.capacity() {
+				t.Fatalf("round trip of %q via %q = %+v, %v", tt.in, l.String(), back, err)
+			}
+		})
+	}
+}
+
+func TestParseRateHeaders(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		limit string
+		rem   string
+		want  rateInfo
+	}{
+		{"none", "", "", rateInfo{}},
+		{"docker hub", "100;w=21600", "76;w=21600",
+			rateInfo{has: true, limit: 100, window: 6 * time.Hour, hasLimit: true, remaining: 76, hasRemaining: true}},
+		{"no window", "100", "3", rateInfo{has: true, limit: 100, hasLimit: true, remaining: 3, hasRemaining: true}},
+		{"window on remaining only", "100", "3;w=60", rateInfo{has: true, limit: 100, window: time.Minute, hasLimit: true, remaining: 3, hasRemaining: true}},
+		{"draft list", "10, 10;w=1, 50;w=60", "", rateInfo{has: true, limit: 10, window: time.Second, hasLimit: true}},
+		{"garbage", "lots", "x", rateInfo{has: true}},
+		{"negative remaining", "100;w=60", "-4;w=60", rateInfo{has: true, limit: 100, window: time.Minute, hasLimit: true, remaining: 0, hasRemaining: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			h := http.Header{}
+			if tt.limit != "" {
+				h.Set("RateLimit-Limit", tt.limit)
+			}
+			if tt.rem != "" {
+				h.Set("ratelimit-remaining", tt.rem)
+			}
+			if got := parseRateHeaders(h); got != tt.want {
+				t.Fatalf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+		ok   bool
+	}{
+		{"", 0, false},
+		{"120", 2 * time.Minute, true},
+		{"0", 0, true},
+		{"-5", 0, false},
+		{"soon", 0, false},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second, true},
+		{now.Add(-time.Hour).Format(http.TimeFormat), 0, true},
+		{"99999999999", maxRetryAfter, true},
+	}
+	for _, tt := range tests {
+		h := http.Header{}
+		if tt.in != "" {
+			h.Set("Retry-After", tt.in)
+		}
+		got, ok := parseRetryAfter(h, now)
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("parseRetryAfter(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
+		}
+	}
+}
