@@ -5,6 +5,7 @@
 //
 //	pullcache serve [flags]     run the mirror (defaults need no flags)
 //	pullcache stats [--addr]    print a running mirror's counters
+//	pullcache config KIND       print client config for docker, containerd, buildkit
 //	pullcache version           print the version
 package main
 
@@ -40,6 +41,7 @@ const usage = `pullcache: a registry mirror sidecar for CI runners
 Usage:
   pullcache serve [flags]   run the mirror (see 'pullcache serve -h')
   pullcache stats [flags]   print a running mirror's counters
+  pullcache config KIND     print client config (docker, containerd, buildkit)
   pullcache version         print the version
 `
 
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args[1:], stderr)
 	case "stats":
 		return stats(ctx, args[1:], stdout, stderr)
+	case "config":
+		return config(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "pullcache", versionString())
 		return nil
