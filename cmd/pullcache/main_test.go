@@ -1,0 +1,87 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseSize(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]int64{"4MiB": 4 << 20, "20GiB": 20 << 30, "512k": 512 << 10, "1000": 1000, "1.5GB": 1.5e9} {
+		got, err := parseSize(in)
+		if err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1", "MiB", "12XB", "abc"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+func TestEnvFallbackAndFlagPrecedence(t *testing.T) {
+	t.Setenv("PULLCACHE_LISTEN", "127.0.0.1:7000")
+	t.Setenv("PULLCACHE_TAG_TTL", "90s")
+	t.Setenv("PULLCACHE_UPSTREAM", "docker.io=http://127.0.0.1:1,ghcr.io=http://127.0.0.1:2")
+	var cfg serveConfig
+	fs := serveFlags(&cfg, io.Discard)
+	if err := fs.Parse([]string{"--tag-ttl", "5m"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyEnv(fs); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.listen != "127.0.0.1:7000" {
+		t.Errorf("listen from env = %q", cfg.listen)
+	}
+	if cfg.tagTTL != 5*time.Minute {
+		t.Errorf("explicit flag lost to env: tag-ttl = %v", cfg.tagTTL)
+	}
+	regs, err := upstreamRegistries(cfg.upstreams)
+	if err != nil || len(regs) != 2 || regs[1].Name != "ghcr.io" || regs[1].Endpoint.Host != "127.0.0.1:2" {
+		t.Fatalf("upstreams from env = %+v, %v", regs, err)
+	}
+}
+
+func TestUpstreamRegistries(t *testing.T) {
+	t.Parallel()
+	regs, err := upstreamRegistries(nil)
+	if err != nil || len(regs) != 7 {
+		t.Fatalf("built-in upstreams: %d, %v", len(regs), err)
+	}
+	for _, bad := range [][]string{
+		{"docker.io=ftp://x"},
+		{"docker.io=http://user:pw@host"},
+		{"docker.io=http://host/path"},
+		{"unknown.example"},
+		{"docker.io=http://a", "docker.io=http://b"},
+	} {
+		if _, err := upstreamRegistries(bad); err == nil {
+			t.Errorf("upstreamRegistries(%q) accepted", bad)
+		}
+	}
+}
+
+func TestRunCommands(t *testing.T) {
+	t.Parallel()
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "pullcache ") {
+		t.Fatalf("version: %q %v", out.String(), err)
+	}
+	if err := run(context.Background(), []string{"bogus"}, &out, &errb); err == nil {
+		t.Fatal("unknown command accepted")
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"config", "containerd", "--registry", "ghcr.io", "--mirror", "127.0.0.1:5999"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `server = "https://ghcr.io"`) || !strings.Contains(out.String(), `[host."http://127.0.0.1:5999"]`) {
+		t.Fatalf("containerd config: %s", out.String())
+	}
+}
+
