@@ -1,0 +1,20 @@
+// Package cachestore is pullcache's content-addressed store on a volume:
+// verified blob files plus a bbolt index of blobs, manifests, tags,
+// referrers, push upload sessions and small metadata.
+//
+// Layout under Options.Dir:
+//
+//	blobs/sha256/<first2>/<hex>  final, verified blob files (0644)
+//	tmp/                         in-progress fills (BlobWriter temp files)
+//	uploads/<id>                 push upload sessions; the file size is the offset
+//	index.db                     bbolt index (holds the volume's exclusive lock)
+//
+// A blob becomes visible only after its size and digest were verified, the
+// temp file was fsynced and renamed into blobs/, and its index entry was
+// committed. Open repairs whatever a crash left behind: temp files are
+// removed, unindexed blob files are re-hashed and adopted only if their
+// content matches their name, and index entries without a file are dropped.
+//
+// The package knows nothing about HTTP; callers map the sentinel errors in
+// errors.go to wire errors with errors.Is.
+package cachestore

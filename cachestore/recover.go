@@ -1,0 +1,185 @@
+package cachestore
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+// recover repairs the volume after whatever ended the previous owner
+// (Open holds the index lock, so nobody else is writing):
+//   - tmp/ is emptied: fills that were never committed are worthless;
+//   - upload sessions untouched since now-staleUploadAge are removed;
+//   - blob files are reconciled with the index (reconcileBlobs);
+//   - manifest records whose blob is gone are dropped.
+func (s *Store) recover(now time.Time) error {
+	if err := removeChildren(s.tmpDir(), func(fs.FileInfo) bool { return true }); err != nil {
+		return fmt.Errorf("cachestore: clean tmp: %w", err)
+	}
+	if _, err := s.removeStaleUploads(now.Add(-staleUploadAge)); err != nil {
+		return fmt.Errorf("cachestore: clean uploads: %w", err)
+	}
+	if err := s.reconcileBlobs(now); err != nil {
+		return fmt.Errorf("cachestore: reconcile blobs: %w", err)
+	}
+	return nil
+}
+
+// removeChildren removes the entries of dir for which doomed reports true.
+func removeChildren(dir string, doomed func(fs.FileInfo) bool) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		fi, err := e.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if doomed(fi) {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconcileBlobs makes blobs/ and the index agree. A file is present only
+// if it is indexed with its size, or hashes to its own name (a crash
+// between rename and index commit): those are adopted, all other files
+// removed. Index entries without a matching file are dropped.
+func (s *Store) reconcileBlobs(now time.Time) error {
+	indexed := make(map[string]int64) // digest key → indexed size
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			if len(v) == blobRecordLen {
+				info, _ := decodeBlobRecord(v1.Hash{}, v)
+				indexed[string(k)] = info.Size
+			} else {
+				indexed[string(k)] = -1 // corrupt record: never matches a file
+			}
+			return nil
+		})
+	}); err != nil {
+		return err
+	}
+
+	present := make(map[string]bool, len(indexed))
+	var adopt []BlobInfo
+	shards, err := os.ReadDir(s.blobsDir())
+	if err != nil {
+		return err
+	}
+	for _, shard := range shards {
+		shardDir := filepath.Join(s.blobsDir(), shard.Name())
+		if !shard.IsDir() || !isHex(shard.Name(), 2) {
+			if err := os.RemoveAll(shardDir); err != nil {
+				return err
+			}
+			continue
+		}
+		files, err := os.ReadDir(shardDir)
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			path := filepath.Join(shardDir, f.Name())
+			name := f.Name()
+			if !f.Type().IsRegular() || !isHex(name, 64) || name[:2] != shard.Name() {
+				if err := os.RemoveAll(path); err != nil {
+					return err
+				}
+				continue
+			}
+			d := v1.Hash{Algorithm: "sha256", Hex: name}
+			fi, err := f.Info()
+			if err != nil {
+				return err
+			}
+			if size, ok := indexed[d.String()]; ok && size == fi.Size() {
+				present[d.String()] = true
+				continue
+			}
+			// Unindexed or size disagrees with the index: only the content
+			// itself can vouch for the file.
+			if got, n, err := hashFile(path); err == nil && got == d && n == fi.Size() {
+				adopt = append(adopt, BlobInfo{Digest: d, Size: n, AddedAt: now, LastAccess: now})
+				present[d.String()] = true
+				continue
+			}
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+
+	var drop []string
+	for key := range indexed {
+		if !present[key] {
+			drop = append(drop, key)
+		}
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		blobs := tx.Bucket(bucketBlobs)
+		for _, info := range adopt {
+			if err := blobs.Put(digestKey(info.Digest), encodeBlobRecord(info)); err != nil {
+				return err
+			}
+		}
+		for _, key := range drop {
+			if err := blobs.Delete([]byte(key)); err != nil {
+				return err
+			}
+		}
+		// Manifest records are only meaningful with their bytes.
+		var orphans [][]byte
+		if err := tx.Bucket(bucketManifests).ForEach(func(k, _ []byte) error {
+			if blobs.Get(k) == nil {
+				orphans = append(orphans, append([]byte(nil), k...))
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, k := range orphans {
+			if err := tx.Bucket(bucketManifests).Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func hashFile(path string) (v1.Hash, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return v1.Hash{}, 0, err
+	}
+	defer f.Close()
+	return v1.SHA256(f)
+}
+
+// isHex reports whether s is exactly n lowercase hex digits.
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,215 @@
+package cachestore
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// schemaVersion is stored in the schema bucket; bump it when an on-disk
+// record encoding changes incompatibly.
+const schemaVersion = "1"
+
+// Bucket names. All are created by Open, so no other code path creates
+// buckets or has to cope with a missing one.
+var (
+	bucketSchema    = []byte("schema")
+	bucketBlobs     = []byte("blobs")     // "sha256:<hex>" → blobRecord (24 bytes)
+	bucketManifests = []byte("manifests") // "sha256:<hex>" → JSON manifestRecord
+	bucketTags      = []byte("tags")      // ns\0repo\0tag → JSON TagRecord
+	bucketReferrers = []byte("referrers") // ns\0repo\0subject\0referrer → JSON v1.Descriptor
+	bucketMeta      = []byte("meta")      // free-form key → value
+	keyVersion      = []byte("version")
+	allBuckets      = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta}
+)
+
+const (
+	defaultLockTimeout = time.Second
+	// staleUploadAge is how long an untouched upload session survives.
+	staleUploadAge = 24 * time.Hour
+	// accessGranularity: OpenBlob queues a LastAccess update only when the
+	// indexed value is at least this old, and queued updates are flushed
+	// once per accessGranularity, so each blob costs at most one index
+	// write per minute however hot it is.
+	accessGranularity = time.Minute
+)
+
+// Options configures Open. The zero value (plus Dir) is usable.
+type Options struct {
+	// Dir is the volume root; it is created (0755) if missing.
+	Dir string
+
+	// LockTimeout is how long Open waits for the exclusive lock on
+	// index.db that another Store — in this process or another — may hold.
+	// Zero means one second. On timeout Open fails with an error wrapping
+	// ErrLocked.
+	LockTimeout time.Duration
+
+	// NoSync skips fsync of blob files, directories and the index. A crash
+	// may then lose recent writes (recovery still never exposes unverified
+	// content). For tests and benchmarks only.
+	NoSync bool
+}
+
+// Store is the content-addressed store on one volume. All methods are safe
+// for concurrent use by many goroutines. A Store must be closed with Close
+// to release the index lock and flush queued access times.
+type Store struct {
+	dir    string
+	noSync bool
+	db     *bolt.DB
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	stop      chan struct{}  // closed by Close to stop the access flusher
+	flusherWG sync.WaitGroup // the access flusher goroutine
+
+	blobLocks   keyedMutex // per digest: serializes install/delete of one blob
+	uploadLocks keyedMutex // per upload id: serializes appends/commit/cancel
+
+	accessMu     sync.Mutex
+	accessQueue  map[string]time.Time // digest key → latest access not yet in the index
+	accessWrites atomic.Int64         // flush transactions written (tests assert throttling)
+}
+
+// Open opens (creating if needed) the store under opts.Dir, takes the
+// exclusive index lock, and repairs what a crash may have left: it removes
+// temp files, expired upload sessions, blob files that are unindexed and do
+// not hash to their name, and index entries whose file is missing.
+//
+// Only one Store may be open on a directory at a time; a second Open (from
+// any process) waits opts.LockTimeout and then fails with ErrLocked. The
+// returned Store must be closed.
+func Open(opts Options) (*Store, error) {
+	if opts.Dir == "" {
+		return nil, errors.New("cachestore: Options.Dir is empty")
+	}
+	dir, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("cachestore: %w", err)
+	}
+	for _, sub := range []string{"", "blobs/sha256", "tmp", "uploads"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			return nil, fmt.Errorf("cachestore: create layout: %w", err)
+		}
+	}
+	timeout := opts.LockTimeout
+	if timeout <= 0 {
+		timeout = defaultLockTimeout
+	}
+	// The bbolt flock is taken before any repair below: the lock is what
+	// makes it safe to delete other files on the volume.
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o644, &bolt.Options{
+		Timeout: timeout,
+		NoSync:  opts.NoSync,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("%w: %s (waited %v)", ErrLocked, dir, timeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cachestore: open index: %w", err)
+	}
+	s := &Store{
+		dir:         dir,
+		noSync:      opts.NoSync,
+		db:          db,
+		stop:        make(chan struct{}),
+		accessQueue: make(map[string]time.Time),
+	}
+	if err := s.initSchema(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.recover(wallNow()); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.flusherWG.Add(1)
+	go s.accessFlusher()
+	return s, nil
+}
+
+func (s *Store) initSchema() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return fmt.Errorf("cachestore: create bucket %s: %w", name, err)
+			}
+		}
+		b := tx.Bucket(bucketSchema)
+		switch v := b.Get(keyVersion); {
+		case v == nil:
+			return b.Put(keyVersion, []byte(schemaVersion))
+		case string(v) != schemaVersion:
+			return fmt.Errorf("%w: index has version %q, want %q", ErrSchema, v, schemaVersion)
+		}
+		return nil
+	})
+}
+
+// Close flushes queued access times, releases the index lock and closes
+// the index. It waits for in-flight index transactions but not for open
+// BlobWriters: finish (Commit or Abort) those first, their Commit fails
+// with ErrClosed afterwards. Files returned by OpenBlob stay readable.
+// Close may be called more than once; later calls return the first result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.flusherWG.Wait()
+		flushErr := s.flushAccess()
+		s.closed.Store(true)
+		s.closeErr = errors.Join(flushErr, s.db.Close())
+	})
+	return s.closeErr
+}
+
+// Dir returns the absolute volume root. Safe to call at any time.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) tmpDir() string     { return filepath.Join(s.dir, "tmp") }
+func (s *Store) uploadsDir() string { return filepath.Join(s.dir, "uploads") }
+func (s *Store) blobsDir() string   { return filepath.Join(s.dir, "blobs", "sha256") }
+
+// view and update run short index transactions and map "database closed"
+// to ErrClosed, so callers see one sentinel whatever raced with Close.
+func (s *Store) view(fn func(*bolt.Tx) error) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return mapClosed(s.db.View(fn))
+}
+
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	return mapClosed(s.db.Update(fn))
+}
+
+func mapClosed(err error) error {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return err
+}
+
+// syncDir fsyncs a directory so a rename or create in it is durable.
+func (s *Store) syncDir(dir string) error {
+	if s.noSync {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	return errors.Join(err, d.Close())
+}

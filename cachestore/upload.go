@@ -1,0 +1,204 @@
+package cachestore
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// Push upload sessions. A session is the file uploads/<id>; its size is the
+// upload offset, so a session survives a restart of the owner and needs no
+// index entry. Operations on one id are serialized; different ids never
+// wait on each other.
+
+// uploadIDLen is the length of an upload id: 16 random bytes, hex.
+const uploadIDLen = 32
+
+func (s *Store) uploadPath(id string) (string, error) {
+	// Ids come from clients (the URL); anything but our own format could
+	// be a path traversal.
+	if !isHex(id, uploadIDLen) {
+		return "", fmt.Errorf("%w: %q", ErrUploadUnknown, id)
+	}
+	return filepath.Join(s.uploadsDir(), id), nil
+}
+
+// NewUpload creates an empty upload session and returns its random id.
+// The session must end with CommitUpload or CancelUpload, else Open removes
+// it once untouched for 24 hours. Safe for concurrent use.
+func (s *Store) NewUpload() (id string, err error) {
+	if s.closed.Load() {
+		return "", ErrClosed
+	}
+	var b [uploadIDLen / 2]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("cachestore: new upload id: %w", err)
+	}
+	id = hex.EncodeToString(b[:])
+	path, _ := s.uploadPath(id)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("cachestore: new upload: %w", err)
+	}
+	return id, f.Close()
+}
+
+// UploadSize returns the number of bytes received by session id, or
+// ErrUploadUnknown. Safe for concurrent use.
+func (s *Store) UploadSize(id string) (int64, error) {
+	path, err := s.uploadPath(id)
+	if err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("cachestore: upload size: %w", err)
+	}
+	return fi.Size(), nil
+}
+
+// AppendUpload appends r to session id at offset, which must equal the
+// current size (-1 appends at the end whatever the size); otherwise it
+// returns an error wrapping ErrUploadOffset and reads nothing. It returns
+// the new size, also when reading r fails midway: the bytes received so far
+// stay, so the client can resume from the reported size.
+// Safe for concurrent use; appends to one session are serialized.
+func (s *Store) AppendUpload(id string, offset int64, r io.Reader) (int64, error) {
+	path, err := s.uploadPath(id)
+	if err != nil {
+		return 0, err
+	}
+	unlock := s.uploadLocks.lock(id)
+	defer unlock()
+	size, err := s.UploadSize(id)
+	if err != nil {
+		return 0, err
+	}
+	if offset != -1 && offset != size {
+		return size, fmt.Errorf("%w: upload %s is at %d, append at %d", ErrUploadOffset, id, size, offset)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+	}
+	if err != nil {
+		return size, fmt.Errorf("cachestore: append upload: %w", err)
+	}
+	n, copyErr := io.Copy(f, r)
+	closeErr := f.Close()
+	if err := errors.Join(copyErr, closeErr); err != nil {
+		return size + n, fmt.Errorf("cachestore: append upload %s: %w", id, err)
+	}
+	return size + n, nil
+}
+
+// CommitUpload verifies that session id hashes to d and installs it as
+// blob d, ending the session. On ErrDigestMismatch the session is removed
+// as well (the client must start over). If d already exists the session is
+// dropped and the existing blob returned. Returns ErrUploadUnknown for an
+// unknown id. Safe for concurrent use.
+func (s *Store) CommitUpload(id string, d v1.Hash) (BlobInfo, error) {
+	path, err := s.uploadPath(id)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	if err := checkDigest(d); err != nil {
+		return BlobInfo{}, err
+	}
+	unlock := s.uploadLocks.lock(id)
+	defer unlock()
+	if s.closed.Load() {
+		return BlobInfo{}, ErrClosed
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return BlobInfo{}, fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+	}
+	if err != nil {
+		return BlobInfo{}, fmt.Errorf("cachestore: commit upload: %w", err)
+	}
+	got, size, err := v1.SHA256(f)
+	if err == nil && !s.noSync {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		return BlobInfo{}, fmt.Errorf("cachestore: commit upload %s: %w", id, err)
+	}
+	if got != d {
+		os.Remove(path)
+		return BlobInfo{}, fmt.Errorf("%w: upload %s is %s, want %s", ErrDigestMismatch, id, got, d)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		return BlobInfo{}, fmt.Errorf("cachestore: commit upload: %w", err)
+	}
+	// install renames the session file away (or removes it), which ends
+	// the session either way.
+	return s.install(path, d, size)
+}
+
+// CancelUpload ends session id and discards its bytes, or returns
+// ErrUploadUnknown. Safe for concurrent use.
+func (s *Store) CancelUpload(id string) error {
+	path, err := s.uploadPath(id)
+	if err != nil {
+		return err
+	}
+	unlock := s.uploadLocks.lock(id)
+	defer unlock()
+	err = os.Remove(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+	}
+	return err
+}
+
+// RemoveStaleUploads removes upload sessions untouched for longer than
+// maxAge and returns how many it removed. Open does this with 24 hours; a
+// long-running owner may call it periodically. Safe for concurrent use.
+func (s *Store) RemoveStaleUploads(maxAge time.Duration) (int, error) {
+	return s.removeStaleUploads(time.Now().Add(-maxAge))
+}
+
+func (s *Store) removeStaleUploads(cutoff time.Time) (int, error) {
+	entries, err := os.ReadDir(s.uploadsDir())
+	if err != nil {
+		return 0, err
+	}
+	removed := 0
+	var errs []error
+	for _, e := range entries {
+		id := e.Name()
+		fi, err := e.Info()
+		if err != nil || !fi.ModTime().Before(cutoff) {
+			continue
+		}
+		if !isHex(id, uploadIDLen) {
+			errs = append(errs, os.RemoveAll(filepath.Join(s.uploadsDir(), id)))
+			removed++
+			continue
+		}
+		unlock := s.uploadLocks.lock(id)
+		// Re-check under the lock: an append may just have touched it.
+		if fi, err := os.Stat(filepath.Join(s.uploadsDir(), id)); err == nil && fi.ModTime().Before(cutoff) {
+			if err := os.Remove(filepath.Join(s.uploadsDir(), id)); err == nil {
+				removed++
+			} else if !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+		unlock()
+	}
+	return removed, errors.Join(errs...)
+}

@@ -1,0 +1,317 @@
+package cachestore
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+type writerState int
+
+const (
+	stateWriting    writerState = iota
+	stateCommitting             // verifying and installing; no more bytes
+	stateCommitted
+	stateFailed // aborted or failed verification; err says why
+)
+
+// BlobWriter fills one blob: bytes are written to a temp file under tmp/
+// and hashed as they arrive; Commit verifies and installs them. Any number
+// of followers (Follow) may stream the bytes while they are written.
+//
+// Write and Commit must be called from one goroutine (the filler). Abort,
+// Written, Digest and Follow may be called from any goroutine at any time.
+// Every BlobWriter must end in Commit or Abort; until then its temp file
+// exists and its followers block waiting for more bytes.
+type BlobWriter struct {
+	s            *Store
+	expected     v1.Hash
+	expectedSize int64
+	tmpPath      string
+	f            *os.File  // temp file; written only by the filler
+	h            hash.Hash // touched only by the filler
+
+	// written is updated under mu (so followers waiting on cond see it
+	// consistently) but is atomic so Written needs no lock.
+	written atomic.Int64
+
+	mu    sync.Mutex
+	cond  *sync.Cond // broadcast on every write and state change
+	state writerState
+	err   error    // why the writer failed (stateFailed)
+	info  BlobInfo // result of Commit (stateCommitted)
+}
+
+// NewBlobWriter starts a fill of blob expected. expectedSize is the size
+// the content must have, or -1 if unknown. The caller must end the writer
+// with Commit or Abort. Safe for concurrent use; several writers for the
+// same digest may run at once and all succeed.
+func (s *Store) NewBlobWriter(expected v1.Hash, expectedSize int64) (*BlobWriter, error) {
+	if err := checkDigest(expected); err != nil {
+		return nil, err
+	}
+	if expectedSize < -1 {
+		return nil, fmt.Errorf("%w: expected size %d", ErrSizeMismatch, expectedSize)
+	}
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	f, err := os.CreateTemp(s.tmpDir(), expected.Hex+".*")
+	if err != nil {
+		return nil, fmt.Errorf("cachestore: create temp file: %w", err)
+	}
+	w := &BlobWriter{
+		s:            s,
+		expected:     expected,
+		expectedSize: expectedSize,
+		tmpPath:      f.Name(),
+		f:            f,
+		h:            sha256.New(),
+	}
+	w.cond = sync.NewCond(&w.mu)
+	return w, nil
+}
+
+// Digest returns the digest the writer was created for.
+func (w *BlobWriter) Digest() v1.Hash { return w.expected }
+
+// Written returns how many bytes were written so far, e.g. to resume an
+// upstream download with "Range: bytes=Written()-". Safe from any goroutine.
+func (w *BlobWriter) Written() int64 { return w.written.Load() }
+
+// Write appends p to the blob. It fails, and aborts the writer with an
+// error wrapping ErrSizeMismatch, if the content would exceed the expected
+// size; after Abort it returns the abort error, after Commit ErrClosed.
+// Filler goroutine only.
+func (w *BlobWriter) Write(p []byte) (int, error) {
+	if err := w.writable(); err != nil {
+		return 0, err
+	}
+	if w.expectedSize >= 0 && w.written.Load()+int64(len(p)) > w.expectedSize {
+		err := fmt.Errorf("%w: blob %s: more than the expected %d bytes", ErrSizeMismatch, w.expected, w.expectedSize)
+		w.fail(err)
+		return 0, err
+	}
+	n, werr := w.f.Write(p)
+	w.h.Write(p[:n])
+	w.mu.Lock()
+	w.written.Add(int64(n))
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	if werr != nil {
+		// Also the path taken when a concurrent Abort closed the file: fail
+		// is then a no-op and writable reports the abort.
+		w.fail(fmt.Errorf("cachestore: write temp file: %w", werr))
+		return n, w.writable()
+	}
+	return n, nil
+}
+
+// writable returns nil while the writer accepts bytes, else why not.
+func (w *BlobWriter) writable() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch w.state {
+	case stateWriting:
+		return nil
+	case stateFailed:
+		return w.err
+	default:
+		return fmt.Errorf("%w: blob writer for %s already committed", ErrClosed, w.expected)
+	}
+}
+
+// fail moves a writing BlobWriter to the failed state with err, wakes the
+// followers and removes the temp file. No-op in any other state.
+func (w *BlobWriter) fail(err error) {
+	w.mu.Lock()
+	if w.state != stateWriting {
+		w.mu.Unlock()
+		return
+	}
+	w.state, w.err = stateFailed, err
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	// Followers that opened the temp file keep their descriptors; new ones
+	// see stateFailed and never open the path again.
+	w.f.Close()
+	os.Remove(w.tmpPath)
+}
+
+// Abort discards the fill: the temp file is removed and followers (current
+// and future) get an error wrapping both ErrAborted and cause. Abort is
+// idempotent and a no-op once Commit has started. Safe from any goroutine,
+// also concurrently with Write.
+func (w *BlobWriter) Abort(cause error) {
+	err := fmt.Errorf("%w: blob %s", ErrAborted, w.expected)
+	if cause != nil {
+		err = fmt.Errorf("%w: blob %s: %w", ErrAborted, w.expected, cause)
+	}
+	w.fail(err)
+}
+
+// Commit verifies size and digest, fsyncs the temp file, renames it into
+// place and indexes it; only then is the blob visible. On ErrSizeMismatch
+// or ErrDigestMismatch the temp file is removed and followers get the same
+// error. If the blob already exists the verified temp file is dropped and
+// the existing entry returned. Commit after Commit returns the same result;
+// after Abort it returns the abort error. Filler goroutine only.
+func (w *BlobWriter) Commit() (BlobInfo, error) {
+	w.mu.Lock()
+	switch w.state {
+	case stateCommitted:
+		defer w.mu.Unlock()
+		return w.info, nil
+	case stateFailed:
+		defer w.mu.Unlock()
+		return BlobInfo{}, w.err
+	case stateCommitting:
+		w.mu.Unlock()
+		return BlobInfo{}, fmt.Errorf("cachestore: concurrent Commit of blob %s", w.expected)
+	}
+	w.state = stateCommitting
+	w.mu.Unlock()
+
+	info, err := w.verifyAndInstall()
+
+	w.mu.Lock()
+	if err != nil {
+		w.state, w.err = stateFailed, err
+	} else {
+		w.state, w.info = stateCommitted, info
+	}
+	w.cond.Broadcast()
+	w.mu.Unlock()
+	return info, err
+}
+
+func (w *BlobWriter) verifyAndInstall() (BlobInfo, error) {
+	size := w.written.Load()
+	discard := func(err error) (BlobInfo, error) {
+		w.f.Close()
+		os.Remove(w.tmpPath)
+		return BlobInfo{}, err
+	}
+	if w.expectedSize >= 0 && size != w.expectedSize {
+		return discard(fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, w.expected, size, w.expectedSize))
+	}
+	if got := hex.EncodeToString(w.h.Sum(nil)); got != w.expected.Hex {
+		return discard(fmt.Errorf("%w: got sha256:%s, want %s", ErrDigestMismatch, got, w.expected))
+	}
+	// CreateTemp made the file 0600; blobs are world-readable so sibling
+	// sidecars running as other users can serve them.
+	if err := w.f.Chmod(0o644); err != nil {
+		return discard(fmt.Errorf("cachestore: chmod temp file: %w", err))
+	}
+	if !w.s.noSync {
+		if err := w.f.Sync(); err != nil {
+			return discard(fmt.Errorf("cachestore: sync temp file: %w", err))
+		}
+	}
+	if err := w.f.Close(); err != nil {
+		return discard(fmt.Errorf("cachestore: close temp file: %w", err))
+	}
+	return w.s.install(w.tmpPath, w.expected, size)
+}
+
+// Follow returns a reader of the blob from offset 0 that streams bytes as
+// the filler writes them: Read blocks until more bytes arrive or the
+// writer ends. After a successful Commit it returns io.EOF once all bytes
+// are read; after Abort or a failed Commit it returns that error. Follow
+// after Commit reads the installed file (ErrNotFound if deleted since).
+//
+// Followers read from their own descriptor of the temp file, not from
+// memory, so they cost no buffers. Any number may exist; each must be
+// closed, and closing one never affects the writer or other followers.
+// A follower's Read is single-goroutine; Close may be called from any
+// goroutine and wakes a blocked Read. Safe to call from any goroutine.
+func (w *BlobWriter) Follow() (io.ReadCloser, error) {
+	w.mu.Lock()
+	for w.state == stateCommitting {
+		w.cond.Wait() // the temp path is about to be renamed away
+	}
+	switch w.state {
+	case stateFailed:
+		err := w.err
+		w.mu.Unlock()
+		return nil, err
+	case stateCommitted:
+		w.mu.Unlock()
+		f, err := os.Open(w.s.blobPath(w.expected))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: blob %s: deleted after commit", ErrNotFound, w.expected)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("cachestore: follow blob: %w", err)
+		}
+		return f, nil
+	}
+	// Opened under mu so fail/Commit cannot remove or rename the path in
+	// between; once open, the descriptor survives both (Linux semantics).
+	f, err := os.Open(w.tmpPath)
+	w.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("cachestore: follow blob: %w", err)
+	}
+	return &follower{w: w, f: f}, nil
+}
+
+// follower streams a BlobWriter's temp file as it grows.
+type follower struct {
+	w      *BlobWriter
+	f      *os.File
+	pos    int64 // next offset to read; Read goroutine only
+	closed bool  // guarded by w.mu
+}
+
+func (r *follower) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	w := r.w
+	w.mu.Lock()
+	for !r.closed && r.pos >= w.written.Load() && (w.state == stateWriting || w.state == stateCommitting) {
+		w.cond.Wait()
+	}
+	closed, state, werr, avail := r.closed, w.state, w.err, w.written.Load()-r.pos
+	w.mu.Unlock()
+
+	switch {
+	case closed:
+		return 0, fmt.Errorf("%w: follower", ErrClosed)
+	case state == stateFailed:
+		return 0, werr
+	case avail <= 0:
+		return 0, io.EOF // committed and fully read
+	}
+	n, err := r.f.ReadAt(p[:min(int64(len(p)), avail)], r.pos)
+	r.pos += int64(n)
+	if err == io.EOF {
+		// The writer said these bytes exist; a short read means the file
+		// was truncated underneath us.
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+// Close releases the follower's descriptor and wakes a Read blocked on it.
+func (r *follower) Close() error {
+	r.w.mu.Lock()
+	if r.closed {
+		r.w.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.w.cond.Broadcast()
+	r.w.mu.Unlock()
+	return r.f.Close()
+}
