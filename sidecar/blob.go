@@ -51,11 +51,15 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 		return
 	}
 	s.stats.BlobMisses.Add(1)
+	if s.cachingPaused() && r.Header.Get("Range") == "" {
+		s.passThroughMiss(w, r, req, up)
+		return
+	}
 	fill, joined := s.joinFill(up, req.Repo, req.Digest)
 	if joined {
 		s.stats.CoalescedWaiters.Add(1)
 	}
-	s.followFill(w, r, req, fill)
+	s.followFill(w, r, req, up, fill)
 }
 
 // headBlobUpstream answers a HEAD for a blob we lack: from a fill in progress
@@ -105,13 +109,17 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req ro
 // receives a complete-looking body whose digest is wrong; any failure after
 // the headers went out aborts the connection, so it cannot mistake a short
 // body for a whole one either.
-func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Request, f *blobFill) {
+func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client, f *blobFill) {
 	select {
 	case <-f.ready:
 	case <-r.Context().Done():
 		return
 	}
 	if f.err != nil {
+		if errors.Is(f.err, errCachingPaused) && r.Header.Get("Range") == "" {
+			s.passThroughMiss(w, r, req, up)
+			return
+		}
 		s.fail(w, r, f.err)
 		return
 	}
@@ -157,6 +165,15 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client left; the fill goes on for the others
+		}
+		if errors.Is(err, errCachingPaused) && status == http.StatusOK {
+			// The disk filled mid-fill: finish this response from the
+			// upstream, from the first byte the client has not had.
+			if perr := s.passThrough(r.Context(), w, r, req, up, cw.n, true); perr == nil {
+				return
+			} else {
+				err = perr
+			}
 		}
 		s.log.Warn("aborting blob response: fill failed", "digest", req.Digest, "err", err)
 		panic(http.ErrAbortHandler)

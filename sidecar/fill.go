@@ -115,6 +115,10 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 			w, err := s.store.NewBlobWriter(f.digest, size)
 			if err != nil {
 				resp.Body.Close()
+				if isNoSpace(err) {
+					s.pauseCaching(err)
+					return fmt.Errorf("%w: %w", errCachingPaused, err)
+				}
 				return err
 			}
 			f.writer, f.size = w, size
@@ -125,7 +129,11 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		s.stats.BytesUpstream.Add(n)
 		var we *writeError
 		if errors.As(copyErr, &we) {
-			return we.err // the store refused bytes (size exceeded, disk): not the upstream's fault
+			if isNoSpace(we.err) {
+				s.pauseCaching(we.err)
+				return fmt.Errorf("%w: %w", errCachingPaused, we.err)
+			}
+			return we.err // the store refused bytes (size exceeded): not the upstream's fault
 		}
 		if copyErr != nil {
 			lastErr = fmt.Errorf("upstream %s dropped %s after %d bytes: %w", ns, f.digest, f.writer.Written(), copyErr)
@@ -136,6 +144,10 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 			continue
 		}
 		if _, err := f.writer.Commit(); err != nil {
+			if isNoSpace(err) {
+				s.pauseCaching(err)
+				return fmt.Errorf("%w: %w", errCachingPaused, err)
+			}
 			if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
 				return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
 			}

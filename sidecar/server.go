@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -60,6 +61,9 @@ type Server struct {
 	stats     *Stats
 
 	manifestFlight singleflight.Group
+
+	// pausedUntil (unix nanoseconds) is set when the volume was full.
+	pausedUntil atomic.Int64
 
 	fillMu sync.Mutex
 	fills  map[string]*blobFill

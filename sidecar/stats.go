@@ -25,6 +25,7 @@ type Stats struct {
 	BytesServed      atomic.Int64 // blob bytes written to clients
 	BytesUpstream    atomic.Int64 // blob bytes read from upstreams
 	Pushes           atomic.Int64 // manifests pushed into the local namespace
+	DiskFullEvents   atomic.Int64 // store writes that hit ENOSPC (caching paused)
 
 	mu       sync.Mutex
 	upstream map[upstreamKey]int64
@@ -76,6 +77,7 @@ type Snapshot struct {
 	BytesServed      int64 `json:"bytes_served"`
 	BytesUpstream    int64 `json:"bytes_upstream"`
 	Pushes           int64 `json:"pushes"`
+	DiskFullEvents   int64 `json:"disk_full_events"`
 	// Upstream maps upstream → request kind → HTTP status (or "error") → count.
 	Upstream map[string]map[string]map[string]int64 `json:"upstream_requests"`
 	Store    struct {
@@ -98,6 +100,7 @@ func (s *Stats) Snapshot() Snapshot {
 	out.BytesServed = s.BytesServed.Load()
 	out.BytesUpstream = s.BytesUpstream.Load()
 	out.Pushes = s.Pushes.Load()
+	out.DiskFullEvents = s.DiskFullEvents.Load()
 	out.Upstream = map[string]map[string]map[string]int64{}
 	s.mu.Lock()
 	for k, v := range s.upstream {

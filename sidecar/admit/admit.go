@@ -133,10 +133,14 @@ func New(opts Options) *Admitter {
 
 // Counted admits one counted request (a manifest GET) for k, spending a
 // token. It waits in a fair queue (round-robin over client, FIFO within
-// it); a canceled ctx leaves the queue and returns ctx.Err(). It returns a
-// *ThrottledError if the request cannot be admitted within QueueTimeout (or
-// ctx's deadline), immediately if that is already known, for instance while
-// a 429 block outlasts the deadline.
+// it); when ctx ends first the request leaves the queue and ctx.Err() is
+// returned. It returns a *ThrottledError if the request is not admitted
+// within QueueTimeout, and at once if the known 429 block or the refill
+// time of the tokens needed by the requests ahead of it already outlasts
+// the earlier of QueueTimeout and ctx's deadline.
+//
+// k.Upstream should be the canonical registry name ("docker.io", not
+// "registry-1.docker.io"); quotas and persisted state are kept per name.
 func (a *Admitter) Counted(ctx context.Context, k Key, client string) (*Ticket, error) {
 	q, err := a.quota(k.normalized())
 	if err != nil {

@@ -26,7 +26,10 @@ type ThrottledError struct {
 	// RetryAfter is the best estimate of when a retry could be admitted; at
 	// least one second. Round it up when writing a Retry-After header.
 	RetryAfter time.Duration
-	Reason     string // "blocked", "quota", "backoff", "timeout"
+	// Reason is "blocked" (a 429 block), "quota" (the counted bucket is
+	// empty), "backoff" (after a bare 429), "concurrency" or "rate"
+	// (uncounted limits, with a negative QueueTimeout), or "timeout".
+	Reason string
 }
 
 func (e *ThrottledError) Error() string {

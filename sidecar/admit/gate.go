@@ -79,7 +79,7 @@ func (g *gate) acquire(ctx context.Context, client string) (*Ticket, error) {
 		return nil, err
 	}
 	if g.timeout <= 0 {
-		err := g.pol.throttledLocked(now, "timeout", time.Time{})
+		err := g.pol.throttledLocked(now, "", time.Time{})
 		g.stats.Throttled++
 		g.mu.Unlock()
 		return nil, err
@@ -98,7 +98,7 @@ func (g *gate) acquire(ctx context.Context, client string) (*Ticket, error) {
 		g.leave(w, true)
 		return nil, ctx.Err()
 	case <-timer.C:
-		if t, err, granted := g.leave(w, false); granted {
+		if t, granted, err := g.leave(w, false); granted {
 			return t, err
 		}
 		g.mu.Lock()
@@ -110,7 +110,7 @@ func (g *gate) acquire(ctx context.Context, client string) (*Ticket, error) {
 
 // leave takes w out of the queue. If w was granted in the meantime, a
 // canceled waiter gives the grant back, a timed-out one keeps it.
-func (g *gate) leave(w *waiter, canceled bool) (*Ticket, error, bool) {
+func (g *gate) leave(w *waiter, canceled bool) (t *Ticket, granted bool, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.queue.remove(w) {
@@ -121,10 +121,10 @@ func (g *gate) leave(w *waiter, canceled bool) (*Ticket, error, bool) {
 		}
 		// The waiter may have been the head that was holding others.
 		g.dispatchLocked(time.Now())
-		return nil, nil, false
+		return nil, false, nil
 	}
 	if w.err != nil || w.ticket == nil {
-		return nil, w.err, true
+		return nil, true, w.err
 	}
 	if canceled {
 		now := time.Now()
@@ -132,9 +132,9 @@ func (g *gate) leave(w *waiter, canceled bool) (*Ticket, error, bool) {
 		g.pol.undoLocked(now, w.ticket)
 		g.stats.Canceled++
 		g.dispatchLocked(now)
-		return nil, nil, false
+		return nil, false, nil
 	}
-	return w.ticket, nil, true
+	return w.ticket, true, nil
 }
 
 // dispatchLocked admits queued waiters while the policy allows, then arms

@@ -126,3 +126,37 @@ func TestParseRetryAfter(t *testing.T) {
 		}
 	}
 }
+
+func FuzzParseLimit(f *testing.F) {
+	for _, s := range []string{"docker.io=100/6h,burst=20", "ghcr.io=unlimited", "a=1/1d", "x=5/s,burst=5", "=", "a=1/0s"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		name, l, err := ParseLimit(s)
+		if err != nil {
+			return
+		}
+		if name == "" || l.Count < 0 || l.Burst > l.Count || (!l.Unlimited() && l.Window < time.Second) {
+			t.Fatalf("ParseLimit(%q) accepted %q %+v", s, name, l)
+		}
+		_, back, err := ParseLimit(name + "=" + l.String())
+		if err != nil || back.Count != l.Count || back.capacity() != l.capacity() || back.rate() != l.rate() {
+			t.Fatalf("round trip of %+v via %q: %+v, %v", l, l.String(), back, err)
+		}
+	})
+}
+
+func FuzzParseRateHeaders(f *testing.F) {
+	f.Add("100;w=21600", "76;w=21600", "120")
+	f.Add("10, 10;w=1, 50;w=60", "", "Wed, 21 Oct 2015 07:28:00 GMT")
+	f.Fuzz(func(t *testing.T, limit, remaining, retry string) {
+		h := http.Header{"Ratelimit-Limit": {limit}, "Ratelimit-Remaining": {remaining}, "Retry-After": {retry}}
+		ri := parseRateHeaders(h)
+		if ri.remaining < 0 || ri.window < 0 {
+			t.Fatalf("negative values from %q %q: %+v", limit, remaining, ri)
+		}
+		if d, ok := parseRetryAfter(h, time.Now()); ok && (d < 0 || d > maxRetryAfter) {
+			t.Fatalf("Retry-After %q gave %v", retry, d)
+		}
+	})
+}

@@ -19,10 +19,9 @@ func TestFairnessAcrossClients(t *testing.T) {
 		mustAdmit(t)(a.Counted(t.Context(), k, "warmup")) // empty the bucket
 		ctx, cancel := context.WithCancel(t.Context())
 		out := make(chan result, 101)
-		for i := range 100 {
+		for range 100 {
 			acquireAsync(ctx, a.Counted, k, "A", out)
 			synctest.Wait() // enqueue in a known order
-			_ = i
 		}
 		acquireAsync(ctx, a.Counted, k, "B", out)
 		synctest.Wait()
@@ -66,22 +65,28 @@ func TestFIFOWithinClient(t *testing.T) {
 		defer a.Close()
 		k := Key{Upstream: "x.io"}
 		hold := mustAdmit(t)(a.Uncounted(t.Context(), k, "c"))
-		out := make(chan result, 5)
-		for i := range 5 {
-			acquireAsync(t.Context(), a.Uncounted, k, fmt.Sprint(i), out)
-			synctest.Wait()
+		type grant struct {
+			i int
+			t *Ticket
 		}
-		_ = hold
-		// All from one client "c" would be FIFO; here: five clients, one
-		// waiter each, round-robin degenerates to arrival order.
-		hold.Done(http.StatusOK, nil)
+		got := make(chan grant, 5)
 		for i := range 5 {
-			synctest.Wait()
-			rs := drain(out)
-			if len(rs) != 1 || rs[0].client != fmt.Sprint(i) {
-				t.Fatalf("grant %d went to %+v", i, rs)
+			go func() {
+				tk, err := a.Uncounted(t.Context(), k, "c")
+				if err != nil {
+					t.Error(err)
+				}
+				got <- grant{i, tk}
+			}()
+			synctest.Wait() // enqueue in a known order
+		}
+		hold.Done(http.StatusOK, nil)
+		for want := range 5 {
+			g := <-got
+			if g.i != want {
+				t.Fatalf("grant %d went to waiter %d", want, g.i)
 			}
-			rs[0].t.Done(http.StatusOK, nil)
+			g.t.Done(http.StatusOK, nil) // frees the slot for the next
 		}
 	})
 }
@@ -137,7 +142,7 @@ func TestCanceledAfterGrantReturnsToken(t *testing.T) {
 		if w.ticket == nil {
 			t.Fatal("waiter not granted")
 		}
-		if _, _, kept := q.leave(w, true); kept {
+		if _, kept, _ := q.leave(w, true); kept {
 			t.Fatal("canceled waiter kept its grant")
 		}
 		w.ticket.Done(http.StatusOK, rl(1, 0, 3600)) // must be ignored: ticket was abandoned

@@ -64,9 +64,13 @@ func (tr *traffic) throttledLocked(now time.Time, reason string, at time.Time) *
 		at, _ = tr.estimateLocked(now, tr.queue.len())
 	}
 	if reason == "" {
-		reason = "rate"
-		if now.Before(tr.backoffUntil) {
+		switch {
+		case now.Before(tr.backoffUntil):
 			reason = "backoff"
+		case tr.concurrency > 0 && tr.inflight >= tr.concurrency:
+			reason = "concurrency"
+		default:
+			reason = "rate"
 		}
 	}
 	return &ThrottledError{Upstream: tr.upstream, RetryAfter: max(at.Sub(now), time.Second), Reason: reason}
