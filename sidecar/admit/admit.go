@@ -66,6 +66,11 @@ type Options struct {
 	// QueueTimeout is how long a request may wait for admission before it
 	// gets a *ThrottledError. Default 30s; negative means never wait.
 	QueueTimeout time.Duration
+	// TrustDefaultLimit lets counted requests spend the built-in or Default
+	// limit's burst before the upstream has answered once. By default the
+	// first counted request per key goes out alone and the rest wait for
+	// its ratelimit headers, since the real quota may be far lower.
+	TrustDefaultLimit bool
 	// State persists counted buckets; nil keeps them in memory only.
 	State StateStore
 	// Logger receives block/resume events; nil discards them.

@@ -133,7 +133,7 @@ func TestFailFastWhileBlocked(t *testing.T) {
 func TestFailFastWhenQuotaOutlastsTimeout(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		a := New(Options{}) // docker.io default 100/6h burst 20, QueueTimeout 30s
+		a := New(Options{TrustDefaultLimit: true}) // docker.io default 100/6h burst 20, QueueTimeout 30s
 		defer a.Close()
 		k := Key{Upstream: "docker.io"}
 		for range 20 {
@@ -196,7 +196,7 @@ func TestInconclusiveProbeHandsOver(t *testing.T) {
 func TestLate429DoesNotRestartBlock(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		a := New(Options{QueueTimeout: -1})
+		a := New(Options{TrustDefaultLimit: true, QueueTimeout: -1})
 		defer a.Close()
 		k := Key{Upstream: "docker.io"}
 		t1 := mustAdmit(t)(a.Counted(t.Context(), k, "c"))

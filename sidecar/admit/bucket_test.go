@@ -3,6 +3,7 @@ package admit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"testing"
@@ -103,7 +104,7 @@ func TestLearnFromHeadersCapsSpending(t *testing.T) {
 func TestLearnCountsPendingRequests(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
-		a := New(Options{QueueTimeout: -1, Reserve: -1})
+		a := New(Options{TrustDefaultLimit: true, QueueTimeout: -1, Reserve: -1})
 		defer a.Close()
 		k := Key{Upstream: "docker.io"}
 		first := mustAdmit(t)(a.Counted(t.Context(), k, "c"))
@@ -251,6 +252,40 @@ func TestUnlimitedDefault(t *testing.T) {
 		}
 		if s := quotaOf(t, a, k); s.Admitted != 1000 || s.Refunded != 0 || !s.Limit.Unlimited() {
 			t.Fatalf("state = %+v", s)
+		}
+	})
+}
+
+// Until the upstream has answered once, its quota is unknown: a cold burst
+// lets exactly one counted request out, and the rest follow once the
+// answer taught the bucket what remains.
+func TestColdBurstWaitsForFirstAnswer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		a := New(Options{Reserve: 2}) // docker.io's built-in default: 100/6h, burst 20
+		defer a.Close()
+		k := Key{Upstream: "docker.io"}
+		first, err := a.Counted(t.Context(), k, "job-0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		granted := make(chan *Ticket, 10)
+		for i := range 10 {
+			go func() {
+				tk, err := a.Counted(t.Context(), k, fmt.Sprintf("job-%d", i+1))
+				if err == nil {
+					granted <- tk
+				}
+			}()
+		}
+		synctest.Wait()
+		if n := len(granted); n != 0 {
+			t.Fatalf("%d counted requests admitted before the upstream answered once", n)
+		}
+		// The upstream says 5 per window, 4 left: 4 - reserve 2 = 2 more.
+		first.Done(200, http.Header{"Ratelimit-Limit": {"5;w=21600"}, "Ratelimit-Remaining": {"4;w=21600"}})
+		synctest.Wait()
+		if n := len(granted); n != 2 {
+			t.Fatalf("after learning remaining=4 with reserve 2: %d admitted, want 2", n)
 		}
 	})
 }

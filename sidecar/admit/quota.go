@@ -44,6 +44,13 @@ type quota struct {
 	// reported.
 	pending int
 
+	// responded is set once any counted request got an answer. Until then
+	// a quota nobody configured is unknown, so only one counted request is
+	// let out at a time: a cold burst of 20 distinct pulls must not spend
+	// 20 tokens of a quota the upstream may say is 5. A limit configured in
+	// Options.Limits is trusted from the start.
+	responded bool
+
 	loadOnce sync.Once
 	persist  persistState
 }
@@ -88,11 +95,20 @@ func (q *quota) admitLocked(now time.Time) (bool, time.Time) {
 		}
 		return !q.probeInflight, time.Time{}
 	}
+	if q.learningLocked() && q.pending > 0 {
+		return false, time.Time{} // the first answer dispatches the queue
+	}
 	q.bucket.advance(now)
 	if q.bucket.has(1) {
 		return true, time.Time{}
 	}
 	return false, now.Add(q.bucket.timeFor(1))
+}
+
+// learningLocked reports whether the upstream has never answered a counted
+// request of this key (in this process or, via persisted state, before).
+func (q *quota) learningLocked() bool {
+	return !q.explicit && !q.a.opts.TrustDefaultLimit && !q.responded && q.reportedAt.IsZero()
 }
 
 func (q *quota) grantLocked(now time.Time) *Ticket {
@@ -163,6 +179,7 @@ func (q *quota) undoLocked(now time.Time, t *Ticket) {
 func (q *quota) observeLocked(now time.Time, status int, ri rateInfo, retryAfter time.Duration, hasRetryAfter bool, t *Ticket) {
 	if t != nil {
 		q.pending--
+		q.responded = true
 	}
 	if ri.has {
 		q.learnLocked(now, ri)

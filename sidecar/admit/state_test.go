@@ -14,7 +14,7 @@ func TestPersistenceRoundTrip(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := newFakeStore()
 		k := Key{Upstream: "docker.io", Identity: "bob"}
-		a1 := New(Options{State: store, QueueTimeout: -1})
+		a1 := New(Options{TrustDefaultLimit: true, State: store, QueueTimeout: -1})
 		var last *Ticket
 		for range 20 { // spend the whole burst
 			last = mustAdmit(t)(a1.Counted(t.Context(), k, "c"))
@@ -79,7 +79,7 @@ func TestPersistenceThrottledWrites(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		store := newFakeStore()
 		k := Key{Upstream: "docker.io"}
-		a := New(Options{State: store, QueueTimeout: -1})
+		a := New(Options{TrustDefaultLimit: true, State: store, QueueTimeout: -1})
 		defer a.Close()
 		mustAdmit(t)(a.Counted(t.Context(), k, "c"))
 		synctest.Wait()
