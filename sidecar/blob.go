@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,14 @@ import (
 // getBlob serves GET/HEAD of a blob: from the store (with Range, via
 // http.ServeContent), else by following a fill from the upstream.
 func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Request) {
+	if s.serveStoredBlob(w, r, req) {
+		return
+	}
+	s.getBlobMiss(w, r, req)
+}
+
+// serveStoredBlob serves the blob from the store if it is there.
+func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req route.Request) bool {
 	f, info, err := s.store.OpenBlob(req.Digest)
 	if err == nil {
 		defer f.Close()
@@ -31,12 +40,16 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 		http.ServeContent(cw, r, "", time.Time{}, f)
 		s.stats.BytesServed.Add(cw.n)
 		_ = info
-		return
+		return true
 	}
 	if !errors.Is(err, cachestore.ErrNotFound) {
 		s.fail(w, r, err)
-		return
+		return true
 	}
+	return false
+}
+
+func (s *Server) getBlobMiss(w http.ResponseWriter, r *http.Request, req route.Request) {
 	up, err := s.mirrorFor(req)
 	if err != nil {
 		s.fail(w, r, err)
@@ -50,12 +63,24 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 		s.headBlobUpstream(w, r, req, up)
 		return
 	}
+	negKey := "b|" + up.Registry().Name + "|" + req.Digest.String()
+	if err, ok := s.negative.get(negKey); ok {
+		s.stats.Absorbed.Add(1)
+		s.fail(w, r, err)
+		return
+	}
 	s.stats.BlobMisses.Add(1)
 	if s.cachingPaused() && r.Header.Get("Range") == "" {
 		s.passThroughMiss(w, r, req, up)
 		return
 	}
-	fill, joined := s.joinFill(up, req.Repo, req.Digest)
+	fill, joined := s.joinFill(r.Context(), up, req.Repo, req.Digest)
+	if fill == nil { // committed in the meantime
+		if !s.serveStoredBlob(w, r, req) {
+			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s vanished from the store", req.Digest))
+		}
+		return
+	}
 	if joined {
 		s.stats.CoalescedWaiters.Add(1)
 	}
@@ -81,8 +106,9 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req ro
 	}
 	if size < 0 {
 		ns := up.Registry().Name
-		resp, err := up.Blob(r.Context(), http.MethodHead, req.Repo, req.Digest, 0)
-		s.countUpstream(ns, "blob_head", resp, err)
+		resp, err := s.admitted(r.Context(), up, kindBlobHead, func(ctx context.Context) (*http.Response, error) {
+			return up.Blob(ctx, http.MethodHead, req.Repo, req.Digest, 0)
+		})
 		if err != nil {
 			s.fail(w, r, upstreamFailure(ns, err))
 			return

@@ -49,8 +49,9 @@ func (s *Server) cachingPaused() bool {
 // from a fill that failed). headersSent says whether the status line is out.
 func (s *Server) passThrough(ctx context.Context, w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client, offset int64, headersSent bool) error {
 	ns := up.Registry().Name
-	resp, err := up.Blob(ctx, http.MethodGet, req.Repo, req.Digest, offset)
-	s.countUpstream(ns, "blob_get", resp, err)
+	resp, err := s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+		return up.Blob(ctx, http.MethodGet, req.Repo, req.Digest, offset)
+	})
 	if err != nil {
 		return upstreamFailure(ns, err)
 	}

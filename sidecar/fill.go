@@ -39,29 +39,38 @@ type blobFill struct {
 // maxFillAttempts bounds how often one fill resumes after upstream drops.
 const maxFillAttempts = 6
 
-// joinFill returns the fill in progress for d, starting one if there is none.
-func (s *Server) joinFill(up *upstream.Client, repo string, d v1.Hash) (f *blobFill, joined bool) {
+// joinFill returns the fill in progress for d, starting one if there is
+// none. It returns nil if the blob is in the store by now: a fill that
+// finished between the caller's store lookup and this call must not be
+// repeated (fills leave the map only after their commit).
+func (s *Server) joinFill(ctx context.Context, up *upstream.Client, repo string, d v1.Hash) (f *blobFill, joined bool) {
 	key := d.String()
 	s.fillMu.Lock()
 	defer s.fillMu.Unlock()
 	if f := s.fills[key]; f != nil {
 		return f, true
 	}
+	if _, err := s.store.StatBlob(d); err == nil {
+		return nil, false
+	}
 	f = &blobFill{digest: d, ready: make(chan struct{}), done: make(chan struct{}), size: -1}
 	s.fills[key] = f
 	s.fillWG.Add(1)
-	go s.runFill(f, up, repo)
+	go s.runFill(context.WithoutCancel(ctx), f, up, repo)
 	return f, false
 }
 
 // runFill downloads the blob, resuming with Range when the upstream drops the
 // connection, and commits it only after the store verified digest and size.
 // It runs under its own context: no client's disconnect cancels it.
-func (s *Server) runFill(f *blobFill, up *upstream.Client, repo string) {
+func (s *Server) runFill(ctx context.Context, f *blobFill, up *upstream.Client, repo string) {
 	defer s.fillWG.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), s.opts.FillTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.opts.FillTimeout)
 	defer cancel()
 	err := s.fill(ctx, f, up, repo)
+	if err != nil && !errors.Is(err, errCachingPaused) {
+		s.negative.put("b|"+up.Registry().Name+"|"+f.digest.String(), err)
+	}
 	if err != nil {
 		if f.writer != nil {
 			f.writer.Abort(err)
@@ -92,10 +101,14 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := up.Blob(ctx, http.MethodGet, repo, f.digest, offset)
-		s.countUpstream(ns, "blob_get", resp, err)
+		resp, err := s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+			return up.Blob(ctx, http.MethodGet, repo, f.digest, offset)
+		})
 		if err != nil {
 			lastErr = upstreamFailure(ns, err)
+			if !retryable(lastErr) {
+				return lastErr
+			}
 			continue
 		}
 		body, err := s.positionBody(ns, resp, offset)

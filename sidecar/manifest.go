@@ -117,17 +117,8 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 	case err == nil:
 		stale := false
 		if s.opts.Now().Sub(tr.CheckedAt) >= s.opts.TagTTL {
-			fresh, err := s.coalesceTag(ctx, "r|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (cachestore.TagRecord, error) {
-				return s.revalidate(ctx, up, repo, tag, tr)
-			})
-			switch {
-			case err == nil:
-				tr = fresh
-			case staleAllowed(err):
-				s.stats.StaleServed.Add(1)
-				s.log.Warn("upstream failed; serving last good copy of tag", "upstream", ns, "repo", repo, "tag", tag, "err", err)
-				stale = true
-			default:
+			tr, stale, err = s.revalidateOrStale(ctx, up, repo, tag, tr)
+			if err != nil {
 				return manifest{}, err
 			}
 		} else {
@@ -144,19 +135,53 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 	case !errors.Is(err, cachestore.ErrNotFound):
 		return manifest{}, err
 	}
+	negKey := "t|" + ns + "|" + repo + "|" + tag
+	if err, ok := s.negative.get(negKey); ok {
+		s.stats.Absorbed.Add(1)
+		return manifest{}, err
+	}
 	s.stats.ManifestMisses.Add(1)
+	var m manifest
 	if head {
-		tr, err := s.coalesceTag(ctx, "h|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (cachestore.TagRecord, error) {
+		var tr cachestore.TagRecord
+		tr, err = s.coalesceTag(ctx, "h|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (cachestore.TagRecord, error) {
 			return s.headTag(ctx, up, repo, tag)
 		})
-		if err != nil {
-			return manifest{}, err
-		}
-		return manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}, nil
+		m = manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}
+	} else {
+		m, err = s.coalesce(ctx, "t|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
+			return s.fetchManifest(ctx, up, repo, tag, nil)
+		})
 	}
-	return s.coalesce(ctx, "t|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
-		return s.fetchManifest(ctx, up, repo, tag, nil)
+	if err != nil {
+		s.negative.put(negKey, err)
+		return manifest{}, err
+	}
+	return m, nil
+}
+
+// revalidateOrStale revalidates a stale tag, waiting for the upstream at
+// most RevalidateWait. If the upstream is slow, throttled or failing, the
+// last good copy is served (stale-if-error, stale-while-revalidate) and a
+// slow revalidation finishes in the background.
+func (s *Server) revalidateOrStale(ctx context.Context, up *upstream.Client, repo, tag string, tr cachestore.TagRecord) (cachestore.TagRecord, bool, error) {
+	ns := up.Registry().Name
+	waitCtx, cancel := context.WithTimeout(ctx, s.opts.RevalidateWait)
+	defer cancel()
+	fresh, err := s.coalesceTag(waitCtx, "r|"+ns+"|"+repo+"|"+tag, func(fctx context.Context) (cachestore.TagRecord, error) {
+		return s.revalidate(fctx, up, repo, tag, tr)
 	})
+	switch {
+	case err == nil:
+		return fresh, false, nil
+	case ctx.Err() != nil:
+		return tr, false, ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded) || staleAllowed(err):
+		s.stats.StaleServed.Add(1)
+		s.log.Warn("serving last good copy of tag", "upstream", ns, "repo", repo, "tag", tag, "reason", err)
+		return tr, true, nil
+	}
+	return tr, false, err
 }
 
 // manifestByDigest serves an immutable manifest: from the store, else with
@@ -165,7 +190,12 @@ func (s *Server) manifestByDigest(ctx context.Context, up *upstream.Client, repo
 	if m, err := s.storedManifest(d); err == nil {
 		return m, nil
 	}
-	return s.coalesce(ctx, "m|"+up.Registry().Name+"|"+d.String(), func(ctx context.Context) (manifest, error) {
+	negKey := "m|" + up.Registry().Name + "|" + d.String()
+	if err, ok := s.negative.get(negKey); ok {
+		s.stats.Absorbed.Add(1)
+		return manifest{}, err
+	}
+	m, err := s.coalesce(ctx, negKey, func(ctx context.Context) (manifest, error) {
 		// The store may have gained it while this call waited its turn.
 		if m, err := s.storedManifest(d); err == nil {
 			return m, nil
@@ -173,6 +203,10 @@ func (s *Server) manifestByDigest(ctx context.Context, up *upstream.Client, repo
 		s.stats.ManifestMisses.Add(1)
 		return s.fetchManifest(ctx, up, repo, d.String(), &d)
 	})
+	if err != nil {
+		s.negative.put(negKey, err)
+	}
+	return m, err
 }
 
 // staleAllowed reports whether a failed revalidation may fall back to the
@@ -222,8 +256,7 @@ func coalesceOn[T any](s *Server, ctx context.Context, key string, fn func(conte
 // HEAD and records it; the body is fetched by digest when a client GETs it.
 func (s *Server) headTag(ctx context.Context, up *upstream.Client, repo, tag string) (cachestore.TagRecord, error) {
 	ns := up.Registry().Name
-	resp, err := up.Manifest(ctx, http.MethodHead, repo, tag)
-	s.countUpstream(ns, "manifest_head", resp, err)
+	resp, err := s.upManifest(ctx, up, http.MethodHead, repo, tag)
 	if err != nil {
 		return cachestore.TagRecord{}, upstreamFailure(ns, err)
 	}
@@ -262,8 +295,7 @@ func tagFromHead(resp *http.Response, now time.Time) (cachestore.TagRecord, bool
 func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag string, old cachestore.TagRecord) (cachestore.TagRecord, error) {
 	ns := up.Registry().Name
 	s.stats.Revalidations.Add(1)
-	resp, err := up.Manifest(ctx, http.MethodHead, repo, tag)
-	s.countUpstream(ns, "manifest_head", resp, err)
+	resp, err := s.upManifest(ctx, up, http.MethodHead, repo, tag)
 	if err != nil {
 		return cachestore.TagRecord{}, upstreamFailure(ns, err)
 	}
@@ -295,8 +327,7 @@ func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag 
 // have.
 func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, ref string, want *v1.Hash) (manifest, error) {
 	ns := up.Registry().Name
-	resp, err := up.Manifest(ctx, http.MethodGet, repo, ref)
-	s.countUpstream(ns, "manifest_get", resp, err)
+	resp, err := s.upManifest(ctx, up, http.MethodGet, repo, ref)
 	if err != nil {
 		return manifest{}, upstreamFailure(ns, err)
 	}
@@ -445,6 +476,10 @@ func (s *Server) countUpstream(ns, kind string, resp *http.Response, err error) 
 // upstreamFailure turns a transport error into 503 with a Retry-After: the
 // client should come back later, not hammer a dead upstream.
 func upstreamFailure(ns string, err error) error {
+	var ae *apierr.Error
+	if errors.As(err, &ae) {
+		return err // already an answer for the client (e.g. admission's 429)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return apierr.Wrap(apierr.Unavailable, err, "upstream %s timed out", ns).WithRetryAfter(10 * time.Second)
 	}

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -378,8 +379,9 @@ func (s *Server) referrers(w http.ResponseWriter, r *http.Request, req route.Req
 func (s *Server) proxyUpstreamJSON(w http.ResponseWriter, r *http.Request, req route.Request, suffix, kind string) {
 	up, _ := s.mirrorFor(req)
 	ns := up.Registry().Name
-	resp, err := up.Get(r.Context(), req.Repo, suffix, r.URL.RawQuery)
-	s.countUpstream(ns, kind, resp, err)
+	resp, err := s.admitted(r.Context(), up, kind, func(ctx context.Context) (*http.Response, error) {
+		return up.Get(ctx, req.Repo, suffix, r.URL.RawQuery)
+	})
 	if err != nil {
 		s.fail(w, r, upstreamFailure(ns, err))
 		return

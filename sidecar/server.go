@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"sort"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 	"github.com/pullcache/pullcache/sidecar/upstream"
@@ -46,6 +48,13 @@ type Options struct {
 	FillTimeout time.Duration
 	// ManifestTimeout bounds one manifest fetch or revalidation. Default 60s.
 	ManifestTimeout time.Duration
+	// Admitter admits every upstream request (nil: no admission control;
+	// the caller owns and closes it).
+	Admitter *admit.Admitter
+	// RevalidateWait is how long a request for a stale tag waits for its
+	// revalidation before it is served the cached copy while revalidation
+	// finishes in the background. Default 2s.
+	RevalidateWait time.Duration
 	// Logger receives operational logs; never credentials.
 	Logger *slog.Logger
 	// Now is the clock (tests).
@@ -59,6 +68,9 @@ type Server struct {
 	upstreams map[string]*upstream.Client
 	log       *slog.Logger
 	stats     *Stats
+	admit     *admit.Admitter
+	negative  *negativeCache
+	clients   *clientTracker
 
 	manifestFlight singleflight.Group
 
@@ -87,6 +99,9 @@ func New(opts Options) (*Server, error) {
 	if opts.ManifestTimeout <= 0 {
 		opts.ManifestTimeout = 60 * time.Second
 	}
+	if opts.RevalidateWait <= 0 {
+		opts.RevalidateWait = 2 * time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
@@ -100,7 +115,10 @@ func New(opts Options) (*Server, error) {
 		log:       opts.Logger,
 		stats:     newStats(),
 		fills:     make(map[string]*blobFill),
+		admit:     opts.Admitter,
+		negative:  newNegativeCache(opts.Now),
 	}
+	s.clients = newClientTracker(opts.Now, opts.Logger)
 	for _, u := range opts.Upstreams {
 		s.upstreams[u.Registry().Name] = u
 	}
@@ -132,7 +150,7 @@ func (s *Server) Wait() { s.fillWG.Wait() }
 // because ServeMux cleans paths ("/v2/a/../b") before the parser could
 // reject them.
 func (s *Server) Handler() http.Handler {
-	metrics := s.stats.metricsHandler()
+	metrics := s.metricsHandler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.EscapedPath()
 		switch {
@@ -153,6 +171,9 @@ func (s *Server) Handler() http.Handler {
 
 func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	client := clientName(r)
+	r = r.WithContext(withClient(r.Context(), client))
+	s.clients.request(client)
 	req, err := route.Parse(r)
 	if err != nil {
 		s.fail(w, r, err)
@@ -200,6 +221,8 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 // cause; the client sees only the generic message apierr chooses.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := apierr.StatusOf(err)
+	var a absorbed
+	s.clients.failure(clientOf(r.Context()), r.Method+" "+r.URL.Path, errors.As(err, &a))
 	if status >= 500 && status != http.StatusServiceUnavailable {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	} else {
@@ -238,10 +261,15 @@ func (s *Server) localRepo(req route.Request) string {
 	return req.Registry + "/" + repo
 }
 
-// clientName identifies a client in logs and per-client counters: the
-// remote address without its port.
+// clientName identifies a client in logs, per-client counters and the fair
+// admission queue: the remote address without its port, or the job name a
+// trusted local forwarder (a follower sidecar, a job wrapper) put in
+// X-Pullcache-Client.
 func clientName(r *http.Request) string {
 	host := r.RemoteAddr
+	if c := r.Header.Get("X-Pullcache-Client"); c != "" && len(c) <= 128 && isLocalPeer(host) {
+		return c
+	}
 	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.HasSuffix(host, "]") {
 		host = host[:i]
 	}
@@ -249,4 +277,17 @@ func clientName(r *http.Request) string {
 		return "local"
 	}
 	return host
+}
+
+// isLocalPeer reports whether a request came over loopback or a unix socket.
+func isLocalPeer(remoteAddr string) bool {
+	if remoteAddr == "" || remoteAddr == "@" {
+		return true // unix socket
+	}
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

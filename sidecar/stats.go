@@ -6,9 +6,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pullcache/pullcache/sidecar/admit"
 )
 
 // Stats counts what the mirror did. All methods are safe for concurrent use.
@@ -26,6 +29,8 @@ type Stats struct {
 	BytesUpstream    atomic.Int64 // blob bytes read from upstreams
 	Pushes           atomic.Int64 // manifests pushed into the local namespace
 	DiskFullEvents   atomic.Int64 // store writes that hit ENOSPC (caching paused)
+	Throttled        atomic.Int64 // upstream requests refused by admission (answered 429)
+	Absorbed         atomic.Int64 // failing requests answered from the negative cache, not forwarded
 
 	mu       sync.Mutex
 	upstream map[upstreamKey]int64
@@ -78,12 +83,83 @@ type Snapshot struct {
 	BytesUpstream    int64 `json:"bytes_upstream"`
 	Pushes           int64 `json:"pushes"`
 	DiskFullEvents   int64 `json:"disk_full_events"`
+	Throttled        int64 `json:"throttled"`
+	Absorbed         int64 `json:"absorbed"`
 	// Upstream maps upstream → request kind → HTTP status (or "error") → count.
 	Upstream map[string]map[string]map[string]int64 `json:"upstream_requests"`
 	Store    struct {
 		Blobs int   `json:"blobs"`
 		Bytes int64 `json:"bytes"`
 	} `json:"store"`
+	// Quota is each upstream quota as pullcache knows it: configured or
+	// learned limit, what the upstream last reported, tokens left, blocks.
+	Quota []QuotaSnapshot `json:"quota,omitempty"`
+	// Traffic is the uncounted request gate per upstream.
+	Traffic []TrafficSnapshot `json:"traffic,omitempty"`
+	// Clients are the busiest clients.
+	Clients []ClientStats `json:"top_clients,omitempty"`
+}
+
+// QuotaSnapshot is one upstream+identity quota in the stats JSON.
+type QuotaSnapshot struct {
+	Upstream          string     `json:"upstream"`
+	Identity          string     `json:"identity"`
+	Limit             string     `json:"limit"`
+	Tokens            float64    `json:"tokens"`
+	ReportedLimit     int        `json:"reported_limit,omitempty"`
+	ReportedWindowSec int        `json:"reported_window_seconds,omitempty"`
+	ReportedRemaining int        `json:"reported_remaining,omitempty"`
+	ReportedAt        *time.Time `json:"reported_at,omitempty"`
+	BlockedUntil      *time.Time `json:"blocked_until,omitempty"`
+	Pending           int        `json:"pending"`
+	Waiting           int        `json:"waiting"`
+	Admitted          uint64     `json:"admitted"`
+	Throttled         uint64     `json:"throttled"`
+	WaitSeconds       float64    `json:"wait_seconds_total"`
+	Observed429       uint64     `json:"upstream_429s"`
+}
+
+// TrafficSnapshot is one upstream's uncounted traffic gate.
+type TrafficSnapshot struct {
+	Upstream    string  `json:"upstream"`
+	InFlight    int     `json:"in_flight"`
+	Concurrency int     `json:"concurrency"`
+	Waiting     int     `json:"waiting"`
+	Admitted    uint64  `json:"admitted"`
+	Throttled   uint64  `json:"throttled"`
+	WaitSeconds float64 `json:"wait_seconds_total"`
+	Observed429 uint64  `json:"upstream_429s"`
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// admissionSnapshot copies the admitter's state into the stats shape.
+func admissionSnapshot(a *admit.Admitter) ([]QuotaSnapshot, []TrafficSnapshot) {
+	if a == nil {
+		return nil, nil
+	}
+	var qs []QuotaSnapshot
+	for _, q := range a.Snapshot() {
+		qs = append(qs, QuotaSnapshot{
+			Upstream: q.Key.Upstream, Identity: q.Key.Identity, Limit: q.Limit.String(), Tokens: q.Tokens,
+			ReportedLimit: q.ReportedLimit, ReportedWindowSec: int(q.ReportedWindow.Seconds()), ReportedRemaining: q.ReportedRemaining,
+			ReportedAt: timePtr(q.ReportedAt), BlockedUntil: timePtr(q.BlockedUntil), Pending: q.Pending,
+			Waiting: q.Waiting, Admitted: q.Admitted, Throttled: q.Throttled, WaitSeconds: q.WaitTime.Seconds(), Observed429: q.Observed429,
+		})
+	}
+	var ts []TrafficSnapshot
+	for _, u := range a.Upstreams() {
+		ts = append(ts, TrafficSnapshot{
+			Upstream: u.Upstream, InFlight: u.InFlight, Concurrency: u.Concurrency, Waiting: u.Waiting,
+			Admitted: u.Admitted, Throttled: u.Throttled, WaitSeconds: u.WaitTime.Seconds(), Observed429: u.Observed429,
+		})
+	}
+	return qs, ts
 }
 
 // Snapshot copies the counters.
@@ -101,6 +177,8 @@ func (s *Stats) Snapshot() Snapshot {
 	out.BytesUpstream = s.BytesUpstream.Load()
 	out.Pushes = s.Pushes.Load()
 	out.DiskFullEvents = s.DiskFullEvents.Load()
+	out.Throttled = s.Throttled.Load()
+	out.Absorbed = s.Absorbed.Load()
 	out.Upstream = map[string]map[string]map[string]int64{}
 	s.mu.Lock()
 	for k, v := range s.upstream {
@@ -132,6 +210,8 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
 	if n, b, err := s.store.Usage(); err == nil {
 		snap.Store.Blobs, snap.Store.Bytes = n, b
 	}
+	snap.Quota, snap.Traffic = admissionSnapshot(s.admit)
+	snap.Clients = s.clients.top(10)
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -140,9 +220,9 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
 
 // metricsHandler serves the counters in Prometheus text format from a
 // private registry (no global state, so tests can run servers side by side).
-func (s *Stats) metricsHandler() http.Handler {
+func (s *Server) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(statsCollector{s})
+	reg.MustRegister(statsCollector{s.stats}, admissionCollector{s.admit})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 
@@ -156,10 +236,64 @@ var (
 	descBytes     = prometheus.NewDesc("pullcache_bytes_total", "Blob bytes by direction.", []string{"direction"}, nil)
 	descUpstream  = prometheus.NewDesc("pullcache_upstream_requests_total", "Requests sent to upstream registries.", []string{"upstream", "kind", "status"}, nil)
 	descResumes   = prometheus.NewDesc("pullcache_fill_resumes_total", "Blob downloads resumed after the upstream dropped the connection.", nil, nil)
+	descAbsorbed  = prometheus.NewDesc("pullcache_absorbed_total", "Failing requests answered from the negative cache instead of being forwarded upstream.", nil, nil)
+	descThrottled = prometheus.NewDesc("pullcache_throttled_total", "Client requests answered 429 because admission would not let them upstream in time.", nil, nil)
+	descDiskFull  = prometheus.NewDesc("pullcache_disk_full_events_total", "Store writes that hit ENOSPC (caching paused, pass-through).", nil, nil)
+
+	descTokens      = prometheus.NewDesc("pullcache_quota_tokens", "Counted-request tokens left in the shared bucket.", []string{"upstream", "identity"}, nil)
+	descRemaining   = prometheus.NewDesc("pullcache_quota_reported_remaining", "ratelimit-remaining as last reported by the upstream.", []string{"upstream", "identity"}, nil)
+	descLimit       = prometheus.NewDesc("pullcache_quota_reported_limit", "ratelimit-limit as last reported by the upstream.", []string{"upstream", "identity"}, nil)
+	descQueue       = prometheus.NewDesc("pullcache_admission_queue_depth", "Requests waiting for admission.", []string{"upstream", "class"}, nil)
+	descWait        = prometheus.NewDesc("pullcache_admission_wait_seconds_total", "Time requests spent waiting for admission.", []string{"upstream", "class"}, nil)
+	descAdmitted    = prometheus.NewDesc("pullcache_admission_admitted_total", "Requests admitted upstream.", []string{"upstream", "class"}, nil)
+	descRefused     = prometheus.NewDesc("pullcache_admission_throttled_total", "Requests refused admission (answered 429 with Retry-After).", []string{"upstream", "class"}, nil)
+	descUpstream429 = prometheus.NewDesc("pullcache_upstream_429_total", "429 answers received from upstreams.", []string{"upstream", "class"}, nil)
+	descInFlight    = prometheus.NewDesc("pullcache_upstream_in_flight", "Uncounted upstream requests in flight.", []string{"upstream"}, nil)
 )
 
+type admissionCollector struct{ a *admit.Admitter }
+
+func (c admissionCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descTokens, descRemaining, descLimit, descQueue, descWait, descAdmitted, descRefused, descUpstream429, descInFlight} {
+		ch <- d
+	}
+}
+
+func (c admissionCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.a == nil {
+		return
+	}
+	gauge := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
+	}
+	counter := func(d *prometheus.Desc, v float64, l ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
+	}
+	for _, q := range c.a.Snapshot() {
+		u, id := q.Key.Upstream, q.Key.Identity
+		gauge(descTokens, q.Tokens, u, id)
+		if !q.ReportedAt.IsZero() {
+			gauge(descRemaining, float64(q.ReportedRemaining), u, id)
+			gauge(descLimit, float64(q.ReportedLimit), u, id)
+		}
+		gauge(descQueue, float64(q.Waiting), u, "counted")
+		counter(descWait, q.WaitTime.Seconds(), u, "counted")
+		counter(descAdmitted, float64(q.Admitted), u, "counted")
+		counter(descRefused, float64(q.Throttled), u, "counted")
+		counter(descUpstream429, float64(q.Observed429), u, "counted")
+	}
+	for _, t := range c.a.Upstreams() {
+		gauge(descQueue, float64(t.Waiting), t.Upstream, "uncounted")
+		counter(descWait, t.WaitTime.Seconds(), t.Upstream, "uncounted")
+		counter(descAdmitted, float64(t.Admitted), t.Upstream, "uncounted")
+		counter(descRefused, float64(t.Throttled), t.Upstream, "uncounted")
+		counter(descUpstream429, float64(t.Observed429), t.Upstream, "uncounted")
+		gauge(descInFlight, float64(t.InFlight), t.Upstream)
+	}
+}
+
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descCoalesced, descStale, descBytes, descUpstream, descResumes} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descCoalesced, descStale, descBytes, descUpstream, descResumes, descAbsorbed, descThrottled, descDiskFull} {
 		ch <- d
 	}
 }
@@ -178,6 +312,9 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBytes, s.BytesServed.Load(), "served")
 	counter(descBytes, s.BytesUpstream.Load(), "upstream")
 	counter(descResumes, s.FillResumes.Load())
+	counter(descAbsorbed, s.Absorbed.Load())
+	counter(descThrottled, s.Throttled.Load())
+	counter(descDiskFull, s.DiskFullEvents.Load())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, v := range s.upstream {

@@ -1,0 +1,49 @@
+// Package realenv starts real third-party components for pullcache's
+// end-to-end tests: an upstream registry (CNCF distribution, Debian's
+// docker-registry), Docker Engine, containerd, BuildKit, skopeo and crane.
+//
+// Everything runs on this machine and talks over loopback only. Each started
+// process gets its own temporary directories, a free 127.0.0.1 port (or a unix
+// socket in a short temporary directory, because unix socket paths must stay
+// below 108 bytes), and a log file. When the test fails the tail of every log
+// is written to t.Log; in t.Cleanup every process is stopped by its PID
+// (SIGTERM, then SIGKILL of its process group after a grace period) and waited
+// for, so no test leaves a daemon behind.
+//
+// The binaries come from scripts/install-test-deps (apt packages docker.io,
+// containerd, runc, docker-registry, skopeo; crane, buildkitd and buildctl in
+// $PULLCACHE_TOOLS/bin, default ~/.cache/pullcache-tools/bin). The tools
+// directory is searched after $PATH, so running the tests without
+// scripts/test still finds them once they are installed.
+//
+// Tests opt in through RequireE2E: they run only when PULLCACHE_E2E=1, and
+// under CI (CI set and not "false") a missing PULLCACHE_E2E is a failure, not
+// a skip, so CI can never silently pass without running them.
+//
+// API overview (every function takes the test's t and fails it on error,
+// except where an error is returned):
+//
+//	RequireE2E(t)
+//	StartRegistry(t) *Registry                      // plain upstream registry
+//	StartProxyRegistry(t, remoteURL) *Registry      // distribution's pull-through proxy
+//	(*Registry).URL(), Host(), Stop(), AccessLogPath()
+//	(*Registry).Counts() Counts, ResetCounts(), Requests() []Request // from its access log
+//	Counts.Sub(before) Counts
+//	NewImage(t, platform, layers, layerSize) v1.Image
+//	NewImageFromFiles(t, platform, files ...File) v1.Image
+//	Push(t, host, repo, tag, img) v1.Hash
+//	SeedImage(t, host, repo, tag, layers, layerSize) v1.Hash
+//	SeedIndex(t, host, repo, tag, platforms...) v1.Hash
+//	StartDockerd(t, mirrorURL) *Dockerd             // Pull, RepoDigest, RemoveImage, Docker
+//	StartContainerd(t) *Containerd                  // Pull (error), ImageDigest, RemoveImage, Ctr
+//	WriteHostsToml(t, dir, registryName, mirrorURL)
+//	StartBuildkitd(t, mirrorHost, insecureHosts...) *Buildkitd // Build, BuildErr, Prune, Buildctl
+//	Skopeo(t, args...) string, Crane(t, args...) string
+//
+// What the clients send to a mirror (seen with distribution's proxy):
+// dockerd (20.10) pings /v2/, HEADs the tag's manifest, GETs the manifest by
+// digest and the blobs, with no ns parameter; ctr (containerd 1.6) skips the
+// ping and adds ?ns=<registry> to every request (HEAD manifest by tag, GET by
+// digest, GET blobs); buildkitd (0.33) pings /v2/ without it and then
+// sends ?ns=docker.io on every repository request, like ctr.
+package realenv

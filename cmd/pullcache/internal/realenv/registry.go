@@ -1,0 +1,305 @@
+package realenv
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Registry is a running CNCF distribution registry (Debian's
+// docker-registry, 2.8), either a plain one or a pull-through proxy.
+//
+// Its requests are counted from the registry's own access log, i.e. at the
+// upstream itself and not in pullcache: what Counts reports is what Docker
+// Hub would have billed. The methods may be called from the test goroutine
+// that started it or from its subtests, one at a time.
+type Registry struct {
+	t         testing.TB
+	host      string
+	accessLog string
+	proc      *process
+
+	mu     sync.Mutex
+	offset int64 // bytes of the access log consumed by ResetCounts
+}
+
+// Counts are requests seen by a registry since the last ResetCounts,
+// classified the way Docker Hub's rate limit sees them: only manifest GETs
+// are counted there.
+type Counts struct {
+	ManifestGET  int
+	ManifestHEAD int
+	BlobGET      int
+	BlobHEAD     int
+	Other        int // /v2/ pings, uploads, tag lists, catalog, other methods
+}
+
+// Request is one line of a registry's access log.
+type Request struct {
+	Method string
+	Path   string // without the query
+	Query  string // raw query, without "?"
+	Status int
+}
+
+// StartRegistry starts a plain registry: filesystem storage in a temp dir,
+// plain HTTP on a free 127.0.0.1 port, deletes enabled, access log on.
+func StartRegistry(t testing.TB) *Registry {
+	t.Helper()
+	return startRegistry(t, "")
+}
+
+// StartProxyRegistry starts distribution's pull-through cache for remoteURL
+// (for instance another Registry's URL()). It stands in for a mirror where
+// pullcache is not the subject, and is the baseline in benchmarks.
+func StartProxyRegistry(t testing.TB, remoteURL string) *Registry {
+	t.Helper()
+	return startRegistry(t, remoteURL)
+}
+
+func startRegistry(t testing.TB, remoteURL string) *Registry {
+	t.Helper()
+	bin := lookTool(t, "docker-registry", "/usr/bin/docker-registry")
+	dir := t.TempDir()
+	// The free port can be taken between our probe and the registry's
+	// bind; a few attempts with fresh ports make that harmless.
+	for attempt := 1; ; attempt++ {
+		host := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		sub := filepath.Join(dir, fmt.Sprintf("try%d", attempt))
+		if err := os.MkdirAll(filepath.Join(sub, "data"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		cfg := filepath.Join(sub, "config.yml")
+		if err := os.WriteFile(cfg, []byte(registryConfig(host, filepath.Join(sub, "data"), remoteURL)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := &Registry{t: t, host: host, accessLog: filepath.Join(sub, "access.log")}
+		name := "docker-registry " + host
+		if remoteURL != "" {
+			name += " (proxy for " + remoteURL + ")"
+		}
+		r.proc = startProcess(t, name, r.accessLog, filepath.Join(sub, "registry.log"), nil, bin, "serve", cfg)
+		if err := r.waitUp(); err == nil {
+			return r
+		} else if attempt == 3 {
+			r.proc.dumpLogs(t)
+			t.Fatalf("%s did not start: %v", name, err)
+		}
+		r.proc.stop()
+	}
+}
+
+// waitUp waits until /v2/ answers or the process exits.
+func (r *Registry) waitUp() error {
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		if done, err := r.proc.exited(); done {
+			return fmt.Errorf("exited: %v", err)
+		}
+		resp, err := http.Get(r.URL() + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("no answer on %s within %v", r.URL(), startTimeout)
+}
+
+func registryConfig(addr, root, remoteURL string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `version: 0.1
+log:
+  level: warn
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: %s
+  secret: realenv-not-secret
+health:
+  storagedriver:
+    enabled: false
+`, root, addr)
+	if remoteURL != "" {
+		fmt.Fprintf(&b, "proxy:\n  remoteurl: %s\n", remoteURL)
+	}
+	return b.String()
+}
+
+// URL is the registry's base URL, "http://127.0.0.1:PORT".
+func (r *Registry) URL() string { return "http://" + r.host }
+
+// Host is "127.0.0.1:PORT", the registry part of an image reference.
+func (r *Registry) Host() string { return r.host }
+
+// Stop ends the registry process now (SIGTERM, then SIGKILL) and waits for
+// it, to test behaviour against an unreachable upstream. Counts and
+// Requests no longer work afterwards; cleanup does nothing more.
+func (r *Registry) Stop() { r.proc.stop() }
+
+// AccessLogPath is the file holding the registry's access log.
+func (r *Registry) AccessLogPath() string { return r.accessLog }
+
+// Counts classifies the requests logged since the last ResetCounts. It first
+// makes sure every request answered so far is in the log (see flush).
+func (r *Registry) Counts() Counts {
+	r.t.Helper()
+	var c Counts
+	for _, req := range r.Requests() {
+		c.add(req)
+	}
+	return c
+}
+
+// ResetCounts makes later Counts and Requests start from now.
+func (r *Registry) ResetCounts() {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	end := r.flush()
+	r.offset = end
+}
+
+// Requests returns the access log entries since the last ResetCounts, in
+// log order, without the markers flush sends.
+func (r *Registry) Requests() []Request {
+	r.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	end := r.flush()
+	f, err := os.Open(r.accessLog)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer f.Close()
+	reqs, err := parseAccessLog(io.NewSectionReader(f, r.offset, end-r.offset))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return reqs
+}
+
+// markerParam tags the requests flush sends so that they never show up in
+// Requests or Counts.
+const markerParam = "realenv-marker"
+
+// flush sends a uniquely tagged request and waits until it shows up in the
+// access log, returning the log size after it. The registry writes an access
+// log line when a handler returns, so a request whose answer the client has
+// read may not be logged yet; every such request finished before the marker
+// was sent and is logged by the time the marker line is.
+func (r *Registry) flush() int64 {
+	nonce := make([]byte, 8)
+	_, _ = rand.Read(nonce)
+	marker := markerParam + "=" + hex.EncodeToString(nonce)
+	resp, err := http.Get(r.URL() + "/v2/?" + marker)
+	if err != nil {
+		r.t.Fatalf("registry %s: marker request: %v", r.host, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(r.accessLog)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		if i := strings.Index(string(b), marker); i >= 0 {
+			if j := strings.IndexByte(string(b[i:]), '\n'); j >= 0 {
+				return int64(i + j + 1)
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("registry %s: marker %s never reached %s", r.host, marker, r.accessLog)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// accessLine matches gorilla/handlers' combined log format, which is what
+// distribution writes to stdout:
+//
+//	127.0.0.1 - - [21/Nov/2026:23:00:00 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "ua"
+var accessLine = regexp.MustCompile(`^\S+ \S+ \S+ \[[^\]]*\] "(\S+) (\S+) [^"]*" (\d{3}) `)
+
+func parseAccessLog(rd io.Reader) ([]Request, error) {
+	var reqs []Request
+	sc := bufio.NewScanner(rd)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		m := accessLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		path, query, _ := strings.Cut(m[2], "?")
+		if strings.Contains(query, markerParam+"=") {
+			continue
+		}
+		var status int
+		fmt.Sscanf(m[3], "%d", &status)
+		reqs = append(reqs, Request{Method: m[1], Path: path, Query: query, Status: status})
+	}
+	return reqs, sc.Err()
+}
+
+func (c *Counts) add(r Request) {
+	kind := ""
+	if strings.HasPrefix(r.Path, "/v2/") {
+		// The repository name may itself contain "/manifests/" or
+		// "/blobs/" only in theory; the last occurrence is the endpoint.
+		switch {
+		case strings.Contains(r.Path, "/blobs/uploads"):
+		case strings.LastIndex(r.Path, "/manifests/") > 0:
+			kind = "manifest"
+		case strings.LastIndex(r.Path, "/blobs/") > 0:
+			kind = "blob"
+		}
+	}
+	switch {
+	case kind == "manifest" && r.Method == http.MethodGet:
+		c.ManifestGET++
+	case kind == "manifest" && r.Method == http.MethodHead:
+		c.ManifestHEAD++
+	case kind == "blob" && r.Method == http.MethodGet:
+		c.BlobGET++
+	case kind == "blob" && r.Method == http.MethodHead:
+		c.BlobHEAD++
+	default:
+		c.Other++
+	}
+}
+
+// Sub returns c minus before, field by field: the requests between two
+// snapshots.
+func (c Counts) Sub(before Counts) Counts {
+	return Counts{
+		ManifestGET:  c.ManifestGET - before.ManifestGET,
+		ManifestHEAD: c.ManifestHEAD - before.ManifestHEAD,
+		BlobGET:      c.BlobGET - before.BlobGET,
+		BlobHEAD:     c.BlobHEAD - before.BlobHEAD,
+		Other:        c.Other - before.Other,
+	}
+}

@@ -1,0 +1,83 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// Every request to an upstream goes through admitted: it waits for the
+// shared budget (a token for counted requests, a slot and rate token for the
+// rest), is counted in the stats, and holds its admission slot until the
+// response body is closed.
+
+// Upstream request kinds. Only manifest GETs are counted by Docker Hub.
+const (
+	kindManifestGet  = "manifest_get"
+	kindManifestHead = "manifest_head"
+	kindBlobGet      = "blob_get"
+	kindBlobHead     = "blob_head"
+	kindTags         = "tags"
+	kindReferrers    = "referrers"
+)
+
+type clientKey struct{}
+
+// withClient records which client a request (and any fill it starts) acts
+// for: admission queues are fair across clients.
+func withClient(ctx context.Context, client string) context.Context {
+	return context.WithValue(ctx, clientKey{}, client)
+}
+
+func clientOf(ctx context.Context) string {
+	if c, ok := ctx.Value(clientKey{}).(string); ok {
+		return c
+	}
+	return "internal"
+}
+
+func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string, do func(context.Context) (*http.Response, error)) (*http.Response, error) {
+	ns := up.Registry().Name
+	var ticket *admit.Ticket
+	if s.admit != nil {
+		key := admit.Key{Upstream: ns, Identity: up.Identity()}
+		var err error
+		if kind == kindManifestGet {
+			ticket, err = s.admit.Counted(ctx, key, clientOf(ctx))
+		} else {
+			ticket, err = s.admit.Uncounted(ctx, key, clientOf(ctx))
+		}
+		if err != nil {
+			var te *admit.ThrottledError
+			if errors.As(err, &te) {
+				s.stats.Throttled.Add(1)
+				return nil, apierr.Wrap(apierr.TooManyRequests, err,
+					"pullcache is holding requests to %s to stay within its rate limit (%s); retry later", ns, te.Reason).
+					WithRetryAfter(te.RetryAfter)
+			}
+			return nil, err
+		}
+	}
+	resp, err := do(ctx)
+	s.countUpstream(ns, kind, resp, err)
+	if err != nil {
+		ticket.Fail(err)
+		return nil, err
+	}
+	ticket.WrapBody(resp)
+	return resp, nil
+}
+
+func (s *Server) upManifest(ctx context.Context, up *upstream.Client, method, repo, ref string) (*http.Response, error) {
+	kind := kindManifestGet
+	if method == http.MethodHead {
+		kind = kindManifestHead
+	}
+	return s.admitted(ctx, up, kind, func(ctx context.Context) (*http.Response, error) {
+		return up.Manifest(ctx, method, repo, ref)
+	})
+}
