@@ -377,3 +377,18 @@ func TestChunkedUpload(t *testing.T) {
 func itoa(n int) string { return strings.TrimSpace(strings.Repeat(" ", 0) + fmtInt(n)) }
 
 func fmtInt(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// A HEAD by tag answered from the tag record alone must still describe the
+// manifest fully: BuildKit refuses a descriptor of size zero.
+func TestHeadByTagReportsManifestSize(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	e.seed(t, "library/app:1", 1, 1024)
+	for i := 0; i < 2; i++ { // cold (from upstream HEAD), then warm (from the record)
+		resp, _ := do(t, "HEAD", e.mirror.URL+"/v2/library/app/manifests/1", nil, nil)
+		_, body := do(t, "GET", e.mirror.URL+"/v2/library/app/manifests/1", nil, nil)
+		if resp.StatusCode != 200 || resp.ContentLength != int64(len(body)) || len(body) == 0 {
+			t.Fatalf("HEAD %d: status %d, Content-Length %d, GET body %d bytes", i, resp.StatusCode, resp.ContentLength, len(body))
+		}
+	}
+}

@@ -397,7 +397,7 @@ func writeManifest(w http.ResponseWriter, r *http.Request, m manifest) {
 	h.Set("Content-Type", m.rec.MediaType)
 	h.Set("Docker-Content-Digest", m.rec.Digest.String())
 	h.Set("Etag", `"`+m.rec.Digest.String()+`"`)
-	h.Set("Content-Length", strconv.Itoa(len(m.body)))
+	h.Set("Content-Length", strconv.FormatInt(m.rec.Size, 10))
 	if m.stale {
 		h.Set("X-Pullcache-Stale", "upstream-unavailable")
 		h.Set("Warning", `110 pullcache "Response is stale"`)

@@ -84,4 +84,3 @@ func TestRunCommands(t *testing.T) {
 		t.Fatalf("containerd config: %s", out.String())
 	}
 }
-

@@ -297,7 +297,7 @@ func TestBuildkitMirrorAndRegistryCache(t *testing.T) {
 			up := StartRegistry(t)
 			mirror := StartProxyRegistry(t, up.URL())
 			SeedImage(t, up.Host(), "library/bkbase", "1", 2, 32<<10)
-			ctx := writeContext(t, "FROM bkbase:1\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n",
+			ctx := WriteContext(t, "FROM bkbase:1\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n",
 				map[string]string{"a.txt": "alpha\n", "b.txt": "beta\n"})
 			cacheRef := up.Host() + "/cache/app:1"
 
@@ -324,7 +324,7 @@ func TestBuildkitMirrorAndRegistryCache(t *testing.T) {
 			out = second.Build(t, ctx, "--import-cache", "type=registry,ref="+cacheRef)
 			t.Logf("second build:\n%s", out)
 			for _, step := range []string{"COPY a.txt /a.txt", "COPY b.txt /b.txt"} {
-				if !cachedStep(out, step) {
+				if !CachedStep(out, step) {
 					t.Errorf("second build: step %q not CACHED:\n%s", step, out)
 				}
 			}
@@ -344,7 +344,7 @@ func TestBuildkitRun(t *testing.T) {
 	hello := buildStaticHello(t)
 	Push(t, up.Host(), "library/runbase", "1", NewImageFromFiles(t, "linux/amd64",
 		File{Name: "bin/hello", Mode: 0o755, Data: hello}))
-	ctx := writeContext(t, "FROM "+up.Host()+"/library/runbase:1\nRUN [\"/bin/hello\", \"/out/ran.txt\"]\n", nil)
+	ctx := WriteContext(t, "FROM "+up.Host()+"/library/runbase:1\nRUN [\"/bin/hello\", \"/out/ran.txt\"]\n", nil)
 	b := StartBuildkitd(t, "", up.Host())
 	dest := t.TempDir()
 	b.Build(t, ctx, "--output", "type=local,dest="+dest)
@@ -396,40 +396,6 @@ func main() {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func writeContext(t *testing.T, dockerfile string, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	files2 := map[string]string{"Dockerfile": dockerfile}
-	for k, v := range files {
-		files2[k] = v
-	}
-	for name, content := range files2 {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-// cachedStep reports whether buildctl's plain progress output shows step as
-// CACHED. The plain format prints "#N [k/n] STEP" and later "#N CACHED".
-func cachedStep(out, step string) bool {
-	id := ""
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 2 || !strings.HasPrefix(f[0], "#") {
-			continue
-		}
-		if strings.Contains(line, step) {
-			id = f[0]
-		}
-		if id != "" && f[0] == id && f[1] == "CACHED" {
-			return true
-		}
-	}
-	return false
 }
 
 func hasRequest(reqs []Request, method, pathPrefix string) bool {

@@ -1,0 +1,109 @@
+package realenv
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// PullcacheBinary builds the pullcache command once per test binary and
+// returns its path. End-to-end tests run the real binary, as users do.
+func PullcacheBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pullcache-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "pullcache")
+		cmd := exec.Command("go", "build", "-o", builtBin, "github.com/pullcache/pullcache/cmd/pullcache")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// Pullcache is a running `pullcache serve`.
+type Pullcache struct {
+	Dir  string // its --dir
+	Host string // 127.0.0.1:PORT
+	proc *process
+}
+
+// StartPullcache runs `pullcache serve --listen 127.0.0.1:<free> --dir dir`
+// plus args, and waits until /healthz answers. An empty dir means a fresh
+// temporary one.
+func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
+	t.Helper()
+	bin := PullcacheBinary(t)
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	host := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	logPath := filepath.Join(t.TempDir(), "pullcache.log")
+	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
+	p := &Pullcache{Dir: dir, Host: host}
+	p.proc = startProcess(t, "pullcache", logPath, logPath, nil, bin, all...)
+	p.proc.waitReady(t, func() error {
+		resp, err := http.Get("http://" + host + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("healthz: %s", resp.Status)
+		}
+		return nil
+	})
+	return p
+}
+
+// URL is the mirror's base URL.
+func (p *Pullcache) URL() string { return "http://" + p.Host }
+
+// PID is the server's process id.
+func (p *Pullcache) PID() int { return p.proc.cmd.Process.Pid }
+
+// Kill sends SIGKILL and waits for the process to die.
+func (p *Pullcache) Kill(t testing.TB) {
+	t.Helper()
+	_ = p.proc.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-p.proc.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pullcache did not die after SIGKILL")
+	}
+}
+
+// Stats fetches /_pullcache/stats as a generic JSON object.
+func (p *Pullcache) Stats(t testing.TB) map[string]any {
+	t.Helper()
+	resp, err := http.Get(p.URL() + "/_pullcache/stats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
