@@ -41,4 +41,3 @@ func CachedStep(out, step string) bool {
 	}
 	return false
 }
-
