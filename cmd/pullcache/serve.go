@@ -16,6 +16,7 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
 
@@ -31,6 +32,14 @@ type serveConfig struct {
 	maxManifest     sizeFlag
 	logLevel        string
 	logFormat       string
+
+	// Admission: the shared budget every upstream request passes.
+	limits         listFlag
+	concurrency    int
+	rps            float64
+	queueTimeout   time.Duration
+	quotaReserve   int
+	revalidateWait time.Duration
 }
 
 func defaultDir() string {
@@ -50,6 +59,12 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.tagTTL, "tag-ttl", 10*time.Minute, "serve a tag this long with no upstream contact, then revalidate it with a HEAD")
 	cfg.maxManifest = 4 << 20
 	fs.Var(&cfg.maxManifest, "max-manifest-size", "largest manifest accepted, pushed or fetched (e.g. 4MiB)")
+	fs.Var(&cfg.limits, "limit", "counted-request quota per upstream as NAME=COUNT/WINDOW[,burst=N] (repeatable, e.g. docker.io=100/6h,burst=20; NAME=unlimited); learned from the upstream's ratelimit headers when not given")
+	fs.IntVar(&cfg.concurrency, "upstream-concurrency", 8, "max concurrent uncounted requests (blobs, HEADs) per upstream")
+	fs.Float64Var(&cfg.rps, "upstream-rps", 20, "max uncounted requests per second per upstream")
+	fs.DurationVar(&cfg.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for upstream admission before it gets 429 with Retry-After")
+	fs.IntVar(&cfg.quotaReserve, "quota-reserve", 2, "never spend the last N counted requests the upstream reports remaining")
+	fs.DurationVar(&cfg.revalidateWait, "revalidate-wait", 2*time.Second, "how long a stale tag waits for revalidation before the cached copy is served")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
@@ -98,7 +113,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer store.Close()
 
+	admitter, err := newAdmitter(cfg, store, log)
+	if err != nil {
+		return err
+	}
+	defer admitter.Close()
+
 	srv, err := sidecar.New(sidecar.Options{
+		Admitter:        admitter,
+		RevalidateWait:  cfg.revalidateWait,
 		Store:           store,
 		Upstreams:       clients,
 		DefaultUpstream: cfg.defaultUpstream,
@@ -189,4 +212,27 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}
+
+// newAdmitter builds the shared admission gate; its state (tokens, learned
+// quotas, blocks) lives in the store's index, since quota windows outlast
+// restarts.
+func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*admit.Admitter, error) {
+	limits := map[string]admit.Limit{}
+	for _, v := range cfg.limits {
+		name, l, err := admit.ParseLimit(v)
+		if err != nil {
+			return nil, fmt.Errorf("--limit %q: %w", v, err)
+		}
+		limits[name] = l
+	}
+	return admit.New(admit.Options{
+		Limits:            limits,
+		Concurrency:       cfg.concurrency,
+		RequestsPerSecond: cfg.rps,
+		Reserve:           cfg.quotaReserve,
+		QueueTimeout:      cfg.queueTimeout,
+		State:             store,
+		Logger:            log,
+	}), nil
 }
