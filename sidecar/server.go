@@ -39,7 +39,8 @@ type Options struct {
 	// registry-mirrors). Empty: such requests see only the local namespace.
 	DefaultUpstream string
 	// TagTTL is how long a tag is served with no upstream contact; after it
-	// the tag is revalidated with a HEAD. Default 10 minutes.
+	// the tag is revalidated with a HEAD. Zero means 10 minutes; negative
+	// means every request revalidates.
 	TagTTL time.Duration
 	// MaxManifestSize caps manifest bodies, pushed or fetched. Default 4 MiB.
 	MaxManifestSize int64
@@ -87,7 +88,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Store == nil {
 		return nil, errors.New("sidecar: Options.Store is required")
 	}
-	if opts.TagTTL <= 0 {
+	if opts.TagTTL == 0 {
 		opts.TagTTL = 10 * time.Minute
 	}
 	if opts.MaxManifestSize <= 0 {

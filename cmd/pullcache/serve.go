@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
@@ -56,7 +55,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.dir, "dir", defaultDir(), "cache directory (the shared volume)")
 	fs.Var(&cfg.upstreams, "upstream", "mirrored registry as NAME=URL (repeatable, e.g. docker.io=https://registry-1.docker.io); none given: the built-in set")
 	fs.StringVar(&cfg.defaultUpstream, "default-upstream", "docker.io", "upstream for requests that name no registry (dockerd's registry-mirrors); empty for none")
-	fs.DurationVar(&cfg.tagTTL, "tag-ttl", 10*time.Minute, "serve a tag this long with no upstream contact, then revalidate it with a HEAD")
+	fs.DurationVar(&cfg.tagTTL, "tag-ttl", 10*time.Minute, "serve a tag this long with no upstream contact, then revalidate it with a HEAD (0: revalidate every time)")
 	cfg.maxManifest = 4 << 20
 	fs.Var(&cfg.maxManifest, "max-manifest-size", "largest manifest accepted, pushed or fetched (e.g. 4MiB)")
 	fs.Var(&cfg.limits, "limit", "counted-request quota per upstream as NAME=COUNT/WINDOW[,burst=N] (repeatable, e.g. docker.io=100/6h,burst=20; NAME=unlimited); learned from the upstream's ratelimit headers when not given")
@@ -107,31 +106,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		clients = append(clients, c)
 	}
 
-	store, err := cachestore.Open(cachestore.Options{Dir: cfg.dir})
+	// The store, the admitter (newAdmitter) and sidecar.New are made by
+	// startVolume (volume.go), in whichever process owns the volume.
+	mirrorOpts := sidecar.Options{
+		RevalidateWait:  cfg.revalidateWait,
+		Upstreams:       clients,
+		DefaultUpstream: cfg.defaultUpstream,
+		TagTTL:          tagTTL(cfg.tagTTL),
+		MaxManifestSize: int64(cfg.maxManifest),
+		Logger:          log,
+	}
+	vol, err := startVolume(cfg, mirrorOpts, log)
 	if err != nil {
 		return fmt.Errorf("opening cache %s: %w", cfg.dir, err)
 	}
-	defer store.Close()
-
-	admitter, err := newAdmitter(cfg, store, log)
-	if err != nil {
-		return err
-	}
-	defer admitter.Close()
-
-	srv, err := sidecar.New(sidecar.Options{
-		Admitter:        admitter,
-		RevalidateWait:  cfg.revalidateWait,
-		Store:           store,
-		Upstreams:       clients,
-		DefaultUpstream: cfg.defaultUpstream,
-		TagTTL:          cfg.tagTTL,
-		MaxManifestSize: int64(cfg.maxManifest),
-		Logger:          log,
-	})
-	if err != nil {
-		return err
-	}
+	defer closeVolume(vol, log)
 
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
@@ -141,17 +130,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror", "addr", ln.Addr().String())
 	}
 	hs := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           vol.Handler(),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", strings.Join(srv.UpstreamNames(), ","), "default", cfg.defaultUpstream, "version", versionString())
+	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", upstreamNames(clients), "role", vol.Role().String(), "default", cfg.defaultUpstream, "version", versionString())
 
 	select {
 	case err := <-errc:
+		return err
+	case err := <-vol.Failed():
+		hs.Close()
 		return err
 	case <-ctx.Done():
 	}
@@ -161,13 +153,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := hs.Shutdown(shutCtx); err != nil {
 		log.Warn("shutdown", "err", err)
 	}
-	done := make(chan struct{})
-	go func() { srv.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-shutCtx.Done():
-		log.Warn("blob fills still running at shutdown; their temp files are cleaned at next start")
-	}
+	// The deferred closeVolume drains followers and fills, then hands the
+	// volume to a follower.
 	return nil
 }
 
@@ -235,4 +222,13 @@ func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*a
 		State:             store,
 		Logger:            log,
 	}), nil
+}
+
+// tagTTL maps the flag to sidecar's convention: 0 on the command line means
+// "always revalidate", which sidecar spells as a negative TTL.
+func tagTTL(d time.Duration) time.Duration {
+	if d <= 0 {
+		return -1
+	}
+	return d
 }

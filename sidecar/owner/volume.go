@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +35,8 @@ func (r Role) String() string {
 }
 
 // Service is the full mirror an owner runs: *sidecar.Server satisfies it.
+// If it also implements io.Closer, Close runs after Wait and before the
+// store is closed (to persist state into the index, say).
 type Service interface {
 	// Handler serves every request the mirror knows.
 	Handler() http.Handler
@@ -296,9 +299,13 @@ func (v *Volume) Handler() http.Handler {
 // drains those in flight and the mirror's background fills (until ctx
 // ends), then closes the store, which hands the lock to a follower. Shut
 // the public listener down before calling Close. A follower stops waiting
-// to be elected (within ElectionPoll). Close may be called once.
+// to be elected (within ElectionPoll). Calls after the first return nil.
 func (v *Volume) Close(ctx context.Context) error {
 	v.mu.Lock()
+	if v.closing {
+		v.mu.Unlock()
+		return nil
+	}
 	v.closing = true
 	v.mu.Unlock()
 	close(v.stop)
@@ -326,6 +333,9 @@ func (v *Volume) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		v.log.Warn("blob fills still running at shutdown; their temp files are cleaned by the next owner")
+	}
+	if c, ok := v.svc.(io.Closer); ok {
+		errs = append(errs, c.Close())
 	}
 	errs = append(errs, v.store.Close())
 	return errors.Join(errs...)

@@ -37,3 +37,10 @@ func Crane(t testing.TB, args ...string) string {
 	t.Helper()
 	return mustRun(t, nil, lookTool(t, "crane"), append(args, "--insecure")...)
 }
+
+// CraneErr runs crane like Crane but returns its error instead of failing
+// the test: for clients that are expected to be refused.
+func CraneErr(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	return runCmd(nil, lookTool(t, "crane"), append(args, "--insecure")...)
+}

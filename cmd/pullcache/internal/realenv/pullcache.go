@@ -43,9 +43,20 @@ func PullcacheBinary(t testing.TB) string {
 
 // Pullcache is a running `pullcache serve`.
 type Pullcache struct {
-	Dir  string // its --dir
-	Host string // 127.0.0.1:PORT
-	proc *process
+	Dir     string // its --dir
+	Host    string // 127.0.0.1:PORT
+	logPath string
+	proc    *process
+}
+
+// Log returns what the server has logged so far.
+func (p *Pullcache) Log(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // StartPullcache runs `pullcache serve --listen 127.0.0.1:<free> --dir dir`
@@ -60,7 +71,7 @@ func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 	host := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	logPath := filepath.Join(t.TempDir(), "pullcache.log")
 	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
-	p := &Pullcache{Dir: dir, Host: host}
+	p := &Pullcache{Dir: dir, Host: host, logPath: logPath}
 	p.proc = startProcess(t, "pullcache", logPath, logPath, nil, bin, all...)
 	p.proc.waitReady(t, func() error {
 		resp, err := http.Get("http://" + host + "/healthz")

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/sidecar/owner"
+	"github.com/pullcache/pullcache/sidecar/upstream"
+)
+
+// volumeDrain bounds how long a leaving owner drains followers' requests
+// and its blob fills before it hands the volume over.
+const volumeDrain = 30 * time.Second
+
+// startVolume joins the shared volume at cfg.dir. Any number of serve
+// processes may share it: the one holding the index lock runs the mirror
+// made from mirrorOpts, the others follow it (sidecar/owner) and build the
+// mirror (and its admitter, whose state lives in the index) only if they
+// are elected.
+func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) (*owner.Volume, error) {
+	// A follower builds its mirror only when elected, possibly hours later;
+	// what can be checked without a store is checked now.
+	if d := mirrorOpts.DefaultUpstream; d != "" && !hasUpstream(mirrorOpts.Upstreams, d) {
+		return nil, fmt.Errorf("default upstream %q is not among the configured upstreams (%s)", d, upstreamNames(mirrorOpts.Upstreams))
+	}
+	return owner.Start(owner.Options{
+		Dir:    cfg.dir,
+		Logger: log,
+		Build: func(store *cachestore.Store) (owner.Service, error) {
+			admitter, err := newAdmitter(cfg, store, log)
+			if err != nil {
+				return nil, err
+			}
+			o := mirrorOpts
+			o.Store, o.Admitter = store, admitter
+			srv, err := sidecar.New(o)
+			if err != nil {
+				admitter.Close()
+				return nil, err
+			}
+			return mirror{srv, admitter}, nil
+		},
+	})
+}
+
+// mirror is the owner's service: the server plus the admitter whose state
+// it persists in the index when the owner leaves.
+type mirror struct {
+	*sidecar.Server
+	admitter *admit.Admitter
+}
+
+func (m mirror) Close() error { return m.admitter.Close() }
+
+// closeVolume leaves the volume; an owner drains and hands over.
+func closeVolume(vol *owner.Volume, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), volumeDrain)
+	defer cancel()
+	if err := vol.Close(ctx); err != nil {
+		log.Warn("leaving the volume", "err", err)
+	}
+}
+
+func hasUpstream(clients []*upstream.Client, name string) bool {
+	for _, c := range clients {
+		if c.Registry().Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func upstreamNames(clients []*upstream.Client) string {
+	names := make([]string, 0, len(clients))
+	for _, c := range clients {
+		names = append(names, c.Registry().Name)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ",")
+}
