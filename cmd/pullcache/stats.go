@@ -58,6 +58,31 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "stale       %d tags served from cache while upstream failed\n", s.StaleServed)
 	fmt.Fprintf(stdout, "bytes       %s served, %s from upstream\n", human(s.BytesServed), human(s.BytesUpstream))
 	fmt.Fprintf(stdout, "store       %d blobs, %s\n", s.Store.Blobs, human(s.Store.Bytes))
+	fmt.Fprintf(stdout, "absorbed    %d failing requests answered from the negative cache\n", s.Absorbed)
+	fmt.Fprintf(stdout, "throttled   %d requests answered 429 to stay within quota\n", s.Throttled)
+	if s.DiskFullEvents > 0 {
+		fmt.Fprintf(stdout, "disk full   %d times (caching paused, pass-through)\n", s.DiskFullEvents)
+	}
+	for _, q := range s.Quota {
+		fmt.Fprintf(stdout, "quota %s (%s): limit %s, %.1f tokens left", q.Upstream, q.Identity, q.Limit, q.Tokens)
+		if q.ReportedAt != nil {
+			fmt.Fprintf(stdout, "; upstream reported %d of %d left per %ds at %s", q.ReportedRemaining, q.ReportedLimit, q.ReportedWindowSec, q.ReportedAt.Format(time.RFC3339))
+		}
+		if q.BlockedUntil != nil && q.BlockedUntil.After(time.Now()) {
+			fmt.Fprintf(stdout, "; BLOCKED after a 429 until %s", q.BlockedUntil.Format(time.RFC3339))
+		}
+		fmt.Fprintf(stdout, "; %d waiting, %d admitted, %d throttled\n", q.Waiting, q.Admitted, q.Throttled)
+	}
+	if len(s.Clients) > 0 {
+		fmt.Fprintln(stdout, "top clients")
+		for _, c := range s.Clients {
+			fmt.Fprintf(stdout, "  %-20s %6d requests, %d failed (%d absorbed)", c.Client, c.Requests, c.Failures, c.Absorbed)
+			if c.LastFail != "" {
+				fmt.Fprintf(stdout, ", last failure: %s", c.LastFail)
+			}
+			fmt.Fprintln(stdout)
+		}
+	}
 	ups := make([]string, 0, len(s.Upstream))
 	for u := range s.Upstream {
 		ups = append(ups, u)
