@@ -142,7 +142,7 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		return
 	}
 	if f.err != nil {
-		if errors.Is(f.err, errCachingPaused) && r.Header.Get("Range") == "" {
+		if diskFull(f.err) && r.Header.Get("Range") == "" {
 			s.passThroughMiss(w, r, req, up)
 			return
 		}
@@ -192,7 +192,7 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		if r.Context().Err() != nil {
 			return // the client left; the fill goes on for the others
 		}
-		if errors.Is(err, errCachingPaused) && status == http.StatusOK {
+		if diskFull(err) && status == http.StatusOK {
 			// The disk filled mid-fill: finish this response from the
 			// upstream, from the first byte the client has not had.
 			if perr := s.passThrough(r.Context(), w, r, req, up, cw.n, true); perr == nil {

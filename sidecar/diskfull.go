@@ -26,6 +26,10 @@ var errCachingPaused = errors.New("disk full: caching paused")
 // next fill tries the disk again.
 const cachingPauseFor = 30 * time.Second
 
+// diskFull reports whether a fill failed because the volume filled up,
+// whether its followers saw the fill's abort or the store's own write error.
+func diskFull(err error) bool { return errors.Is(err, errCachingPaused) || isNoSpace(err) }
+
 func isNoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
@@ -49,9 +53,7 @@ func (s *Server) cachingPaused() bool {
 // from a fill that failed). headersSent says whether the status line is out.
 func (s *Server) passThrough(ctx context.Context, w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client, offset int64, headersSent bool) error {
 	ns := up.Registry().Name
-	resp, err := s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
-		return up.Blob(ctx, http.MethodGet, req.Repo, req.Digest, offset)
-	})
+	resp, err := s.blobFrom(ctx, up, req.Repo, req.Digest, offset)
 	if err != nil {
 		return upstreamFailure(ns, err)
 	}

@@ -101,9 +101,7 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
-			return up.Blob(ctx, http.MethodGet, repo, f.digest, offset)
-		})
+		resp, err := s.blobFrom(ctx, up, repo, f.digest, offset)
 		if err != nil {
 			lastErr = upstreamFailure(ns, err)
 			if !retryable(lastErr) {
@@ -169,6 +167,23 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		return nil
 	}
 	return lastErr
+}
+
+// blobFrom GETs a blob from byte offset on. An upstream that refuses the
+// Range (416) is asked for the whole blob instead; positionBody then skips
+// the bytes already held.
+func (s *Server) blobFrom(ctx context.Context, up *upstream.Client, repo string, d v1.Hash, offset int64) (*http.Response, error) {
+	get := func(off int64) (*http.Response, error) {
+		return s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+			return up.Blob(ctx, http.MethodGet, repo, d, off)
+		})
+	}
+	resp, err := get(offset)
+	if err == nil && offset > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+		resp.Body.Close()
+		return get(0)
+	}
+	return resp, err
 }
 
 // positionBody checks the upstream's answer to a (possibly ranged) blob GET
