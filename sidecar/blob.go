@@ -27,7 +27,7 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 
 // serveStoredBlob serves the blob from the store if it is there.
 func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req route.Request) bool {
-	f, info, err := s.store.OpenBlob(req.Digest)
+	f, _, err := s.store.OpenBlob(req.Digest)
 	if err == nil {
 		defer f.Close()
 		s.stats.BlobHits.Add(1)
@@ -39,7 +39,6 @@ func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req rou
 		cw := &countingWriter{ResponseWriter: w}
 		http.ServeContent(cw, r, "", time.Time{}, f)
 		s.stats.BytesServed.Add(cw.n)
-		_ = info
 		return true
 	}
 	if !errors.Is(err, cachestore.ErrNotFound) {

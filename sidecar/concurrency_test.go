@@ -179,9 +179,9 @@ func TestClientHangupDoesNotAbortFill(t *testing.T) {
 	ld, _ := layers[0].Digest()
 
 	// First client: reads a little, then hangs up.
-	ctx, cancel := contextWithCancel(t)
-	req, _ := newGet(ctx, e.mirror.URL+"/v2/library/app/blobs/"+ld.String())
-	resp, err := httpDo(req)
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, e.mirror.URL+"/v2/library/app/blobs/"+ld.String(), nil)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,13 +202,3 @@ func TestClientHangupDoesNotAbortFill(t *testing.T) {
 		t.Errorf("upstream blob GETs = %d, want 2", n)
 	}
 }
-
-func contextWithCancel(t *testing.T) (context.Context, context.CancelFunc) {
-	return context.WithCancel(t.Context())
-}
-
-func newGet(ctx context.Context, u string) (*http.Request, error) {
-	return http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-}
-
-func httpDo(r *http.Request) (*http.Response, error) { return http.DefaultClient.Do(r) }

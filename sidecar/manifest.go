@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"mime"
 	"net/http"
@@ -523,5 +522,3 @@ func retryAfter(h http.Header, def time.Duration) time.Duration {
 	}
 	return def
 }
-
-var _ = fmt.Sprintf

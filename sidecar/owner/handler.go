@@ -57,7 +57,13 @@ func (v *Volume) ownerHandler(mirror http.Handler) http.Handler {
 		case "/_pullcache/stats":
 			rec := newRecorder()
 			mirror.ServeHTTP(rec, r)
-			v.writeStats(w, rec, Owner, nil)
+			// An owner that was elected keeps showing what it did as a
+			// follower (resumed streams across its own election, say).
+			var local *LocalStats
+			if snap := v.localSnapshot(); snap != (LocalStats{}) {
+				local = &snap
+			}
+			v.writeStats(w, rec, Owner, local)
 		default:
 			mirror.ServeHTTP(w, r)
 		}
@@ -132,7 +138,8 @@ func healthz(w http.ResponseWriter, role Role) {
 }
 
 // writeStats answers the stats request with the mirror's JSON (the owner's,
-// forwarded if need be) plus "role" and, on a follower, "follower". When
+// forwarded if need be) plus "role" and, if this process ever followed,
+// "follower". When
 // the owner's answer is not a JSON object it is passed on as is.
 func (v *Volume) writeStats(w http.ResponseWriter, rec *recorder, role Role, local *LocalStats) {
 	var obj map[string]json.RawMessage
