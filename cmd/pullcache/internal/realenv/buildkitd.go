@@ -2,6 +2,7 @@ package realenv
 
 import (
 	"fmt"
+	"github.com/pullcache/pullcache/buildkit"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,13 +39,15 @@ func StartBuildkitd(t testing.TB, mirrorHost string, insecureHosts ...string) *B
 	fmt.Fprintf(&cfg, "root = %q\n\n[grpc]\n  address = [%q]\n\n", filepath.Join(root, "s"), b.addr)
 	fmt.Fprintf(&cfg, "[worker.oci]\n  enabled = true\n  snapshotter = %q\n  gc = false\n\n", pickSnapshotter(t))
 	cfg.WriteString("[worker.containerd]\n  enabled = false\n\n")
-	hosts := insecureHosts
-	if mirrorHost != "" {
-		fmt.Fprintf(&cfg, "[registry.\"docker.io\"]\n  mirrors = [%q]\n\n", mirrorHost)
-		hosts = append([]string{mirrorHost}, insecureHosts...)
-	}
+	// The mirror's registry sections come from pullcache's own generator,
+	// so the end-to-end tests prove the configuration users are given.
 	seen := map[string]bool{}
-	for _, h := range hosts {
+	if mirrorHost != "" {
+		cfg.WriteString(buildkit.MirrorConfig{Mirror: mirrorHost, Registries: []string{"docker.io"}, PlainHTTP: true}.TOML())
+		cfg.WriteString("\n")
+		seen[mirrorHost] = true
+	}
+	for _, h := range insecureHosts {
 		if seen[h] {
 			continue
 		}
