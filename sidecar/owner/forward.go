@@ -56,6 +56,9 @@ func newForwarder(sock string, window time.Duration, log *slog.Logger) *forwarde
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
 			pr.SetXForwarded()
+			// The owner queues upstream admission fairly per client: tell it
+			// who the client is, not that it came through this follower.
+			pr.Out.Header.Set("X-Pullcache-Client", forwardedClient(pr.In))
 			if pr.Out.Body != nil {
 				pr.Out.Body = &guardedBody{rc: pr.Out.Body}
 			}
@@ -261,4 +264,20 @@ func parseContentRange(v string) (start, end int64, ok bool) {
 		return 0, 0, false
 	}
 	return s, e, true
+}
+
+// forwardedClient names the client of a request a follower forwards: a
+// name a local job wrapper already put in X-Pullcache-Client, else the
+// client's address. A remote peer cannot choose its own name.
+func forwardedClient(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return "local"
+	}
+	if c := r.Header.Get("X-Pullcache-Client"); c != "" && len(c) <= 128 {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			return c
+		}
+	}
+	return host
 }
