@@ -86,25 +86,27 @@ func (s *Store) StatBlob(d v1.Hash) (BlobInfo, error) {
 	return info, err
 }
 
-// OpenBlob opens blob d for reading. The caller must close the file; it
-// stays readable even if the blob is deleted meanwhile. OpenBlob returns
-// ErrNotFound if d is not in the store or its file vanished. It queues an
+// OpenBlob opens blob d for reading. The caller must close the reader;
+// until then eviction leaves d alone, and the bytes stay readable even if
+// d is deleted meanwhile. OpenBlob returns ErrNotFound if d is not in the
+// store, its file vanished, or it is being evicted right now. It queues an
 // access-time update (never an index write on this path; see BlobInfo).
 // Safe for concurrent use.
-func (s *Store) OpenBlob(d v1.Hash) (*os.File, BlobInfo, error) {
-	info, err := s.StatBlob(d)
+func (s *Store) OpenBlob(d v1.Hash) (*BlobReader, BlobInfo, error) {
+	if err := checkDigest(d); err != nil {
+		return nil, BlobInfo{}, err
+	}
+	r, err := s.openTracked(d)
 	if err != nil {
 		return nil, BlobInfo{}, err
 	}
-	f, err := os.Open(s.blobPath(d))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, BlobInfo{}, fmt.Errorf("%w: blob %s: file missing", ErrNotFound, d)
-	}
+	info, err := s.StatBlob(d)
 	if err != nil {
-		return nil, BlobInfo{}, fmt.Errorf("cachestore: open blob: %w", err)
+		r.Close()
+		return nil, BlobInfo{}, err
 	}
 	info.LastAccess = s.noteAccess(d, info.LastAccess)
-	return f, info, nil
+	return r, info, nil
 }
 
 // DeleteBlob removes blob d (file, then index entry, so a crash in between
@@ -176,14 +178,14 @@ func (s *Store) install(src string, d v1.Hash, size int64) (BlobInfo, error) {
 		return BlobInfo{}, fmt.Errorf("cachestore: install blob %s: %w", d, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return fail(err)
+		return fail(noSpace(err))
 	}
 	if err := os.Rename(src, dst); err != nil {
-		return fail(err)
+		return fail(noSpace(err))
 	}
 	if err := s.syncDir(filepath.Dir(dst)); err != nil {
 		os.Remove(dst)
-		return fail(err)
+		return fail(noSpace(err))
 	}
 	now := wallNow()
 	info := BlobInfo{Digest: d, Size: size, AddedAt: now, LastAccess: now}

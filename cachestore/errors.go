@@ -48,4 +48,15 @@ var (
 	// ErrSchema is returned by Open when index.db was written with a schema
 	// version this build does not understand.
 	ErrSchema = errors.New("cachestore: unsupported index schema")
+
+	// ErrNoSpace is returned when the volume is full (ENOSPC or EDQUOT)
+	// while writing a blob, an upload or the index; the underlying
+	// syscall error is wrapped alongside it. Nothing half-written becomes
+	// visible; callers may pass content through uncached and retry later.
+	ErrNoSpace = errors.New("cachestore: no space left on the cache volume")
+
+	// ErrArchive is returned by Import for an archive that is not a
+	// pullcache archive, is truncated or corrupt, or has an unsupported
+	// version. Nothing from a refused archive stays visible.
+	ErrArchive = errors.New("cachestore: invalid archive")
 )

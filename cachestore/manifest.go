@@ -52,6 +52,7 @@ func (s *Store) PutManifest(mediaType string, body []byte) (ManifestRecord, erro
 	err = s.update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketManifests).Put(digestKey(rec.Digest), val)
 	})
+	s.manifestGen.Add(1) // a running eviction pass must re-read the graph
 	return rec, err
 }
 

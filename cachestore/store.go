@@ -26,8 +26,11 @@ var (
 	bucketTags      = []byte("tags")      // ns\0repo\0tag → JSON TagRecord
 	bucketReferrers = []byte("referrers") // ns\0repo\0subject\0referrer → JSON v1.Descriptor
 	bucketMeta      = []byte("meta")      // free-form key → value
+	bucketPins      = []byte("pins")      // ns\0repo\0ref → JSON pinValue (see pin.go)
 	keyVersion      = []byte("version")
-	allBuckets      = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta}
+	// A bucket added later (pins) needs no schema bump: Open creates it in
+	// an older index, and older builds never look at it.
+	allBuckets = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta, bucketPins}
 )
 
 const (
@@ -78,6 +81,18 @@ type Store struct {
 	accessMu     sync.Mutex
 	accessQueue  map[string]time.Time // digest key → latest access not yet in the index
 	accessWrites atomic.Int64         // flush transactions written (tests assert throttling)
+
+	inUse inUseSet // blobs open for reading, and blobs being evicted (reader.go)
+
+	// manifestGen counts PutManifest calls, so an eviction pass notices
+	// that its reference graph went stale (gc.go).
+	manifestGen atomic.Uint64
+	evictMu     sync.Mutex // one eviction pass at a time
+
+	// createTemp makes a fill's temp file; tests swap it to inject a full
+	// disk (space.go).
+	createTemp func(dir, pattern string) (blobFile, error)
+	liveTemps  sync.Map // temp path → struct{}: fills of this Store still running
 }
 
 // Open opens (creating if needed) the store under opts.Dir, takes the
@@ -123,6 +138,7 @@ func Open(opts Options) (*Store, error) {
 		db:          db,
 		stop:        make(chan struct{}),
 		accessQueue: make(map[string]time.Time),
+		createTemp:  osCreateTemp,
 	}
 	if err := s.initSchema(); err != nil {
 		db.Close()
@@ -191,7 +207,7 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	return mapClosed(s.db.Update(fn))
+	return noSpace(mapClosed(s.db.Update(fn)))
 }
 
 func mapClosed(err error) error {

@@ -46,7 +46,7 @@ func (s *Store) NewUpload() (id string, err error) {
 	path, _ := s.uploadPath(id)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
 	if err != nil {
-		return "", fmt.Errorf("cachestore: new upload: %w", err)
+		return "", noSpace(fmt.Errorf("cachestore: new upload: %w", err))
 	}
 	return id, f.Close()
 }
@@ -98,7 +98,7 @@ func (s *Store) AppendUpload(id string, offset int64, r io.Reader) (int64, error
 	n, copyErr := io.Copy(f, r)
 	closeErr := f.Close()
 	if err := errors.Join(copyErr, closeErr); err != nil {
-		return size + n, fmt.Errorf("cachestore: append upload %s: %w", id, err)
+		return size + n, noSpace(fmt.Errorf("cachestore: append upload %s: %w", id, err))
 	}
 	return size + n, nil
 }
@@ -130,7 +130,7 @@ func (s *Store) CommitUpload(id string, d v1.Hash) (BlobInfo, error) {
 	}
 	got, size, err := v1.SHA256(f)
 	if err == nil && !s.noSync {
-		err = f.Sync()
+		err = noSpace(f.Sync())
 	}
 	f.Close()
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"io/fs"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -37,7 +36,7 @@ type BlobWriter struct {
 	expected     v1.Hash
 	expectedSize int64
 	tmpPath      string
-	f            *os.File  // temp file; written only by the filler
+	f            blobFile  // temp file; written only by the filler
 	h            hash.Hash // touched only by the filler
 
 	// written is updated under mu (so followers waiting on cond see it
@@ -65,10 +64,12 @@ func (s *Store) NewBlobWriter(expected v1.Hash, expectedSize int64) (*BlobWriter
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
-	f, err := os.CreateTemp(s.tmpDir(), expected.Hex+".*")
+	f, err := s.createTemp(s.tmpDir(), expected.Hex+".*")
 	if err != nil {
-		return nil, fmt.Errorf("cachestore: create temp file: %w", err)
+		return nil, noSpace(fmt.Errorf("cachestore: create temp file: %w", err))
 	}
+	// Verify tells this Store's running fills from orphans by this set.
+	s.liveTemps.Store(f.Name(), struct{}{})
 	w := &BlobWriter{
 		s:            s,
 		expected:     expected,
@@ -110,7 +111,7 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	if werr != nil {
 		// Also the path taken when a concurrent Abort closed the file: fail
 		// is then a no-op and writable reports the abort.
-		w.fail(fmt.Errorf("cachestore: write temp file: %w", werr))
+		w.fail(noSpace(fmt.Errorf("cachestore: write temp file: %w", werr)))
 		return n, w.writable()
 	}
 	return n, nil
@@ -145,6 +146,7 @@ func (w *BlobWriter) fail(err error) {
 	// see stateFailed and never open the path again.
 	w.f.Close()
 	os.Remove(w.tmpPath)
+	w.s.liveTemps.Delete(w.tmpPath)
 }
 
 // Abort discards the fill: the temp file is removed and followers (current
@@ -182,6 +184,7 @@ func (w *BlobWriter) Commit() (BlobInfo, error) {
 	w.mu.Unlock()
 
 	info, err := w.verifyAndInstall()
+	w.s.liveTemps.Delete(w.tmpPath) // renamed into place or removed
 
 	w.mu.Lock()
 	if err != nil {
@@ -214,11 +217,11 @@ func (w *BlobWriter) verifyAndInstall() (BlobInfo, error) {
 	}
 	if !w.s.noSync {
 		if err := w.f.Sync(); err != nil {
-			return discard(fmt.Errorf("cachestore: sync temp file: %w", err))
+			return discard(noSpace(fmt.Errorf("cachestore: sync temp file: %w", err)))
 		}
 	}
 	if err := w.f.Close(); err != nil {
-		return discard(fmt.Errorf("cachestore: close temp file: %w", err))
+		return discard(noSpace(fmt.Errorf("cachestore: close temp file: %w", err)))
 	}
 	return w.s.install(w.tmpPath, w.expected, size)
 }
@@ -246,14 +249,14 @@ func (w *BlobWriter) Follow() (io.ReadCloser, error) {
 		return nil, err
 	case stateCommitted:
 		w.mu.Unlock()
-		f, err := os.Open(w.s.blobPath(w.expected))
-		if errors.Is(err, fs.ErrNotExist) {
+		r, err := w.s.openTracked(w.expected)
+		if errors.Is(err, ErrNotFound) {
 			return nil, fmt.Errorf("%w: blob %s: deleted after commit", ErrNotFound, w.expected)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("cachestore: follow blob: %w", err)
 		}
-		return f, nil
+		return r, nil
 	}
 	// Opened under mu so fail/Commit cannot remove or rename the path in
 	// between; once open, the descriptor survives both (Linux semantics).

@@ -42,6 +42,13 @@ Usage:
   pullcache serve [flags]   run the mirror (see 'pullcache serve -h')
   pullcache stats [flags]   print a running mirror's counters
   pullcache config KIND     print client config (docker, containerd, buildkit)
+  pullcache gc --max-size SIZE      evict least recently used content now
+  pullcache pin|unpin REF...        keep images from eviction (or stop keeping)
+  pullcache pins                    list pinned images
+  pullcache verify [--repair]       re-hash the cache, report (or fix) problems
+  pullcache export [--since D | --max-size S] FILE   write a portable archive
+  pullcache import FILE             merge an archive into the cache
+  pullcache action start|stop       GitHub Action entry points (see action.yml)
   pullcache version         print the version
 `
 
@@ -57,6 +64,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return stats(ctx, args[1:], stdout, stderr)
 	case "config":
 		return config(args[1:], stdout, stderr)
+	case "gc":
+		return gc(args[1:], stdout, stderr)
+	case "pin", "unpin":
+		return pin(args[1:], args[0] == "unpin", stdout, stderr)
+	case "pins":
+		return pins(args[1:], stdout, stderr)
+	case "verify":
+		return verify(args[1:], stdout, stderr)
+	case "export":
+		return export(args[1:], stdout, stderr)
+	case "import":
+		return importArchive(args[1:], os.Stdin, stdout, stderr)
+	case "action":
+		return action(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "pullcache", versionString())
 		return nil
