@@ -39,6 +39,9 @@ func (s *Server) pauseCaching(err error) {
 	until := s.opts.Now().Add(cachingPauseFor).UnixNano()
 	if prev := s.pausedUntil.Swap(until); prev < s.opts.Now().UnixNano() {
 		s.log.Error("disk full: caching paused; clients are served straight from upstream until space returns", "dir", s.store.Dir(), "err", err)
+		if s.opts.OnDiskFull != nil {
+			go s.opts.OnDiskFull()
+		}
 	}
 	s.stats.DiskFullEvents.Add(1)
 }

@@ -56,6 +56,9 @@ type Options struct {
 	// revalidation before it is served the cached copy while revalidation
 	// finishes in the background. Default 2s.
 	RevalidateWait time.Duration
+	// OnDiskFull is called (in its own goroutine) when a store write hits
+	// ENOSPC and caching pauses, e.g. to evict. Optional.
+	OnDiskFull func()
 	// Logger receives operational logs; never credentials.
 	Logger *slog.Logger
 	// Now is the clock (tests).

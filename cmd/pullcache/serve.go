@@ -39,6 +39,11 @@ type serveConfig struct {
 	queueTimeout   time.Duration
 	quotaReserve   int
 	revalidateWait time.Duration
+
+	// The volume's size bound and what it must keep.
+	maxSize    sizeFlag
+	pins       listFlag
+	gcInterval time.Duration
 }
 
 func defaultDir() string {
@@ -64,6 +69,9 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for upstream admission before it gets 429 with Retry-After")
 	fs.IntVar(&cfg.quotaReserve, "quota-reserve", 2, "never spend the last N counted requests the upstream reports remaining")
 	fs.DurationVar(&cfg.revalidateWait, "revalidate-wait", 2*time.Second, "how long a stale tag waits for revalidation before the cached copy is served")
+	fs.Var(&cfg.maxSize, "max-size", "cap on the cache's blob bytes (e.g. 20GiB); least recently used images are evicted between 95% and 85% of it; 0 = no cap")
+	fs.DurationVar(&cfg.gcInterval, "gc-interval", 30*time.Second, "how often the cache size is checked against --max-size")
+	fs.Var(&cfg.pins, "pin", "image never evicted, e.g. docker.io/library/alpine:3.20 (repeatable); see also 'pullcache pin'")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {

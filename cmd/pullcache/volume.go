@@ -34,18 +34,32 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 		Dir:    cfg.dir,
 		Logger: log,
 		Build: func(store *cachestore.Store) (owner.Service, error) {
+			for _, ref := range cfg.pins {
+				ns, repo, id, err := parsePinRef(ref)
+				if err == nil {
+					err = store.Pin(ns, repo, id)
+				}
+				if err != nil {
+					return nil, fmt.Errorf("--pin %s: %w", ref, err)
+				}
+			}
 			admitter, err := newAdmitter(cfg, store, log)
 			if err != nil {
 				return nil, err
 			}
 			o := mirrorOpts
 			o.Store, o.Admitter = store, admitter
+			o.OnDiskFull = func() { freeSpace(store, cfg.maxSize, log) }
 			srv, err := sidecar.New(o)
 			if err != nil {
 				admitter.Close()
 				return nil, err
 			}
-			return mirror{srv, admitter}, nil
+			ctx, stopJanitor := context.WithCancel(context.Background())
+			if cfg.maxSize > 0 {
+				go store.RunEviction(ctx, cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), Logger: log}, cfg.gcInterval)
+			}
+			return mirror{srv, admitter, stopJanitor}, nil
 		},
 	})
 }
@@ -54,10 +68,34 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 // it persists in the index when the owner leaves.
 type mirror struct {
 	*sidecar.Server
-	admitter *admit.Admitter
+	admitter    *admit.Admitter
+	stopJanitor context.CancelFunc
 }
 
-func (m mirror) Close() error { return m.admitter.Close() }
+func (m mirror) Close() error {
+	m.stopJanitor()
+	return m.admitter.Close()
+}
+
+// freeSpace runs when a store write hit ENOSPC below --max-size (or with
+// no cap): the disk is fuller than the cap assumed, so evict down to the low
+// watermark of what the cache holds now (or of the cap, if smaller).
+func freeSpace(store *cachestore.Store, maxSize sizeFlag, log *slog.Logger) {
+	_, used, err := store.Usage()
+	if err != nil || used == 0 {
+		return
+	}
+	limit := used
+	if maxSize > 0 && int64(maxSize) < limit {
+		limit = int64(maxSize)
+	}
+	res, err := store.Evict(cachestore.EvictOptions{MaxSize: limit, Force: true, Logger: log})
+	if err != nil {
+		log.Warn("disk full: eviction failed", "err", err)
+		return
+	}
+	log.Info("disk full: evicted least recently used content", "freed_bytes", res.Bytes, "blobs", res.Blobs)
+}
 
 // closeVolume leaves the volume; an owner drains and hands over.
 func closeVolume(vol *owner.Volume, log *slog.Logger) {

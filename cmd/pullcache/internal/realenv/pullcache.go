@@ -104,6 +104,25 @@ func (p *Pullcache) Kill(t testing.TB) {
 	}
 }
 
+// Stop sends SIGTERM (graceful shutdown: drain, persist, release the
+// volume) and waits for the process to exit.
+func (p *Pullcache) Stop(t testing.TB) {
+	t.Helper()
+	_ = p.proc.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.proc.done:
+	case <-time.After(40 * time.Second):
+		t.Fatal("pullcache did not exit after SIGTERM")
+	}
+}
+
+// Run runs a pullcache subcommand (export, import, verify, ...) and returns
+// its combined output and error.
+func RunPullcache(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	return runCmd(nil, PullcacheBinary(t), args...)
+}
+
 // Stats fetches /_pullcache/stats as a generic JSON object.
 func (p *Pullcache) Stats(t testing.TB) map[string]any {
 	t.Helper()
