@@ -83,7 +83,7 @@ func action(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	// an error of this step, not a crash.
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("writing to the runner: %v", p)
+			err = fmt.Errorf("action %s: %v", args[0], p)
 		}
 	}()
 	if args[0] == "start" {
@@ -134,6 +134,7 @@ type actionInputs struct {
 	defaultUpstream string   // "" keeps serve's default; "none" disables it
 	limits          []string
 	tagTTL          string
+	maxSize         string // serve's --max-size
 	archive         string
 	archiveMaxSize  string // export's --max-size
 	configureDocker bool
@@ -149,6 +150,7 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		defaultUpstream: a.GetInput("default-upstream"),
 		limits:          inputLines(a.GetInput("limits")),
 		tagTTL:          a.GetInput("tag-ttl"),
+		maxSize:         a.GetInput("max-size"),
 		archive:         a.GetInput("archive"),
 		archiveMaxSize:  a.GetInput("archive-max-size"),
 		startTimeout:    60 * time.Second,
@@ -177,6 +179,11 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		// runs in.
 		if in.archive, err = filepath.Abs(in.archive); err != nil {
 			return in, err
+		}
+	}
+	if in.maxSize != "" {
+		if _, err := parseSize(in.maxSize); err != nil {
+			return in, fmt.Errorf("input max-size: %w", err)
 		}
 	}
 	if in.archiveMaxSize != "" {
@@ -245,6 +252,9 @@ func (in actionInputs) serveArgs() []string {
 	if in.tagTTL != "" {
 		args = append(args, "--tag-ttl", in.tagTTL)
 	}
+	if in.maxSize != "" {
+		args = append(args, "--max-size", in.maxSize)
+	}
 	return args
 }
 
@@ -285,19 +295,19 @@ func actionStart(ctx context.Context, r runner) error {
 	mirror := mirrorHost(in.listen)
 	mirrorURL := "http://" + mirror
 
+	// This job's own files (log, buildkitd.toml, daemon.json backup) live
+	// in RUNNER_TEMP, not on the cache volume that other jobs share.
+	runDir, err := os.MkdirTemp(r.Getenv("RUNNER_TEMP"), "pullcache-action-")
+	if err != nil {
+		return err
+	}
 	// A pullcache already serving here (one baked into a self-hosted
 	// runner image, say) is used as it is, so one workflow runs on both
 	// kinds of runner; stop will then leave it running.
-	pid := 0
-	var logPath, runDir string
+	pid, logPath := 0, ""
 	if healthz(ctx, mirror) == nil {
 		r.Noticef("pullcache already serves at %s; using it (this step will not stop it)", mirror)
 	} else {
-		if runDir, err = os.MkdirTemp(r.Getenv("RUNNER_TEMP"), "pullcache-action-"); err != nil {
-			return err
-		}
-		// The log lives with this job, not on the cache volume that
-		// other jobs share.
 		logPath = filepath.Join(runDir, "pullcache.log")
 		if err := os.MkdirAll(in.dir, 0o755); err != nil {
 			return err
@@ -334,11 +344,6 @@ func actionStart(ctx context.Context, r runner) error {
 	r.output("log", logPath)
 
 	if in.configureBK {
-		if runDir == "" {
-			if runDir, err = os.MkdirTemp(r.Getenv("RUNNER_TEMP"), "pullcache-action-"); err != nil {
-				return err
-			}
-		}
 		path := filepath.Join(runDir, "buildkitd.toml")
 		toml := buildkit.MirrorConfig{Mirror: mirror, Registries: in.registries(), PlainHTTP: true}.TOML()
 		if err := os.WriteFile(path, []byte(toml), 0o644); err != nil {

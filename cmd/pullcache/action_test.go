@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,6 +57,7 @@ func TestReadActionInputs(t *testing.T) {
 		"INPUT_DEFAULT-UPSTREAM":   "none",
 		"INPUT_LIMITS":             "docker.io=100/6h,burst=20",
 		"INPUT_TAG-TTL":            "5m",
+		"INPUT_MAX-SIZE":           "8GiB",
 		"INPUT_ARCHIVE":            "rel/cache.zst",
 		"INPUT_ARCHIVE-MAX-SIZE":   "5GiB",
 		"INPUT_CONFIGURE-DOCKER":   "True",
@@ -67,7 +69,7 @@ func TestReadActionInputs(t *testing.T) {
 	}
 	wantArgs := []string{"serve", "--listen", "127.0.0.1:5000", "--dir", "/runner/tmp/pullcache",
 		"--upstream", "docker.io=https://registry-1.docker.io", "--upstream", "ghcr.io=https://ghcr.io",
-		"--default-upstream=", "--limit", "docker.io=100/6h,burst=20", "--tag-ttl", "5m"}
+		"--default-upstream=", "--limit", "docker.io=100/6h,burst=20", "--tag-ttl", "5m", "--max-size", "8GiB"}
 	if got := in.serveArgs(); !slices.Equal(got, wantArgs) {
 		t.Errorf("serveArgs =\n %q\nwant\n %q", got, wantArgs)
 	}
@@ -87,6 +89,7 @@ func TestReadActionInputs(t *testing.T) {
 		"bad bool":      {"INPUT_CONFIGURE-DOCKER": "yes"},
 		"bad ttl":       {"INPUT_TAG-TTL": "soon"},
 		"bad max size":  {"INPUT_ARCHIVE-MAX-SIZE": "big"},
+		"bad cache cap": {"INPUT_MAX-SIZE": "lots"},
 		"bad timeout":   {"INPUT_START-TIMEOUT": "-5s"},
 		"zero timeout":  {"INPUT_START-TIMEOUT": "0"},
 		"bad buildkitd": {"INPUT_CONFIGURE-BUILDKIT": "1"},
@@ -575,4 +578,48 @@ func getsid(pid int) (int, error) {
 		return 0, errno
 	}
 	return int(sid), nil
+}
+
+// action.yml declares exactly the inputs the Go side reads and the outputs
+// it sets: an input added on one side only is a silent no-op for users.
+func TestActionYAMLMatchesCode(t *testing.T) {
+	t.Parallel()
+	yml, err := os.ReadFile("../../action.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, err := os.ReadFile("action.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Top-level keys of a section are the two-space-indented "name:" lines.
+	declared := map[string][]string{}
+	section := ""
+	for _, line := range strings.Split(string(yml), "\n") {
+		if !strings.HasPrefix(line, " ") && strings.HasSuffix(line, ":") {
+			section = strings.TrimSuffix(line, ":")
+			continue
+		}
+		if m := regexp.MustCompile(`^  ([a-z-]+):`).FindStringSubmatch(line); m != nil {
+			declared[section] = append(declared[section], m[1])
+		}
+	}
+	used := func(re string) []string {
+		var out []string
+		for _, m := range regexp.MustCompile(re).FindAllStringSubmatch(string(code), -1) {
+			out = append(out, m[1])
+		}
+		return out
+	}
+	for section, got := range map[string][]string{
+		"inputs":  append(used(`GetInput\("([a-z-]+)"\)`), used(`inputBool\(a, "([a-z-]+)"\)`)...),
+		"outputs": used(`r\.output\("([a-z-]+)"`),
+	} {
+		slices.Sort(got)
+		got = slices.Compact(got)
+		want := slices.Sorted(slices.Values(declared[section]))
+		if len(got) == 0 || !slices.Equal(got, want) {
+			t.Errorf("%s: code uses %q, action.yml declares %q", section, got, want)
+		}
+	}
 }

@@ -32,7 +32,7 @@ func applyEnv(fs *flag.FlagSet) error {
 			return
 		}
 		if lv, isList := f.Value.(*listFlag); isList {
-			for _, item := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' }) {
+			for _, item := range splitEnvList(v) {
 				lv.Set(item)
 			}
 			return
@@ -42,6 +42,21 @@ func applyEnv(fs *flag.FlagSet) error {
 		}
 	})
 	return err
+}
+
+// splitEnvList splits a list given in one environment variable on commas,
+// spaces and newlines. A piece that is an option of the item before it
+// (",burst=20" in "docker.io=100/6h,burst=20") stays with that item.
+func splitEnvList(v string) []string {
+	var out []string
+	for _, piece := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\t' }) {
+		if strings.HasPrefix(piece, "burst=") && len(out) > 0 {
+			out[len(out)-1] += "," + piece
+			continue
+		}
+		out = append(out, piece)
+	}
+	return out
 }
 
 // listFlag collects a repeatable flag.

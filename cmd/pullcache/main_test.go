@@ -84,3 +84,16 @@ func TestRunCommands(t *testing.T) {
 		t.Fatalf("containerd config: %s", out.String())
 	}
 }
+
+func TestSplitEnvList(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"docker.io=100/6h,burst=20 ghcr.io=unlimited":      "docker.io=100/6h,burst=20|ghcr.io=unlimited",
+		"docker.io=http://a:1,ghcr.io=http://b:2\nquay.io": "docker.io=http://a:1|ghcr.io=http://b:2|quay.io",
+		"docker.io=100/6h,burst=20,quay.io=10/1h,burst=2":  "docker.io=100/6h,burst=20|quay.io=10/1h,burst=2",
+	} {
+		if got := strings.Join(splitEnvList(in), "|"); got != want {
+			t.Errorf("splitEnvList(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
