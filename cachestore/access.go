@@ -77,3 +77,16 @@ func (s *Store) flushAccess() error {
 // monotonic reading), so a BlobInfo returned by a write equals the one a
 // later StatBlob decodes.
 func wallNow() time.Time { return time.Unix(0, time.Now().UnixNano()) }
+
+// Touch records that d was read somewhere the store did not see it: a
+// follower process serving the file straight from the volume. Like a read,
+// it queues an access-time update (written in the next batch); it never
+// opens a write transaction itself. Safe for concurrent use.
+func (s *Store) Touch(d v1.Hash) error {
+	info, err := s.StatBlob(d)
+	if err != nil {
+		return err
+	}
+	s.noteAccess(d, info.LastAccess)
+	return nil
+}

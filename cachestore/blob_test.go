@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"io"
 	"os"
 	"strings"
@@ -261,6 +262,32 @@ func TestAccessTimeFlushedOnClose(t *testing.T) {
 		got, err := s.StatBlob(info.Digest)
 		if err != nil || !got.LastAccess.Equal(info.LastAccess.Add(2*accessGranularity)) {
 			t.Fatalf("LastAccess after reopen = %v, %v; want %v", got.LastAccess, err, info.LastAccess.Add(2*accessGranularity))
+		}
+	})
+}
+
+// A read reported by a follower (Touch) refreshes the access time like a
+// local read, through the same batched writes.
+func TestTouchRecordsAccess(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		s := newTestStore(t)
+		info := mustPut(t, s, "served by a follower")
+		time.Sleep(2 * accessGranularity)
+		if err := s.Touch(info.Digest); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(accessGranularity + time.Second) // the flusher's next tick
+		synctest.Wait()
+		got, err := s.StatBlob(info.Digest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !got.LastAccess.After(info.LastAccess) {
+			t.Fatalf("LastAccess %v not advanced past %v by Touch", got.LastAccess, info.LastAccess)
+		}
+		if err := s.Touch(v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Touch of an unknown blob: %v", err)
 		}
 	})
 }

@@ -165,6 +165,8 @@ func (s *Server) Handler() http.Handler {
 			fmt.Fprintln(w, "ok")
 		case p == "/_pullcache/stats":
 			s.serveStats(w, r)
+		case p == TouchPath:
+			s.serveTouch(w, r)
 		case p == "/metrics":
 			metrics.ServeHTTP(w, r)
 		default:

@@ -31,6 +31,7 @@ type Stats struct {
 	DiskFullEvents   atomic.Int64 // store writes that hit ENOSPC (caching paused)
 	Throttled        atomic.Int64 // upstream requests refused by admission (answered 429)
 	Absorbed         atomic.Int64 // failing requests answered from the negative cache, not forwarded
+	FollowerReads    atomic.Int64 // blob reads followers served from the volume and reported
 
 	mu       sync.Mutex
 	upstream map[upstreamKey]int64
@@ -85,6 +86,7 @@ type Snapshot struct {
 	DiskFullEvents   int64 `json:"disk_full_events"`
 	Throttled        int64 `json:"throttled"`
 	Absorbed         int64 `json:"absorbed"`
+	FollowerReads    int64 `json:"follower_reads_reported"`
 	// Upstream maps upstream → request kind → HTTP status (or "error") → count.
 	Upstream map[string]map[string]map[string]int64 `json:"upstream_requests"`
 	Store    struct {
@@ -179,6 +181,7 @@ func (s *Stats) Snapshot() Snapshot {
 	out.DiskFullEvents = s.DiskFullEvents.Load()
 	out.Throttled = s.Throttled.Load()
 	out.Absorbed = s.Absorbed.Load()
+	out.FollowerReads = s.FollowerReads.Load()
 	out.Upstream = map[string]map[string]map[string]int64{}
 	s.mu.Lock()
 	for k, v := range s.upstream {

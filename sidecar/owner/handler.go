@@ -120,6 +120,7 @@ func (v *Volume) serveLocalBlob(w http.ResponseWriter, r *http.Request) bool {
 	}
 	defer f.Close()
 	v.local.blobHits.Add(1)
+	v.touched.note(req.Digest.String())
 	h := w.Header()
 	h.Set(apierr.APIVersionHeader, apierr.APIVersion)
 	h.Set("Docker-Content-Digest", req.Digest.String())

@@ -105,6 +105,7 @@ type Volume struct {
 	active  atomic.Pointer[http.Handler] // follower or owner handler
 	fwd     *forwarder
 	local   localStats
+	touched touches // blobs served from the volume, not yet reported to the owner
 	elected chan struct{} // closed when this process becomes owner
 	failed  chan error    // receives a promotion that could not complete
 
@@ -176,6 +177,8 @@ func Start(opts Options) (*Volume, error) {
 	default:
 		return nil, err
 	}
+	v.election.Add(1)
+	go v.reportTouches()
 	return v, nil
 }
 

@@ -305,3 +305,31 @@ func TestStartRefusesOverlongSocketPath(t *testing.T) {
 		t.Errorf("err = %v, want a socket path error", err)
 	}
 }
+
+// Blobs a follower serves from the volume are reported to the owner, so
+// its LRU eviction sees them as used.
+func TestFollowerReportsReadsToOwner(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	own := startNode(t, dir, "")
+	fol := startNode(t, dir, "")
+	content := []byte("a layer every job reads through a follower")
+	sum := sha256.Sum256(content)
+	d := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	if _, err := own.store.PutBlob(d, bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if resp, _ := fol.get(t, http.MethodGet, "/v2/library/app/blobs/"+d.String(), nil); resp.StatusCode != 200 {
+			t.Fatalf("follower GET: %s", resp.Status)
+		}
+	}
+	fol.vol.flushTouches()
+	if n := own.mirror.Stats().FollowerReads.Load(); n != 1 {
+		t.Fatalf("owner recorded %d reported reads, want 1 (one digest, deduplicated)", n)
+	}
+	fol.vol.flushTouches() // nothing new: no report
+	if n := own.mirror.Stats().FollowerReads.Load(); n != 1 {
+		t.Fatalf("an empty flush reported reads: %d", n)
+	}
+}
