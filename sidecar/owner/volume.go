@@ -105,7 +105,7 @@ type Volume struct {
 	active  atomic.Pointer[http.Handler] // follower or owner handler
 	fwd     *forwarder
 	local   localStats
-	touched touches // blobs served from the volume, not yet reported to the owner
+	touched touches       // blobs served from the volume, not yet reported to the owner
 	elected chan struct{} // closed when this process becomes owner
 	failed  chan error    // receives a promotion that could not complete
 
