@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,8 +13,11 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/pullcache/pullcache/sidecar/hubfake"
 )
 
 func do(t *testing.T, method, url string, hdr map[string]string, body []byte) (*http.Response, []byte) {
@@ -389,5 +393,39 @@ func TestHeadByTagReportsManifestSize(t *testing.T) {
 		if resp.StatusCode != 200 || resp.ContentLength != int64(len(body)) || len(body) == 0 {
 			t.Fatalf("HEAD %d: status %d, Content-Length %d, GET body %d bytes", i, resp.StatusCode, resp.ContentLength, len(body))
 		}
+	}
+}
+
+// A client that does not accept indexes gets the image for this host's
+// platform out of a multi-arch index; one that does gets the index.
+func TestAcceptNegotiation(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	idx := hubfake.SeedRandomIndex(t, e.upURL.Host, "library/multi", "1", 2)
+	e.up.reset()
+	url := e.mirror.URL + "/v2/library/multi/manifests/1"
+
+	resp, body := do(t, "GET", url, map[string]string{"Accept": "application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"}, nil)
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != idx.String() {
+		t.Fatalf("index-accepting client: %s digest %s", resp.Status, resp.Header.Get("Docker-Content-Digest"))
+	}
+	var index v1.IndexManifest
+	if err := json.Unmarshal(body, &index); err != nil {
+		t.Fatal(err)
+	}
+	var want v1.Hash
+	for _, m := range index.Manifests {
+		if m.Platform != nil && m.Platform.OS == runtime.GOOS && m.Platform.Architecture == runtime.GOARCH {
+			want = m.Digest
+		}
+	}
+	resp, _ = do(t, "GET", url, map[string]string{"Accept": "application/vnd.docker.distribution.manifest.v2+json"}, nil)
+	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() || resp.Header.Get("Content-Type") != "application/vnd.docker.distribution.manifest.v2+json" {
+		t.Fatalf("image-only client: %s %q digest %s, want %s", resp.Status, resp.Header.Get("Content-Type"), resp.Header.Get("Docker-Content-Digest"), want)
+	}
+	// A client accepting neither gets a clear 404, not the wrong type.
+	resp, b := do(t, "GET", url, map[string]string{"Accept": "application/vnd.example.nothing"}, nil)
+	if resp.StatusCode != http.StatusNotFound || errCode(t, b) != "MANIFEST_UNKNOWN" {
+		t.Fatalf("unacceptable type: %s %s", resp.Status, b)
 	}
 }
