@@ -50,6 +50,9 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, req route.R
 		// An old client that takes no index gets the image for this
 		// host's platform, as distribution does.
 		m, err = s.platformManifest(r.Context(), req, m)
+		if err == nil && !acceptable(r, m.rec.MediaType) {
+			err = apierr.New(apierr.ManifestUnknown, "manifest %s has media type %s, which the client does not accept", req.Reference(), m.rec.MediaType)
+		}
 		if err != nil {
 			s.fail(w, r, err)
 			return
