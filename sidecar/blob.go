@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"io"
 	"net/http"
 	"strconv"
@@ -25,20 +26,28 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 	s.getBlobMiss(w, r, req)
 }
 
+// ServeBlobContent serves a verified blob's content with the headers every
+// pullcache process sends for one (Range and HEAD via http.ServeContent),
+// and returns the bytes written. Owner and followers share it so that a
+// client cannot tell which of them answered.
+func ServeBlobContent(w http.ResponseWriter, r *http.Request, d v1.Hash, content io.ReadSeeker) int64 {
+	h := w.Header()
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Etag", `"`+d.String()+`"`)
+	h.Set("Cache-Control", "max-age=31536000, immutable")
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", time.Time{}, content)
+	return cw.n
+}
+
 // serveStoredBlob serves the blob from the store if it is there.
 func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req route.Request) bool {
 	f, _, err := s.store.OpenBlob(req.Digest)
 	if err == nil {
 		defer f.Close()
 		s.stats.BlobHits.Add(1)
-		h := w.Header()
-		h.Set("Docker-Content-Digest", req.Digest.String())
-		h.Set("Content-Type", "application/octet-stream")
-		h.Set("Etag", `"`+req.Digest.String()+`"`)
-		h.Set("Cache-Control", "max-age=31536000, immutable")
-		cw := &countingWriter{ResponseWriter: w}
-		http.ServeContent(cw, r, "", time.Time{}, f)
-		s.stats.BytesServed.Add(cw.n)
+		s.stats.BytesServed.Add(ServeBlobContent(w, r, req.Digest, f))
 		return true
 	}
 	if !errors.Is(err, cachestore.ErrNotFound) {

@@ -8,9 +8,9 @@ import (
 	"net/http"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 )
@@ -121,15 +121,8 @@ func (v *Volume) serveLocalBlob(w http.ResponseWriter, r *http.Request) bool {
 	defer f.Close()
 	v.local.blobHits.Add(1)
 	v.touched.note(req.Digest.String())
-	h := w.Header()
-	h.Set(apierr.APIVersionHeader, apierr.APIVersion)
-	h.Set("Docker-Content-Digest", req.Digest.String())
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Etag", `"`+req.Digest.String()+`"`)
-	h.Set("Cache-Control", "max-age=31536000, immutable")
-	cw := &countingWriter{ResponseWriter: w}
-	http.ServeContent(cw, r, "", time.Time{}, f)
-	v.local.bytesServed.Add(cw.n)
+	w.Header().Set(apierr.APIVersionHeader, apierr.APIVersion)
+	v.local.bytesServed.Add(sidecar.ServeBlobContent(w, r, req.Digest, f))
 	return true
 }
 
