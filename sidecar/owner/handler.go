@@ -172,17 +172,3 @@ func newRecorder() *recorder { return &recorder{header: http.Header{}, status: h
 func (r *recorder) Header() http.Header         { return r.header }
 func (r *recorder) WriteHeader(status int)      { r.status = status }
 func (r *recorder) Write(p []byte) (int, error) { return r.body.Write(p) }
-
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the connection's Flush.
-func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
