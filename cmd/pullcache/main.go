@@ -49,6 +49,7 @@ Usage:
   pullcache export [--since D | --max-size S] FILE   write a portable archive
   pullcache import FILE             merge an archive into the cache
   pullcache action start|stop       GitHub Action entry points (see action.yml)
+  pullcache buildkit daemon|usage|prune   managed buildkitd on the cache volume
   pullcache version         print the version
 `
 
@@ -78,6 +79,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return importArchive(args[1:], os.Stdin, stdout, stderr)
 	case "action":
 		return action(ctx, args[1:], stdout, stderr)
+	case "buildkit":
+		return buildkitCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "pullcache", versionString())
 		return nil
