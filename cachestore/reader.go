@@ -112,6 +112,11 @@ func (r *BlobReader) Read(p []byte) (int, error)                   { return r.f.
 func (r *BlobReader) ReadAt(p []byte, off int64) (int, error)      { return r.f.ReadAt(p, off) }
 func (r *BlobReader) Seek(offset int64, whence int) (int64, error) { return r.f.Seek(offset, whence) }
 
+// File is the open blob file itself, for zero-copy serving: net/http hands
+// an *os.File to sendfile(2), which it cannot do through a wrapper. Valid
+// until Close; the caller must not close it (close the BlobReader).
+func (r *BlobReader) File() *os.File { return r.f }
+
 // Stat returns the file's info (its size is the blob's size).
 func (r *BlobReader) Stat() (os.FileInfo, error) { return r.f.Stat() }
 

@@ -47,7 +47,7 @@ func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req rou
 	if err == nil {
 		defer f.Close()
 		s.stats.BlobHits.Add(1)
-		s.stats.BytesServed.Add(ServeBlobContent(w, r, req.Digest, f))
+		s.stats.BytesServed.Add(ServeBlobContent(w, r, req.Digest, f.File()))
 		return true
 	}
 	if !errors.Is(err, cachestore.ErrNotFound) {
@@ -306,6 +306,18 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// ReadFrom keeps net/http's zero-copy path: the response's own ReadFrom
+// sends an *os.File with sendfile(2) instead of copying it through user
+// space, which a plain Write wrapper would force.
+func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.n += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the real writer (Flush).
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 // copyFlushing copies and flushes after each chunk so clients see bytes as
 // the upstream delivers them, not when a buffer fills.
