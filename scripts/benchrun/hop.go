@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Request kinds counted at the upstream side. Docker Hub's pull quota counts
+// manifestGet only; the rest is listed because it still costs the upstream.
+const (
+	kindManifestGet  = "manifest_get"
+	kindManifestHead = "manifest_head"
+	kindBlobGet      = "blob_get"
+	kindBlobHead     = "blob_head"
+	kindOther        = "other"
+)
+
+var allKinds = []string{kindManifestGet, kindManifestHead, kindBlobGet, kindBlobHead, kindOther}
+
+// classify names the kind of a registry request by method and path, the
+// way an upstream's access log would be grepped.
+func classify(method, path string) string {
+	isGet := method == http.MethodGet
+	isHead := method == http.MethodHead
+	switch {
+	case strings.Contains(path, "/manifests/") && isGet:
+		return kindManifestGet
+	case strings.Contains(path, "/manifests/") && isHead:
+		return kindManifestHead
+	case strings.Contains(path, "/blobs/") && !strings.Contains(path, "/blobs/uploads") && isGet:
+		return kindBlobGet
+	case strings.Contains(path, "/blobs/") && !strings.Contains(path, "/blobs/uploads") && isHead:
+		return kindBlobHead
+	}
+	return kindOther
+}
+
+// Counts is what the upstream saw in one measurement window.
+type Counts struct {
+	Requests map[string]int64
+	Bytes    int64 // response body bytes sent by the upstream
+}
+
+// hop is the counting (and optionally WAN-imitating) reverse proxy that sits
+// between every mirror, or a mirror-less client, and the upstream registry.
+// Counting here rather than trusting each mirror's own stats means every
+// peer is measured by the same ruler.
+type hop struct {
+	proxy   *httputil.ReverseProxy
+	latency time.Duration
+	limiter *rate.Limiter // nil: unlimited
+
+	mu     sync.Mutex
+	counts map[string]int64
+	bytes  atomic.Int64
+}
+
+// wanLink is a one-way bandwidth limit and a per-request latency.
+type wanLink struct {
+	BytesPerSec float64
+	Latency     time.Duration
+}
+
+func (l wanLink) String() string {
+	if l.BytesPerSec == 0 && l.Latency == 0 {
+		return "none (loopback)"
+	}
+	bw := "unlimited"
+	if l.BytesPerSec > 0 {
+		bw = fmt.Sprintf("%.0f Mbit/s", l.BytesPerSec*8/1e6)
+	}
+	return fmt.Sprintf("%s, +%s per request", bw, l.Latency)
+}
+
+// parseWAN reads "100mbit,20ms" (either part may be left out: "50mbit",
+// ",30ms"). Units: bit, kbit, mbit, gbit (per second).
+func parseWAN(s string) (wanLink, error) {
+	var l wanLink
+	if s == "" {
+		return l, nil
+	}
+	bw, lat, _ := strings.Cut(s, ",")
+	bw, lat = strings.TrimSpace(strings.ToLower(bw)), strings.TrimSpace(lat)
+	if bw != "" {
+		mult := 1.0
+		num := bw
+		for _, u := range []struct {
+			suffix string
+			mult   float64
+		}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}} {
+			if strings.HasSuffix(bw, u.suffix) {
+				num, mult = strings.TrimSuffix(bw, u.suffix), u.mult
+				break
+			}
+		}
+		v, err := strconv.ParseFloat(num, 64)
+		if err != nil || v <= 0 {
+			return l, fmt.Errorf("wan bandwidth %q: want e.g. 100mbit", bw)
+		}
+		l.BytesPerSec = v * mult / 8
+	}
+	if lat != "" {
+		d, err := time.ParseDuration(lat)
+		if err != nil || d < 0 {
+			return l, fmt.Errorf("wan latency %q: want e.g. 20ms", lat)
+		}
+		l.Latency = d
+	}
+	return l, nil
+}
+
+func newHop(target *url.URL, link wanLink) *hop {
+	h := &hop{latency: link.Latency, counts: map[string]int64{}}
+	if link.BytesPerSec > 0 {
+		// One limiter for all connections: a WAN link is shared by every
+		// download in flight, which is exactly what makes storms expensive.
+		h.limiter = rate.NewLimiter(rate.Limit(link.BytesPerSec), 64<<10)
+	}
+	h.proxy = &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			r.Out.Host = target.Host
+		},
+		Transport: &http.Transport{
+			MaxIdleConns:        256,
+			MaxIdleConnsPerHost: 256,
+			DisableCompression:  true,
+		},
+		ErrorLog: discardLogger(),
+	}
+	return h
+}
+
+func (h *hop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	kind := classify(r.Method, r.URL.Path)
+	h.mu.Lock()
+	h.counts[kind]++
+	h.mu.Unlock()
+	if h.latency > 0 {
+		select {
+		case <-time.After(h.latency):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	h.proxy.ServeHTTP(&meteredWriter{ResponseWriter: w, h: h, ctx: r.Context()}, r)
+}
+
+// reset starts a new measurement window.
+func (h *hop) reset() {
+	h.mu.Lock()
+	h.counts = map[string]int64{}
+	h.bytes.Store(0)
+	h.mu.Unlock()
+}
+
+func (h *hop) snapshot() Counts {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := Counts{Requests: map[string]int64{}, Bytes: h.bytes.Load()}
+	for k, v := range h.counts {
+		c.Requests[k] = v
+	}
+	return c
+}
+
+// meteredWriter counts response body bytes and, on a WAN link, paces them.
+type meteredWriter struct {
+	http.ResponseWriter
+	h   *hop
+	ctx context.Context
+}
+
+func (m *meteredWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		chunk := p
+		if m.h.limiter != nil {
+			if len(chunk) > m.h.limiter.Burst() {
+				chunk = chunk[:m.h.limiter.Burst()]
+			}
+			if err := m.h.limiter.WaitN(m.ctx, len(chunk)); err != nil {
+				return written, err
+			}
+		}
+		n, err := m.ResponseWriter.Write(chunk)
+		written += n
+		m.h.bytes.Add(int64(n))
+		if err != nil {
+			return written, err
+		}
+		p = p[len(chunk):]
+	}
+	return written, nil
+}
+
+// Unwrap lets http.ResponseController (used by ReverseProxy to flush)
+// reach the real writer.
+func (m *meteredWriter) Unwrap() http.ResponseWriter { return m.ResponseWriter }
