@@ -14,12 +14,14 @@ import (
 
 // recover repairs the volume after whatever ended the previous owner
 // (Open holds the index lock, so nobody else is writing):
-//   - tmp/ is emptied: fills that were never committed are worthless;
+//   - tmp/ is emptied: the recent fills a dead owner never committed are
+//     kept as partial/<hex> for the next writer to resume (partial.go), the
+//     rest removed;
 //   - upload sessions untouched since now-staleUploadAge are removed;
 //   - blob files are reconciled with the index (reconcileBlobs);
 //   - manifest records whose blob is gone are dropped.
 func (s *Store) recover(now time.Time) error {
-	if err := removeChildren(s.tmpDir(), func(fs.FileInfo) bool { return true }); err != nil {
+	if err := s.keepPartials(now); err != nil {
 		return fmt.Errorf("cachestore: clean tmp: %w", err)
 	}
 	if _, err := s.removeStaleUploads(now.Add(-staleUploadAge)); err != nil {

@@ -111,7 +111,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachestore: %w", err)
 	}
-	for _, sub := range []string{"", "blobs/sha256", "tmp", "uploads"} {
+	for _, sub := range []string{"", "blobs/sha256", "tmp", "partial", "uploads"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, fmt.Errorf("cachestore: create layout: %w", err)
 		}

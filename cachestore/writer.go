@@ -51,8 +51,10 @@ type BlobWriter struct {
 }
 
 // NewBlobWriter starts a fill of blob expected. expectedSize is the size
-// the content must have, or -1 if unknown. The caller must end the writer
-// with Commit or Abort. Safe for concurrent use; several writers for the
+// the content must have, or -1 if unknown. If a dead fill left bytes of the
+// blob (PartialSize), the writer adopts them: Written starts there and the
+// caller writes the rest. The caller must end the writer with Commit or
+// Abort. Safe for concurrent use; several writers for the
 // same digest may run at once and all succeed.
 func (s *Store) NewBlobWriter(expected v1.Hash, expectedSize int64) (*BlobWriter, error) {
 	if err := checkDigest(expected); err != nil {
@@ -64,20 +66,31 @@ func (s *Store) NewBlobWriter(expected v1.Hash, expectedSize int64) (*BlobWriter
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
-	f, err := s.createTemp(s.tmpDir(), expected.Hex+".*")
-	if err != nil {
-		return nil, noSpace(fmt.Errorf("cachestore: create temp file: %w", err))
+	h := sha256.New()
+	var f blobFile
+	tmpPath := ""
+	adopted := int64(0)
+	if pf, path, n := s.adoptPartial(expected, expectedSize, h); pf != nil {
+		f, tmpPath, adopted = pf, path, n
+	} else {
+		h.Reset()
+		tf, err := s.createTemp(s.tmpDir(), expected.Hex+".*")
+		if err != nil {
+			return nil, noSpace(fmt.Errorf("cachestore: create temp file: %w", err))
+		}
+		f, tmpPath = tf, tf.Name()
 	}
 	// Verify tells this Store's running fills from orphans by this set.
-	s.liveTemps.Store(f.Name(), struct{}{})
+	s.liveTemps.Store(tmpPath, struct{}{})
 	w := &BlobWriter{
 		s:            s,
 		expected:     expected,
 		expectedSize: expectedSize,
-		tmpPath:      f.Name(),
+		tmpPath:      tmpPath,
 		f:            f,
-		h:            sha256.New(),
+		h:            h,
 	}
+	w.written.Store(adopted)
 	w.cond = sync.NewCond(&w.mu)
 	return w, nil
 }

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 
@@ -32,13 +34,18 @@ type hubEnv struct {
 
 func newHubEnv(t *testing.T, opts hubfake.Options) *hubEnv {
 	t.Helper()
-	hub := hubfake.Start(t, opts)
+	return newHubEnvDir(t, hubfake.Start(t, opts), t.TempDir())
+}
+
+// newHubEnvDir is newHubEnv on a given hub and cache directory.
+func newHubEnvDir(t *testing.T, hub *hubfake.Hub, dir string) *hubEnv {
+	t.Helper()
 	u, _ := url.Parse(hub.URL)
 	client, err := upstream.NewClient(upstream.Registry{Name: "docker.io", Endpoint: u}, upstream.Options{Keychain: authn.NewMultiKeychain()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := cachestore.Open(cachestore.Options{Dir: t.TempDir(), NoSync: true})
+	store, err := cachestore.Open(cachestore.Options{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +207,47 @@ func TestClientHangupDoesNotAbortFill(t *testing.T) {
 	}
 	if n := e.hub.Counts().BlobGET; n != 2 { // the layer once, the config once
 		t.Errorf("upstream blob GETs = %d, want 2", n)
+	}
+}
+
+// A previous owner killed mid-download left half a layer: the next fill
+// asks the upstream only for the rest (one ranged GET), and the client gets
+// the whole verified layer.
+func TestFillResumesDeadOwnersPartial(t *testing.T) {
+	t.Parallel()
+	hub := hubfake.Start(t, hubfake.Options{})
+	hubfake.SeedRandomImage(t, hub.AdminHost, "library/app", "1", 1, 1<<20)
+	ref, _ := name.ParseReference(hub.AdminHost+"/library/app:1", name.Insecure)
+	img, err := remote.Image(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	ld, _ := layers[0].Digest()
+	rc, _ := layers[0].Compressed()
+	layer, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	half := len(layer) / 2
+	os.MkdirAll(filepath.Join(dir, "tmp"), 0o755)
+	if err := os.WriteFile(filepath.Join(dir, "tmp", ld.Hex+".4242"), layer[:half], 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	e := newHubEnvDir(t, hub, dir)
+	hub.Reset()
+	resp, body := do(t, "GET", e.mirror.URL+"/v2/library/app/blobs/"+ld.String(), nil, nil)
+	if resp.StatusCode != 200 || sha256Hash(body) != ld {
+		t.Fatalf("GET: %s, digest %s", resp.Status, sha256Hash(body))
+	}
+	c := hub.Counts()
+	if c.BlobGET != 1 {
+		t.Errorf("upstream blob GETs = %d, want 1 (ranged)", c.BlobGET)
+	}
+	if c.BytesSent > int64(len(layer)-half)+4096 {
+		t.Errorf("upstream sent %d bytes; only %d were missing", c.BytesSent, len(layer)-half)
 	}
 }

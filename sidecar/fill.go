@@ -97,7 +97,8 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 				return fmt.Errorf("giving up after %w (last: %w)", err, lastErr)
 			}
 		}
-		var offset int64
+		// Resume where this fill got to, or where a dead owner's fill did.
+		offset := s.store.PartialSize(f.digest)
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
@@ -121,7 +122,7 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		if f.writer == nil {
 			size := resp.ContentLength
 			if resp.StatusCode == http.StatusPartialContent {
-				size = -1
+				size = contentRangeTotal(resp.Header.Get("Content-Range"))
 			}
 			w, err := s.store.NewBlobWriter(f.digest, size)
 			if err != nil {
@@ -134,6 +135,16 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 			}
 			f.writer, f.size = w, size
 			close(f.ready)
+			if w.Written() != offset {
+				// The partial was not what it said (claimed elsewhere,
+				// or unusable): ask again from what the writer holds.
+				resp.Body.Close()
+				continue
+			}
+			if offset > 0 {
+				s.stats.FillResumes.Add(1)
+				s.log.Info("resuming a download a previous owner left unfinished", "digest", f.digest, "from", offset)
+			}
 		}
 		n, copyErr := copyToWriter(f.writer, body)
 		resp.Body.Close()
@@ -218,6 +229,20 @@ func retryable(err error) bool {
 	}
 	var ae *apierr.Error
 	return !errors.As(err, &ae)
+}
+
+// contentRangeTotal reads the complete length from "bytes a-b/total"; -1
+// if it is not given ("*") or malformed.
+func contentRangeTotal(v string) int64 {
+	_, total, ok := strings.Cut(v, "/")
+	if !ok {
+		return -1
+	}
+	n, err := strconv.ParseInt(total, 10, 64)
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
 }
 
 func contentRangeStart(v string) int64 {

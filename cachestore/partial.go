@@ -1,0 +1,107 @@
+package cachestore
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// Partial downloads survive their owner. When the process that owned the
+// volume dies mid-fill (kill -9, OOM, a node drain), its temp file holds
+// every byte it had received; the next owner should fetch only the rest, not
+// the whole layer again. So recovery does not delete fill temp files: it
+// keeps recent ones as partial/<hex>, and the next writer of that digest
+// adopts the bytes (re-hashing them) and the caller resumes the download
+// from Written(). Nothing of a partial is ever served before the whole blob
+// is verified, so a partial with a damaged tail only costs a refetch.
+
+// partialMaxAge bounds how long a dead fill's bytes are kept for adoption.
+const partialMaxAge = time.Hour
+
+func (s *Store) partialDir() string { return filepath.Join(s.dir, "partial") }
+
+func (s *Store) partialPath(d v1.Hash) string { return filepath.Join(s.partialDir(), d.Hex) }
+
+// keepPartials moves the fill temp files of a dead owner (tmp/<hex>.<rand>)
+// that are recent and non-empty to partial/<hex>, keeping the longest per
+// digest, and removes everything else in tmp/ and stale partials. Called by
+// recovery, with the index lock held.
+func (s *Store) keepPartials(now time.Time) error {
+	var errs []error
+	entries, err := os.ReadDir(s.tmpDir())
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		path := filepath.Join(s.tmpDir(), e.Name())
+		hex, _, ok := strings.Cut(e.Name(), ".")
+		fi, ferr := e.Info()
+		if ferr != nil || !ok || !isHex(hex, 64) || !fi.Mode().IsRegular() || fi.Size() == 0 || now.Sub(fi.ModTime()) > partialMaxAge {
+			if err := os.RemoveAll(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		dst := filepath.Join(s.partialDir(), hex)
+		if old, err := os.Stat(dst); err == nil && old.Size() >= fi.Size() {
+			errs = append(errs, os.Remove(path)) // a longer partial of the same blob wins
+			continue
+		}
+		if err := os.Rename(path, dst); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, removeChildren(s.partialDir(), func(fi fs.FileInfo) bool {
+		return now.Sub(fi.ModTime()) > partialMaxAge || !isHex(fi.Name(), 64)
+	}))
+	return errors.Join(errs...)
+}
+
+// PartialSize reports how many bytes of blob d a dead fill left for
+// adoption (0 if none): a caller resuming a download asks the upstream for
+// the blob from this offset, and the next NewBlobWriter for d starts there.
+func (s *Store) PartialSize(d v1.Hash) int64 {
+	if checkDigest(d) != nil {
+		return 0
+	}
+	fi, err := os.Stat(s.partialPath(d))
+	if err != nil || !fi.Mode().IsRegular() {
+		return 0
+	}
+	return fi.Size()
+}
+
+// adoptPartial claims partial/<hex> for a new writer: renamed into tmp/
+// (atomic, so only one writer gets it), its bytes hashed into h. It returns
+// nil, 0 if there is nothing usable to adopt.
+func (s *Store) adoptPartial(d v1.Hash, expectedSize int64, h io.Writer) (*os.File, string, int64) {
+	src := s.partialPath(d)
+	fi, err := os.Stat(src)
+	if err != nil || fi.Size() == 0 || (expectedSize >= 0 && fi.Size() > expectedSize) {
+		os.Remove(src) // unusable (or absent: harmless)
+		return nil, "", 0
+	}
+	tmpPath := filepath.Join(s.tmpDir(), fmt.Sprintf("%s.adopted%d", d.Hex, time.Now().UnixNano()))
+	if err := os.Rename(src, tmpPath); err != nil {
+		return nil, "", 0 // another writer claimed it first
+	}
+	f, err := os.OpenFile(tmpPath, os.O_RDWR, 0o644)
+	if err != nil {
+		os.Remove(tmpPath)
+		return nil, "", 0
+	}
+	n, err := io.Copy(h, f)
+	if err != nil || n != fi.Size() {
+		f.Close()
+		os.Remove(tmpPath)
+		return nil, "", 0
+	}
+	return f, tmpPath, n
+}
