@@ -292,12 +292,3 @@ func (g *graph) orphans() []string {
 	sort.Strings(out)
 	return out
 }
-
-// unitBytes is the size of a unit's present members.
-func (g *graph) unitBytes(members []string) int64 {
-	var n int64
-	for _, m := range members {
-		n += g.blobs[m].Size
-	}
-	return n
-}

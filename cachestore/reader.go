@@ -70,13 +70,6 @@ func (u *inUseSet) isEvicting(key string) bool {
 	return ok
 }
 
-// inUse reports whether key has an open reader.
-func (u *inUseSet) inUse(key string) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.readers[key] > 0
-}
-
 // BlobReader reads one stored blob. It implements io.ReadSeekCloser and
 // io.ReaderAt (what http.ServeContent and range requests need). While it
 // is open, eviction skips the blob. Read, ReadAt and Seek follow *os.File

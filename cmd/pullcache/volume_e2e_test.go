@@ -92,12 +92,6 @@ func (c *countingHub) blobGETs() map[string]int {
 	return out
 }
 
-func (c *countingHub) startedGETs(digest string) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.started[digest]
-}
-
 type statusWriter struct {
 	http.ResponseWriter
 	status   int

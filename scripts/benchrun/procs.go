@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -389,5 +388,3 @@ http {
 	}
 	return p, addr, nil
 }
-
-var errSkipped = errors.New("not applicable")

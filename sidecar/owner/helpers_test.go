@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -194,16 +193,4 @@ func pull(ctx context.Context, host, ref string) (v1.Hash, error) {
 func newHub(t *testing.T, opts hubfake.Options) *hubfake.Hub {
 	t.Helper()
 	return hubfake.Start(t, opts)
-}
-
-func blobPathOf(t *testing.T, dir string, d v1.Hash) string {
-	t.Helper()
-	p, err := cachestore.BlobPath(dir, d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("blob file %s: %v", filepath.Base(p), err)
-	}
-	return p
 }

@@ -358,5 +358,3 @@ func mustRun(t testing.TB, env []string, bin string, args ...string) string {
 	}
 	return out
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }
