@@ -147,11 +147,22 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 	if head {
 		var tr cachestore.TagRecord
 		tr, err = s.coalesceTag(ctx, "h|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (cachestore.TagRecord, error) {
+			// A fetch of the same tag may have finished between this
+			// request's store lookup and its turn here.
+			if tr, err := s.store.GetTag(ns, repo, tag); err == nil {
+				return tr, nil
+			}
 			return s.headTag(ctx, up, repo, tag)
 		})
 		m = manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}
 	} else {
 		m, err = s.coalesce(ctx, "t|"+ns+"|"+repo+"|"+tag, func(ctx context.Context) (manifest, error) {
+			// As above: the tag may have been fetched since the lookup.
+			if tr, err := s.store.GetTag(ns, repo, tag); err == nil {
+				if m, err := s.storedManifest(tr.Digest); err == nil {
+					return m, nil
+				}
+			}
 			return s.fetchManifest(ctx, up, repo, tag, nil)
 		})
 	}
@@ -171,6 +182,10 @@ func (s *Server) revalidateOrStale(ctx context.Context, up *upstream.Client, rep
 	waitCtx, cancel := context.WithTimeout(ctx, s.opts.RevalidateWait)
 	defer cancel()
 	fresh, err := s.coalesceTag(waitCtx, "r|"+ns+"|"+repo+"|"+tag, func(fctx context.Context) (cachestore.TagRecord, error) {
+		// Another request may have revalidated it since this one looked.
+		if cur, err := s.store.GetTag(ns, repo, tag); err == nil && s.opts.Now().Sub(cur.CheckedAt) < s.opts.TagTTL {
+			return cur, nil
+		}
 		return s.revalidate(fctx, up, repo, tag, tr)
 	})
 	switch {
