@@ -228,7 +228,10 @@ func startDebianRegistry(t *testing.T) string {
 	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
-		t.Skip("docker-registry not installed (apt-get install docker-registry)")
+		if os.Getenv("PULLCACHE_E2E") == "1" {
+			t.Fatal("docker-registry is missing but PULLCACHE_E2E=1: scripts/install-test-deps installs it")
+		}
+		t.Skip("docker-registry not installed (apt-get install docker-registry; scripts/test does)")
 	}
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
