@@ -2,7 +2,6 @@ package sidecar
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -82,33 +81,7 @@ func (e *hubEnv) pullAll(t *testing.T, ref string, n int) ([]v1.Hash, []error) {
 }
 
 func pullImage(t *testing.T, host, ref string) (v1.Hash, error) {
-	r, err := name.ParseReference(host+"/"+ref, name.Insecure)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	img, err := remote.Image(r, remote.WithContext(t.Context()))
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed() // ggcr verifies size and digest at EOF
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return v1.Hash{}, fmt.Errorf("reading layer: %w", err)
-		}
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
+	return hubfake.Pull(t.Context(), host, ref)
 }
 
 // 16 concurrent cold pulls behind a slow upstream: the clients really

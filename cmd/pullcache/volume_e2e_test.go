@@ -6,7 +6,6 @@ package main_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -22,9 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
@@ -154,38 +151,6 @@ func waitOwner(t *testing.T, ps []*realenv.Pullcache, within time.Duration) (*re
 	return nil, 0
 }
 
-// pullImage pulls host/ref with go-containerregistry, reading every blob
-// (ggcr verifies each against its digest at EOF).
-func pullImage(ctx context.Context, host, ref string) (v1.Hash, error) {
-	r, err := name.ParseReference(host+"/"+ref, name.Insecure)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return v1.Hash{}, fmt.Errorf("reading layer: %w", err)
-		}
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
-}
-
 // checkVolume fails the test if anything on the volume could be served
 // wrong: every file under blobs/ must hash to its name, and tmp/ must be
 // empty (no fill is running when it is called).
@@ -265,7 +230,7 @@ func TestVolumeOwnerKilledDuringConcurrentPulls(t *testing.T) {
 					if p == victim && killed.Load() {
 						return // its sidecar is gone, as a job's would be
 					}
-					got, err := pullImage(t.Context(), p.Host, fmt.Sprintf("app%d:1", img))
+					got, err := hubfake.Pull(t.Context(), p.Host, fmt.Sprintf("app%d:1", img))
 					if err == nil && got != want[img] {
 						err = fmt.Errorf("digest %s, want %s", got, want[img])
 					}
@@ -383,7 +348,7 @@ func TestVolumeKillDuringFill(t *testing.T) {
 			}
 			done := make(chan result, 1)
 			go func() {
-				d, err := pullImage(t.Context(), fol.Host, "big:1")
+				d, err := hubfake.Pull(t.Context(), fol.Host, "big:1")
 				done <- result{d, err}
 			}()
 			// The layer is the one big blob: wait for its upstream GET to
@@ -415,7 +380,7 @@ func TestVolumeKillDuringFill(t *testing.T) {
 			if got := healthz(restarted); got != "ok follower" {
 				t.Errorf("restarted sidecar: %q, want a follower", got)
 			}
-			if d, err := pullImage(t.Context(), restarted.Host, "big:1"); err != nil || d != want {
+			if d, err := hubfake.Pull(t.Context(), restarted.Host, "big:1"); err != nil || d != want {
 				t.Errorf("re-pull through the restarted sidecar: %v (%s)", err, d)
 			}
 			fs := fol.Stats(t)

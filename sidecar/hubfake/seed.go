@@ -1,6 +1,9 @@
 package hubfake
 
 import (
+	"context"
+	"fmt"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +121,38 @@ func digestOf(t testing.TB, img v1.Image) v1.Hash {
 		t.Fatalf("hubfake: image digest: %v", err)
 	}
 	return h
+}
+
+// Pull is the client side of the seeding helpers: it pulls host/ref (plain
+// HTTP) with go-containerregistry as a real client would — manifest, config,
+// every layer read to the end, each verified against its digest — and
+// returns the manifest digest. Tests use it to pull through pullcache.
+func Pull(ctx context.Context, host, ref string) (v1.Hash, error) {
+	r, err := name.ParseReference(host+"/"+ref, name.Insecure)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed() // verifies size and digest at EOF
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err != nil {
+			return v1.Hash{}, fmt.Errorf("reading layer: %w", err)
+		}
+	}
+	if _, err := img.RawConfigFile(); err != nil {
+		return v1.Hash{}, err
+	}
+	return img.Digest()
 }

@@ -3,7 +3,6 @@ package owner
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -16,9 +15,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"go.uber.org/goleak"
 
 	"github.com/pullcache/pullcache/cachestore"
@@ -156,38 +152,6 @@ func waitElected(t *testing.T, n *node, d time.Duration) time.Duration {
 		t.Fatalf("not elected within %v", d)
 	}
 	return 0
-}
-
-// pull pulls host/ref with go-containerregistry, reading every blob (which
-// ggcr verifies against its digest), and returns the manifest digest.
-func pull(ctx context.Context, host, ref string) (v1.Hash, error) {
-	r, err := name.ParseReference(host+"/"+ref, name.Insecure)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed()
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		_, err = io.Copy(io.Discard, rc)
-		rc.Close()
-		if err != nil {
-			return v1.Hash{}, fmt.Errorf("reading layer: %w", err)
-		}
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
 }
 
 func newHub(t *testing.T, opts hubfake.Options) *hubfake.Hub {

@@ -148,7 +148,7 @@ func TestPullsThroughAllProcessesShareOneFill(t *testing.T) {
 	errs := make(chan error, 12)
 	for i := range 12 {
 		wg.Go(func() {
-			got, err := pull(t.Context(), nodes[i%3].host, "app:1")
+			got, err := hubfake.Pull(t.Context(), nodes[i%3].host, "app:1")
 			if err == nil && got != want {
 				err = fmt.Errorf("digest %s, want %s", got, want)
 			}
@@ -172,7 +172,7 @@ func TestPullsThroughAllProcessesShareOneFill(t *testing.T) {
 	// A second round is served by each process from the volume: followers
 	// answer the blobs themselves.
 	for _, n := range nodes[1:] {
-		if _, err := pull(t.Context(), n.host, "app:1"); err != nil {
+		if _, err := hubfake.Pull(t.Context(), n.host, "app:1"); err != nil {
 			t.Fatal(err)
 		}
 		var local LocalStats
@@ -194,7 +194,7 @@ func TestHandoverWhenOwnerCloses(t *testing.T) {
 	want := hubfake.SeedRandomImage(t, hub.AdminHost, "library/app", "1", 2, 4<<10)
 	dir := shortDir(t)
 	own, fol := startNode(t, dir, hub.URL), startNode(t, dir, hub.URL)
-	if _, err := pull(t.Context(), fol.host, "app:1"); err != nil {
+	if _, err := hubfake.Pull(t.Context(), fol.host, "app:1"); err != nil {
 		t.Fatal(err)
 	}
 	before := hub.Counts()
@@ -209,7 +209,7 @@ func TestHandoverWhenOwnerCloses(t *testing.T) {
 	if string(body) != "ok owner\n" || resp.Header.Get(RoleHeader) != "owner" {
 		t.Errorf("/healthz after election: %q", body)
 	}
-	got, err := pull(t.Context(), fol.host, "app:1")
+	got, err := hubfake.Pull(t.Context(), fol.host, "app:1")
 	if err != nil || got != want {
 		t.Fatalf("pull from the new owner: %v (%s)", err, got)
 	}
@@ -221,7 +221,7 @@ func TestHandoverWhenOwnerCloses(t *testing.T) {
 	if late.vol.Role() != Follower {
 		t.Errorf("late node is %v, want follower", late.vol.Role())
 	}
-	if _, err := pull(t.Context(), late.host, "app:1"); err != nil {
+	if _, err := hubfake.Pull(t.Context(), late.host, "app:1"); err != nil {
 		t.Errorf("pull through the late follower: %v", err)
 	}
 }
@@ -250,7 +250,7 @@ func TestRequestDuringElectionSucceeds(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		d, err := pull(t.Context(), fol.host, "app:1")
+		d, err := hubfake.Pull(t.Context(), fol.host, "app:1")
 		done <- result{d, err}
 	}()
 	// Let the pull run into the missing socket before the lock is freed.
