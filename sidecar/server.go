@@ -125,6 +125,12 @@ func New(opts Options) (*Server, error) {
 	s.clients = newClientTracker(opts.Now, opts.Logger)
 	for _, u := range opts.Upstreams {
 		s.upstreams[u.Registry().Name] = u
+		if s.admit != nil {
+			// Show the quotas learned before a restart in the stats at once.
+			if err := s.admit.Preload(admit.Key{Upstream: u.Registry().Name, Identity: u.Identity()}); err != nil {
+				return nil, fmt.Errorf("sidecar: loading admission state: %w", err)
+			}
+		}
 	}
 	if d := opts.DefaultUpstream; d != "" && s.upstreams[d] == nil {
 		return nil, fmt.Errorf("sidecar: default upstream %q is not among the configured upstreams (%s)", d, strings.Join(s.UpstreamNames(), ", "))

@@ -210,3 +210,33 @@ func TestE2ERetryStormIsAbsorbed(t *testing.T) {
 		t.Errorf("no retry-storm warning naming the client and the reference in the log")
 	}
 }
+
+// Quota windows last hours: what the upstream reported (and the tokens
+// spent) survives a restart of pullcache, because it lives in the index.
+func TestE2EQuotaStateSurvivesRestart(t *testing.T) {
+	realenv.RequireE2E(t)
+	t.Parallel()
+	hub, reg := startHub(t, hubfake.Options{Quota: 10})
+	realenv.SeedImage(t, reg.Host(), "library/kept", "1", 1, 1024)
+	dir := t.TempDir()
+	args := []string{"--upstream", "docker.io=" + hub.URL, "--default-upstream", "docker.io"}
+	first := realenv.StartPullcache(t, dir, args...)
+	realenv.Crane(t, "pull", "--format", "oci", first.Host+"/library/kept:1", filepath.Join(t.TempDir(), "img"))
+	first.Stop(t)
+
+	second := realenv.StartPullcache(t, dir, args...)
+	quota, _ := second.Stats(t)["quota"].([]any)
+	if len(quota) != 1 {
+		t.Fatalf("after restart, stats show %d quotas, want the one learned before: %v", len(quota), second.Stats(t))
+	}
+	q := quota[0].(map[string]any)
+	t.Logf("after restart: %v", q)
+	if q["reported_limit"] != 10.0 || q["reported_remaining"] != 9.0 {
+		t.Errorf("learned quota lost across restart: limit %v remaining %v, want 10 and 9", q["reported_limit"], q["reported_remaining"])
+	}
+	// 9 remaining minus the reserve of 2, plus what refills at 10 per 6h
+	// in a few seconds; a bucket reset by the restart would hold 10.
+	if tokens, _ := q["tokens"].(float64); tokens > 7.1 {
+		t.Errorf("tokens %v after restart: more than remaining 9 minus reserve 2", tokens)
+	}
+}

@@ -218,6 +218,20 @@ func (a *Admitter) fail(t *Ticket, notSent bool) {
 	t.q.mu.Unlock()
 }
 
+// Preload loads the persisted state of the given keys now rather than on
+// their first request, so that Snapshot (and an operator looking at the
+// stats) shows right after a restart what the upstream last reported and
+// what is left. Keys without saved state start from their configured
+// limit, as they would on first use. Safe for concurrent use.
+func (a *Admitter) Preload(keys ...Key) error {
+	for _, k := range keys {
+		if _, err := a.quota(k.normalized()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // quota returns k's counted gate, loading its persisted state on first use.
 func (a *Admitter) quota(k Key) (*quota, error) {
 	a.mu.Lock()

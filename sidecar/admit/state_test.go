@@ -160,3 +160,30 @@ func TestPersistenceUnreadableStateIsNoState(t *testing.T) {
 		})
 	}
 }
+
+// Preload makes a restarted admitter show what it knew before any request.
+func TestPreloadShowsSavedStateBeforeFirstRequest(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		store := newFakeStore()
+		k := Key{Upstream: "docker.io", Identity: "bob"}
+		a1 := New(Options{State: store, QueueTimeout: -1, TrustDefaultLimit: true})
+		tk := mustAdmit(t)(a1.Counted(t.Context(), k, "c"))
+		tk.Done(http.StatusOK, rl(200, 150, 21600))
+		if err := a1.Close(); err != nil {
+			t.Fatal(err)
+		}
+		a2 := New(Options{State: store, QueueTimeout: -1})
+		defer a2.Close()
+		if got := len(a2.Snapshot()); got != 0 {
+			t.Fatalf("%d quotas before Preload", got)
+		}
+		if err := a2.Preload(Key{Upstream: "Docker.io", Identity: "bob"}); err != nil {
+			t.Fatal(err)
+		}
+		snap := a2.Snapshot()
+		if len(snap) != 1 || snap[0].ReportedLimit != 200 || snap[0].ReportedRemaining != 150 {
+			t.Fatalf("after Preload: %+v", snap)
+		}
+	})
+}
