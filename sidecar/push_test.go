@@ -3,6 +3,7 @@ package sidecar
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -128,5 +129,37 @@ func TestMalformedRanges(t *testing.T) {
 	resp, _ := do(t, "GET", url, map[string]string{"Range": "bytes=99999-"}, nil)
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || !strings.HasPrefix(resp.Header.Get("Content-Range"), "bytes */") {
 		t.Errorf("warm unsatisfiable range: %s %q", resp.Status, resp.Header.Get("Content-Range"))
+	}
+}
+
+// Store maintenance (pins, gc) and follower read reports are for local
+// clients only; a remote peer gets 403 and changes nothing.
+func TestMaintenanceIsLocalOnly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", AdminPath + "pin", `{"ns":"docker.io","repo":"library/a","ref":"1"}`},
+		{"POST", AdminPath + "gc", `{"max_size":1}`},
+		{"GET", AdminPath + "pins", ``},
+		{"POST", TouchPath, `{"digests":[]}`},
+	} {
+		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
+		req.RemoteAddr = "192.0.2.7:40000"
+		rec := httptest.NewRecorder()
+		e.srv.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusForbidden {
+			t.Errorf("%s %s from a remote peer: %d, want 403", tc.method, tc.path, rec.Code)
+		}
+	}
+	if pins, _ := e.store.Pins(); len(pins) != 0 {
+		t.Fatalf("a remote peer pinned %v", pins)
+	}
+	// Locally it works.
+	resp, _ := do(t, "POST", e.mirror.URL+AdminPath+"pin", nil, []byte(`{"ns":"docker.io","repo":"library/a","ref":"1"}`))
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("local pin: %s", resp.Status)
+	}
+	if pins, _ := e.store.Pins(); len(pins) != 1 {
+		t.Fatalf("pins after a local pin: %v", pins)
 	}
 }

@@ -173,6 +173,8 @@ func (s *Server) Handler() http.Handler {
 			s.serveStats(w, r)
 		case p == TouchPath:
 			s.serveTouch(w, r)
+		case strings.HasPrefix(p, AdminPath):
+			s.serveAdmin(w, r)
 		case p == "/metrics":
 			metrics.ServeHTTP(w, r)
 		default:

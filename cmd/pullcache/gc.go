@@ -113,7 +113,7 @@ func gc(args []string, stdout, stderr io.Writer) error {
 	if maxSize <= 0 {
 		return fmt.Errorf("gc needs --max-size (or PULLCACHE_MAX_SIZE), e.g. --max-size 20GiB")
 	}
-	s, err := openStore(dir)
+	s, err := openMaintainer(dir)
 	if err != nil {
 		return err
 	}

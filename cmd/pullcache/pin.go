@@ -80,7 +80,7 @@ func pin(args []string, unpin bool, stdout, stderr io.Writer) error {
 		}
 		targets = append(targets, target{ns, repo, id})
 	}
-	s, err := openStore(dir)
+	s, err := openMaintainer(dir)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func pins(args []string, stdout, stderr io.Writer) error {
 	if err := parseStoreFlags(fs, args); err != nil {
 		return helpIsNil(err)
 	}
-	s, err := openStore(dir)
+	s, err := openMaintainer(dir)
 	if err != nil {
 		return err
 	}

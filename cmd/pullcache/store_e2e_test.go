@@ -83,3 +83,48 @@ func TestE2EMaxSizeEvictsButKeepsPins(t *testing.T) {
 		t.Error("eviction was not logged")
 	}
 }
+
+// While a server owns the volume, pin, pins, gc and unpin are done by the
+// server, reached over its socket: the commands work as they do offline.
+func TestE2EMaintenanceWhileServing(t *testing.T) {
+	realenv.RequireE2E(t)
+	t.Parallel()
+	up := realenv.StartRegistry(t)
+	realenv.SeedImage(t, up.Host(), "library/keepme", "1", 1, 200<<10)
+	realenv.SeedImage(t, up.Host(), "library/dropme", "1", 1, 200<<10)
+	pc := startMirror(t, up)
+	for _, ref := range []string{"library/keepme:1", "library/dropme:1"} {
+		realenv.Crane(t, "pull", "--format", "oci", pc.Host+"/"+ref, filepath.Join(t.TempDir(), "img"))
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := realenv.RunPullcache(t, append(args[:1:1], append([]string{"--dir", pc.Dir}, args[1:]...)...)...)
+		if err != nil {
+			t.Fatalf("pullcache %v: %v\n%s", args, err, out)
+		}
+		return out
+	}
+	run("pin", "docker.io/library/keepme:1")
+	if out := run("pins"); !strings.Contains(out, "docker.io/library/keepme:1") {
+		t.Fatalf("pins while serving: %q", out)
+	}
+	out := run("gc", "--max-size", "1")
+	t.Logf("gc while serving: %s", strings.TrimSpace(out))
+	if !strings.Contains(out, "freed") {
+		t.Fatalf("gc output: %q", out)
+	}
+	// The pinned image still pulls without the upstream; the other was evicted.
+	up.ResetCounts()
+	realenv.Crane(t, "pull", "--format", "oci", pc.Host+"/library/keepme:1", filepath.Join(t.TempDir(), "img"))
+	if c := up.Counts(); c.BlobGET != 0 {
+		t.Errorf("pinned image lost to gc: %d blob GETs", c.BlobGET)
+	}
+	realenv.Crane(t, "pull", "--format", "oci", pc.Host+"/library/dropme:1", filepath.Join(t.TempDir(), "img"))
+	if c := up.Counts(); c.BlobGET == 0 {
+		t.Errorf("unpinned image survived gc to 1 byte")
+	}
+	run("unpin", "docker.io/library/keepme:1")
+	if out, err := realenv.RunPullcache(t, "unpin", "--dir", pc.Dir, "docker.io/library/keepme:1"); err == nil || !strings.Contains(out, "not pinned") {
+		t.Errorf("unpinning twice: %v %q", err, out)
+	}
+}

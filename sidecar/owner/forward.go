@@ -274,10 +274,8 @@ func forwardedClient(r *http.Request) string {
 	if err != nil {
 		return "local"
 	}
-	if c := r.Header.Get("X-Pullcache-Client"); c != "" && len(c) <= 128 {
-		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-			return c
-		}
+	if c := r.Header.Get("X-Pullcache-Client"); c != "" && len(c) <= 128 && loopbackPeer(r.RemoteAddr) {
+		return c
 	}
 	return host
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -87,12 +88,30 @@ func (v *Volume) followerHandler() http.Handler {
 			v.writeStats(w, rec, Follower, &local)
 			return
 		}
+		if strings.HasPrefix(r.URL.Path, sidecar.AdminPath) || r.URL.Path == sidecar.TouchPath {
+			// Over the socket every request looks local to the owner: the
+			// follower must keep remote clients away from maintenance.
+			if !loopbackPeer(r.RemoteAddr) {
+				http.Error(w, "store maintenance is for local clients only", http.StatusForbidden)
+				return
+			}
+		}
 		if v.serveLocalBlob(w, r) {
 			return
 		}
 		v.local.forwarded.Add(1)
 		v.fwd.ServeHTTP(w, r)
 	})
+}
+
+// loopbackPeer reports whether a request came from this machine.
+func loopbackPeer(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // serveLocalBlob answers a blob GET/HEAD from the volume's file if there is

@@ -343,3 +343,7 @@ func (v *Volume) Close(ctx context.Context) error {
 	errs = append(errs, v.store.Close())
 	return errors.Join(errs...)
 }
+
+// SocketPathFor returns where the owner of the volume at dir serves its
+// mirror: the way local tools reach the process that holds the index.
+func SocketPathFor(dir string) string { return filepath.Join(dir, socketName) }

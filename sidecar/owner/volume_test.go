@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/sidecar/hubfake"
 )
 
@@ -331,5 +333,21 @@ func TestFollowerReportsReadsToOwner(t *testing.T) {
 	fol.vol.flushTouches() // nothing new: no report
 	if n := own.mirror.Stats().FollowerReads.Load(); n != 1 {
 		t.Fatalf("an empty flush reported reads: %d", n)
+	}
+}
+
+// A follower does not forward maintenance requests from remote peers: over
+// the socket they would look local to the owner.
+func TestFollowerRefusesRemoteMaintenance(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	startNode(t, dir, "")
+	fol := startNode(t, dir, "")
+	req := httptest.NewRequest(http.MethodPost, sidecar.AdminPath+"gc", strings.NewReader(`{"max_size":1}`))
+	req.RemoteAddr = "192.0.2.7:40000"
+	rec := httptest.NewRecorder()
+	fol.vol.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden {
+		t.Fatalf("remote gc through a follower: %d, want 403", rec.Code)
 	}
 }
