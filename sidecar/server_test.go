@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/hubfake"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
 
@@ -120,35 +121,7 @@ func (e *env) seed(t *testing.T, repo string, layers int, size int64) v1.Image {
 
 // pull fetches and fully reads an image through the mirror.
 func (e *env) pull(ctx context.Context, ref string) (v1.Hash, error) {
-	r, err := name.ParseReference(e.mirrorHost+"/"+ref, name.Insecure)
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	layers, err := img.Layers()
-	if err != nil {
-		return v1.Hash{}, err
-	}
-	for _, l := range layers {
-		rc, err := l.Compressed() // verifies digest and size at EOF
-		if err != nil {
-			return v1.Hash{}, err
-		}
-		if _, err := io.Copy(io.Discard, rc); err != nil {
-			rc.Close()
-			return v1.Hash{}, err
-		}
-		if err := rc.Close(); err != nil {
-			return v1.Hash{}, err
-		}
-	}
-	if _, err := img.RawConfigFile(); err != nil {
-		return v1.Hash{}, err
-	}
-	return img.Digest()
+	return hubfake.Pull(ctx, e.mirrorHost, ref)
 }
 
 func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }

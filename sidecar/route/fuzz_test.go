@@ -20,7 +20,7 @@ func FuzzParse(f *testing.F) {
 		// anything it refuses never reaches a handler.
 		u, err := url.ParseRequestURI(target)
 		if err != nil {
-			t.Skip()
+			return // not a request-target a server would hand to a handler
 		}
 		req, err := Parse(&http.Request{Method: method, URL: u})
 		if err != nil {
