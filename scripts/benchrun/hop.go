@@ -63,6 +63,11 @@ type hop struct {
 	mu     sync.Mutex
 	counts map[string]int64
 	bytes  atomic.Int64
+
+	// inflight counts handlers still running: a client can have read a
+	// whole response before the handler's last Write was counted, so a
+	// snapshot waits for them (settle) rather than read a short byte count.
+	inflight atomic.Int64
 }
 
 // wanLink is a one-way bandwidth limit and a per-request latency.
@@ -142,6 +147,8 @@ func newHop(target *url.URL, link wanLink) *hop {
 }
 
 func (h *hop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.inflight.Add(1)
+	defer h.inflight.Add(-1)
 	kind := classify(r.Method, r.URL.Path)
 	h.mu.Lock()
 	h.counts[kind]++
@@ -156,6 +163,14 @@ func (h *hop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.proxy.ServeHTTP(&meteredWriter{ResponseWriter: w, h: h, ctx: r.Context()}, r)
 }
 
+// settle waits (up to a second) for handlers whose responses the clients
+// may already have read to finish counting them.
+func (h *hop) settle() {
+	for deadline := time.Now().Add(time.Second); h.inflight.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // reset starts a new measurement window.
 func (h *hop) reset() {
 	h.mu.Lock()
@@ -165,6 +180,7 @@ func (h *hop) reset() {
 }
 
 func (h *hop) snapshot() Counts {
+	h.settle()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c := Counts{Requests: map[string]int64{}, Bytes: h.bytes.Load()}
