@@ -21,6 +21,21 @@ type Counts struct {
 	Refused      int64 // connections closed unanswered by SetDown(Refuse)
 	Unavailable  int64 // 503s from SetDown(Down503)
 	BytesSent    int64 // body bytes of backend responses written to clients
+
+	// Redirects counts the registry's redirects: blob GETs and HEADs sent
+	// to the CDN (Options.CDN), or requests sent to the other registry
+	// (Options.RedirectRegistry). BlobGET and BlobHEAD still count every
+	// blob request the registry received, redirected or not.
+	Redirects int64
+
+	// The CDN listener (Options.CDN). Its per-kind fields count every
+	// request received whatever its outcome; the others count outcomes.
+	// Dropped and BytesSent above include the CDN's: in CDN mode that is
+	// where blob bodies flow.
+	CDNGET           int64 // GET of a signed blob URL
+	CDNHEAD          int64 // HEAD of a signed blob URL
+	CDNAuthorization int64 // requests that carried an Authorization header: 400 InvalidArgument
+	CDNForbidden     int64 // 403s: expired, forged or missing signatures (and HEADs under CDNRefuseHEAD)
 }
 
 // atomic64 shortens the counter pickers: func(c *counters) *atomic64.
@@ -30,7 +45,8 @@ type atomic64 = atomic.Int64
 type counters struct {
 	manifestGET, manifestHEAD, blobGET, blobHEAD, token, ping atomic.Int64
 	counted, tooMany, abuse, unauthorized, dropped, refused   atomic.Int64
-	unavailable, bytesSent                                    atomic.Int64
+	unavailable, bytesSent, redirects                         atomic.Int64
+	cdnGET, cdnHEAD, cdnAuthorization, cdnForbidden           atomic.Int64
 }
 
 func (c *counters) snapshot() Counts {
@@ -49,6 +65,13 @@ func (c *counters) snapshot() Counts {
 		Refused:      c.refused.Load(),
 		Unavailable:  c.unavailable.Load(),
 		BytesSent:    c.bytesSent.Load(),
+
+		Redirects: c.redirects.Load(),
+
+		CDNGET:           c.cdnGET.Load(),
+		CDNHEAD:          c.cdnHEAD.Load(),
+		CDNAuthorization: c.cdnAuthorization.Load(),
+		CDNForbidden:     c.cdnForbidden.Load(),
 	}
 }
 
@@ -72,7 +95,8 @@ func (c *counters) reset() {
 	for _, a := range []*atomic64{
 		&c.manifestGET, &c.manifestHEAD, &c.blobGET, &c.blobHEAD, &c.token, &c.ping,
 		&c.counted, &c.tooMany, &c.abuse, &c.unauthorized, &c.dropped, &c.refused,
-		&c.unavailable, &c.bytesSent,
+		&c.unavailable, &c.bytesSent, &c.redirects,
+		&c.cdnGET, &c.cdnHEAD, &c.cdnAuthorization, &c.cdnForbidden,
 	} {
 		a.Store(0)
 	}

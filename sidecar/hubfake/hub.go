@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,8 +49,47 @@ type Options struct {
 	// DropBlobs is asked for every blob GET, with its 1-based sequence
 	// number since start or Reset; true cuts that response after a third
 	// of its body (at least 1 byte, never all of it) and closes the
-	// connection. See DropEvery.
+	// connection. See DropEvery. In CDN mode it is asked at the CDN, for
+	// every GET of a signed URL: that is where blob bodies flow.
 	DropBlobs func(n int) bool
+	// DropDigest is DropBlobs by blob: it is asked with the blob's digest
+	// ("sha256:…") and the 1-based number of GETs of that blob's body
+	// since start or Reset (at the CDN in CDN mode), so a test can cut,
+	// say, the first two downloads of every blob whatever order a client
+	// fetches them in. A GET is dropped if either function says so.
+	DropDigest func(digest string, n int) bool
+
+	// NoAuth makes the registry public: reads need no token (the ping
+	// answers 200, manifests and blobs are served to anyone). The token
+	// service still answers; pushes are still refused. Anonymous quota
+	// is per client IP as usual.
+	NoAuth bool
+
+	// CDN turns on CDN mode (see the package documentation): a blob GET or
+	// HEAD that passes auth is answered with a redirect to a signed URL
+	// on a second listener, the CDN, which serves the body. Start runs
+	// the CDN (Hub.CDNURL); without Start, serve it with Hub.CDN.
+	CDN bool
+	// CDNURLTTL is how long a signed CDN URL is valid from the moment the
+	// registry issues it; 0 means 20 minutes, the low end of what Docker
+	// Hub's URLs were seen to live.
+	CDNURLTTL time.Duration
+	// CDNRefuseHEAD makes the CDN answer every HEAD 403, as S3 does for a
+	// URL presigned for GET.
+	CDNRefuseHEAD bool
+
+	// RedirectRegistry turns on registry-redirect mode (registry.k8s.io):
+	// every GET or HEAD of a repository endpoint (manifests, blobs,
+	// tags/list, referrers) that passes auth is redirected to the same
+	// endpoint on the registry at this URL ("http://127.0.0.1:5001"). A
+	// path on the URL ("http://127.0.0.1:5001/k8s-artifacts-prod/images")
+	// is put in front of every repository name, as registry.k8s.io does
+	// to Artifact Registry. The ping and /token are answered here.
+	RedirectRegistry string
+	// RedirectStatus is the status of the fake's redirects in either mode;
+	// 0 means 307 Temporary Redirect (Docker Hub, ghcr.io, registry.k8s.io).
+	// quay.io and gcr.io send 302; 301, 303 and 308 are allowed too.
+	RedirectStatus int
 
 	// Now is the clock of the quota and abuse windows and token expiry;
 	// nil means time.Now.
@@ -77,6 +117,8 @@ type Hub struct {
 	// AdminURL and AdminHost serve the bare backend, without auth, quota or
 	// faults, for seeding; set by Start.
 	AdminURL, AdminHost string
+	// CDNURL and CDNHost are the CDN listener in CDN mode; set by Start.
+	CDNURL, CDNHost string
 
 	opts    Options
 	backend http.Handler
@@ -89,6 +131,11 @@ type Hub struct {
 	userQuota *window // keyed by user; nil when unlimited
 	abuse     *window // keyed by client IP; nil when unlimited
 	blobSeq   atomic.Int64
+	digestSeq sync.Map // digest → *atomic.Int64: GETs of that blob's body, for DropDigest
+
+	cdn      *cdn     // nil unless Options.CDN
+	redirect *url.URL // Options.RedirectRegistry parsed; nil when off
+	seen     seenAuth // Authorization values the registry received
 
 	counts counters
 	repos  sync.Map // repo name → *counters
@@ -113,6 +160,25 @@ func New(opts Options) *Hub {
 	if opts.AbuseLimit > 0 {
 		h.abuse = newWindow(time.Minute, opts.AbuseLimit)
 	}
+	switch opts.RedirectStatus {
+	case 0:
+		h.opts.RedirectStatus = http.StatusTemporaryRedirect
+	case http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther,
+		http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
+	default:
+		panic(fmt.Sprintf("hubfake: RedirectStatus %d is not a redirect", opts.RedirectStatus))
+	}
+	if opts.CDN {
+		h.cdn = newCDN(opts.CDNURLTTL)
+	}
+	if opts.RedirectRegistry != "" {
+		u, err := url.Parse(opts.RedirectRegistry)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") || u.RawQuery != "" {
+			panic(fmt.Sprintf("hubfake: bad RedirectRegistry %q: %v", opts.RedirectRegistry, err))
+		}
+		u.Path = strings.Trim(u.Path, "/")
+		h.redirect = u
+	}
 	return h
 }
 
@@ -121,11 +187,21 @@ func New(opts Options) *Hub {
 func Start(t testing.TB, opts Options) *Hub {
 	t.Helper()
 	h := New(opts)
+	var cdnSrv *httptest.Server
+	if h.cdn != nil {
+		// Before the registry serves: its redirects point here.
+		cdnSrv = httptest.NewServer(h.CDN())
+		h.cdn.base = cdnSrv.URL
+		h.CDNURL, h.CDNHost = cdnSrv.URL, hostOf(cdnSrv.URL)
+	}
 	srv := httptest.NewServer(h)
 	admin := httptest.NewServer(h.backend)
 	t.Cleanup(func() {
 		srv.Close()
 		admin.Close()
+		if cdnSrv != nil {
+			cdnSrv.Close()
+		}
 		if c, ok := h.backend.(interface{ CloseIdleConnections() }); ok {
 			c.CloseIdleConnections()
 		}
@@ -146,7 +222,8 @@ func hostOf(raw string) string {
 // Backend is the handler the hub fronts, for seeding without a server.
 func (h *Hub) Backend() http.Handler { return h.backend }
 
-// SetDown switches the hub's availability.
+// SetDown switches the hub's availability (the registry and its token
+// service; see SetCDNDown for the CDN).
 func (h *Hub) SetDown(m Mode) { h.mode.Store(int32(m)) }
 
 // SetForce429 makes every manifest GET fail as over quota while on.
@@ -164,13 +241,15 @@ func (h *Hub) CountsFor(repo string) Counts {
 	return Counts{}
 }
 
-// Reset zeroes the counters and the blob sequence number and forgets all
-// quota and abuse history. Issued tokens stay valid, so clients holding one
-// carry on.
+// Reset zeroes the counters and the blob sequence numbers, forgets the
+// Authorization values seen and all quota and abuse history. Issued tokens
+// and signed CDN URLs stay valid, so clients holding one carry on.
 func (h *Hub) Reset() {
 	h.counts.reset()
 	h.repos.Clear()
 	h.blobSeq.Store(0)
+	h.digestSeq.Clear()
+	h.seen.reset()
 	for _, w := range []*window{h.anonQuota, h.userQuota, h.abuse} {
 		if w != nil {
 			w.reset()
@@ -210,6 +289,9 @@ func (h *Hub) tallyFor(repo string) tally {
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt := parseRoute(r.URL.Path)
 	t := h.tallyFor(rt.repo)
+	if v := r.Header.Get("Authorization"); v != "" {
+		h.seen.record(v)
+	}
 	switch {
 	case rt.kind == kindToken:
 		t.inc(func(c *counters) *atomic64 { return &c.token })
@@ -225,17 +307,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.inc(func(c *counters) *atomic64 { return &c.blobHEAD })
 	}
 
-	switch Mode(h.mode.Load()) {
-	case Refuse:
-		t.inc(func(c *counters) *atomic64 { return &c.refused })
-		abort(w)
-		return
-	case Down503:
-		t.inc(func(c *counters) *atomic64 { return &c.unavailable })
-		w.Header().Set("Content-Type", "text/html")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write([]byte("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"))
+	if outage(w, Mode(h.mode.Load()), t) {
 		return
 	}
 
@@ -274,6 +346,16 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// to it.
 	r = r.Clone(r.Context())
 	r.Header.Del("Authorization")
+
+	read := r.Method == http.MethodGet || r.Method == http.MethodHead
+	switch {
+	case h.redirect != nil && read && (rt.kind == kindManifest || rt.kind == kindBlob || rt.kind == kindRepoOther):
+		h.redirectToRegistry(w, r, rt, t)
+		return
+	case h.cdn != nil && read && rt.kind == kindBlob:
+		h.redirectToCDN(w, r, rt.repo, t)
+		return
+	}
 
 	switch {
 	case rt.kind == kindManifest && r.Method == http.MethodGet:
@@ -370,26 +452,13 @@ func (h *Hub) serveManifestHEAD(w http.ResponseWriter, r *http.Request, g grant,
 }
 
 func (h *Hub) serveBlobGET(w http.ResponseWriter, r *http.Request, t tally) {
-	n := int(h.blobSeq.Add(1))
 	bw := newBodyWriter(w, r, h.opts.BytesPerSecond, t)
-	drop := h.opts.DropBlobs != nil && h.opts.DropBlobs(n)
+	drop := h.dropNext(digestOfPath(r.URL.Path))
 	bw.onHeader = func(status int) {
 		if bw.Header().Get("Accept-Ranges") == "" {
 			bw.Header().Set("Accept-Ranges", "bytes")
 		}
-		if !drop || (status != http.StatusOK && status != http.StatusPartialContent) {
-			drop = false
-			return
-		}
-		size, err := strconv.ParseInt(bw.Header().Get("Content-Length"), 10, 64)
-		switch {
-		case err != nil || size < 1:
-			bw.cutAt = 1 // length unknown: one byte, then gone
-		case size == 1:
-			bw.cutAt = 0
-		default:
-			bw.cutAt = max(size/3, 1)
-		}
+		drop = bw.cutIfDropped(drop, status)
 	}
 
 	if r.Header.Get("Range") == "" {
@@ -398,10 +467,66 @@ func (h *Hub) serveBlobGET(w http.ResponseWriter, r *http.Request, t tally) {
 		h.serveRange(bw, r)
 	}
 	if drop {
-		t.inc(func(c *counters) *atomic64 { return &c.dropped })
-		_ = http.NewResponseController(w).Flush() // the part that is sent
-		abort(w)
+		h.finishDrop(w, t)
 	}
+}
+
+// dropNext numbers one more GET of a blob's body, hub-wide and for the
+// digest, and asks DropBlobs and DropDigest whether to cut it.
+func (h *Hub) dropNext(digest string) bool {
+	n := int(h.blobSeq.Add(1))
+	v, _ := h.digestSeq.LoadOrStore(digest, new(atomic.Int64))
+	nd := int(v.(*atomic.Int64).Add(1))
+	drop := h.opts.DropBlobs != nil && h.opts.DropBlobs(n)
+	if h.opts.DropDigest != nil && h.opts.DropDigest(digest, nd) {
+		drop = true
+	}
+	return drop
+}
+
+// cutIfDropped runs as the status line goes out: a body that is to be
+// dropped gets its cut offset, a third of its length. It reports whether
+// the response will really be cut (not for error statuses).
+func (b *bodyWriter) cutIfDropped(drop bool, status int) bool {
+	if !drop || (status != http.StatusOK && status != http.StatusPartialContent) {
+		return false
+	}
+	size, err := strconv.ParseInt(b.Header().Get("Content-Length"), 10, 64)
+	switch {
+	case err != nil || size < 1:
+		b.cutAt = 1 // length unknown: one byte, then gone
+	case size == 1:
+		b.cutAt = 0
+	default:
+		b.cutAt = max(size/3, 1)
+	}
+	return true
+}
+
+// finishDrop closes the connection of a response that was cut.
+func (h *Hub) finishDrop(w http.ResponseWriter, t tally) {
+	t.inc(func(c *counters) *atomic64 { return &c.dropped })
+	_ = http.NewResponseController(w).Flush() // the part that is sent
+	abort(w)
+}
+
+// outage answers a request while the listener is down (SetDown,
+// SetCDNDown); it reports whether it did.
+func outage(w http.ResponseWriter, m Mode, t tally) bool {
+	switch m {
+	case Refuse:
+		t.inc(func(c *counters) *atomic64 { return &c.refused })
+		abort(w)
+		return true
+	case Down503:
+		t.inc(func(c *counters) *atomic64 { return &c.unavailable })
+		w.Header().Set("Content-Type", "text/html")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("<html><body><h1>503 Service Unavailable</h1>\nNo server is available to handle this request.\n</body></html>\n"))
+		return true
+	}
+	return false
 }
 
 // serveRange answers a ranged blob GET from the whole blob, as Docker Hub's
