@@ -21,6 +21,7 @@ const (
 	kindManifestHead = "manifest_head"
 	kindBlobGet      = "blob_get"
 	kindBlobHead     = "blob_head"
+	kindBlobCDN      = "blob_cdn" // a resume sent straight to the CDN URL a registry redirected to
 	kindTags         = "tags"
 	kindReferrers    = "referrers"
 )

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"syscall"
 	"time"
@@ -56,7 +57,8 @@ func (s *Server) cachingPaused() bool {
 // from a fill that failed). headersSent says whether the status line is out.
 func (s *Server) passThrough(ctx context.Context, w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client, offset int64, headersSent bool) error {
 	ns := up.Registry().Name
-	resp, err := s.blobFrom(ctx, up, req.Repo, req.Digest, offset)
+	var cdn *url.URL // a single attempt: nothing to resume from
+	resp, err := s.blobFrom(ctx, up, req.Repo, req.Digest, offset, &cdn)
 	if err != nil {
 		return upstreamFailure(ns, err)
 	}

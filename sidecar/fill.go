@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -90,6 +91,10 @@ func (s *Server) runFill(ctx context.Context, f *blobFill, up *upstream.Client, 
 func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, repo string) error {
 	ns := up.Registry().Name
 	var lastErr error
+	// Where the registry redirected the last attempt (a CDN's signed URL):
+	// a resume goes there first, and back to the registry once it stops
+	// working. Never kept beyond this fill.
+	var cdn *url.URL
 	for attempt := 0; attempt < maxFillAttempts; attempt++ {
 		if attempt > 0 {
 			s.stats.FillResumes.Add(1)
@@ -102,7 +107,7 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := s.blobFrom(ctx, up, repo, f.digest, offset)
+		resp, err := s.blobFrom(ctx, up, repo, f.digest, offset, &cdn)
 		if err != nil {
 			lastErr = upstreamFailure(ns, err)
 			if !retryable(lastErr) {
@@ -180,14 +185,36 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 	return lastErr
 }
 
-// blobFrom GETs a blob from byte offset on. An upstream that refuses the
-// Range (416) is asked for the whole blob instead; positionBody then skips
-// the bytes already held.
-func (s *Server) blobFrom(ctx context.Context, up *upstream.Client, repo string, d v1.Hash, offset int64) (*http.Response, error) {
+// blobFrom GETs a blob from byte offset on. A resume tries *cdn first,
+// the URL the registry redirected the previous attempt to, so that a
+// dropped download does not cost another registry request while the signed
+// URL works; an answer of 4xx (expired, forged, gone) or a failure there
+// sends it back to the registry for a fresh redirect. An upstream that
+// refuses the Range (416) is asked for the whole blob instead;
+// positionBody then skips the bytes already held.
+func (s *Server) blobFrom(ctx context.Context, up *upstream.Client, repo string, d v1.Hash, offset int64, cdn **url.URL) (*http.Response, error) {
+	if *cdn != nil && offset > 0 {
+		resp, err := s.admitted(ctx, up, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
+			return up.Resume(ctx, *cdn, offset)
+		})
+		if err == nil && (resp.StatusCode == http.StatusPartialContent || resp.StatusCode == http.StatusOK) {
+			return resp, nil
+		}
+		if err == nil {
+			resp.Body.Close()
+		} else if ctx.Err() != nil {
+			return nil, err
+		}
+		*cdn = nil
+	}
 	get := func(off int64) (*http.Response, error) {
-		return s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+		resp, err := s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
 			return up.Blob(ctx, http.MethodGet, repo, d, off)
 		})
+		if err == nil {
+			*cdn = up.RedirectedTo(resp)
+		}
+		return resp, err
 	}
 	resp, err := get(offset)
 	if err == nil && offset > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
@@ -223,6 +250,9 @@ func (s *Server) positionBody(ns string, resp *http.Response, offset int64) (io.
 // transport failures and 5xx, not 404, denials or throttling (retrying a
 // 429 is exactly the storm pullcache exists to prevent).
 func retryable(err error) bool {
+	if errors.Is(err, upstream.ErrRedirectRefused) {
+		return false // a policy refusal: the same redirect would be refused again
+	}
 	switch apierr.StatusOf(err) {
 	case http.StatusServiceUnavailable, http.StatusBadGateway, http.StatusGatewayTimeout, http.StatusInternalServerError:
 		return true

@@ -497,6 +497,15 @@ func upstreamFailure(ns string, err error) error {
 	if errors.As(err, &ae) {
 		return err // already an answer for the client (e.g. admission's 429)
 	}
+	var refused *upstream.RefusedError
+	if errors.As(err, &refused) {
+		// A policy refusal will not heal by waiting: 502, no Retry-After.
+		return apierr.Wrap(apierr.UpstreamError, err, "upstream %s: pullcache refused to follow it to %s: %s", ns, refused.Target, refused.Reason)
+	}
+	var unreach *upstream.UnreachableError
+	if errors.As(err, &unreach) {
+		return apierr.Wrap(apierr.Unavailable, err, "upstream %s is unreachable: %s", ns, unreach.Summary()).WithRetryAfter(10 * time.Second)
+	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		return apierr.Wrap(apierr.Unavailable, err, "upstream %s timed out", ns).WithRetryAfter(10 * time.Second)
 	}

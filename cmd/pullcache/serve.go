@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
@@ -26,6 +27,7 @@ type serveConfig struct {
 	listen          string
 	dir             string
 	upstreams       listFlag
+	credentialHosts listFlag
 	defaultUpstream string
 	tagTTL          time.Duration
 	maxManifest     sizeFlag
@@ -59,6 +61,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:5000", "address to serve on; loopback by default, anything wider is your explicit choice")
 	fs.StringVar(&cfg.dir, "dir", defaultDir(), "cache directory (the shared volume)")
 	fs.Var(&cfg.upstreams, "upstream", "mirrored registry as NAME=URL (repeatable, e.g. docker.io=https://registry-1.docker.io); none given: the built-in set")
+	fs.Var(&cfg.credentialHosts, "credential-host", "NAME=HOST: a host besides the registry's own domain that may receive NAME's credentials (a token realm elsewhere; repeatable); by default credentials go only to the registry and hosts on its registrable domain")
 	fs.StringVar(&cfg.defaultUpstream, "default-upstream", "docker.io", "upstream for requests that name no registry (dockerd's registry-mirrors); empty for none")
 	fs.DurationVar(&cfg.tagTTL, "tag-ttl", 10*time.Minute, "serve a tag this long with no upstream contact, then revalidate it with a HEAD (0: revalidate every time)")
 	cfg.maxManifest = 4 << 20
@@ -105,9 +108,17 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	credHosts, err := credentialHosts(cfg.credentialHosts, regs)
+	if err != nil {
+		return err
+	}
 	var clients []*upstream.Client
 	for _, reg := range regs {
-		c, err := upstream.NewClient(reg, upstream.Options{UserAgent: "pullcache/" + versionString()})
+		c, err := upstream.NewClient(reg, upstream.Options{
+			UserAgent:       "pullcache/" + versionString(),
+			CredentialHosts: credHosts[reg.Name],
+			Logger:          log,
+		})
 		if err != nil {
 			return err
 		}
@@ -239,4 +250,27 @@ func tagTTL(d time.Duration) time.Duration {
 		return -1
 	}
 	return d
+}
+
+// credentialHosts groups --credential-host NAME=HOST entries by upstream,
+// refusing names that are not configured upstreams.
+func credentialHosts(entries []string, regs []upstream.Registry) (map[string][]string, error) {
+	known := map[string]bool{}
+	for _, r := range regs {
+		known[r.Name] = true
+	}
+	out := map[string][]string{}
+	for _, e := range entries {
+		name, host, ok := strings.Cut(e, "=")
+		name = strings.ToLower(strings.TrimSpace(name))
+		host = strings.TrimSpace(host)
+		if !ok || name == "" || host == "" || strings.ContainsAny(host, "/ ") {
+			return nil, fmt.Errorf("--credential-host %q: want NAME=HOST, e.g. docker.io=auth.example.com", e)
+		}
+		if !known[name] {
+			return nil, fmt.Errorf("--credential-host %q: %s is not a configured upstream", e, name)
+		}
+		out[name] = append(out[name], host)
+	}
+	return out, nil
 }

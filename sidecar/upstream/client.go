@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -30,31 +32,41 @@ var ManifestAccept = []string{
 	"application/vnd.docker.distribution.manifest.v2+json",
 }
 
-// ErrUnreachable marks failures to reach the upstream at all (DNS, refused
-// connection, TLS, a failed auth handshake). Callers treat it like a 5xx.
-var ErrUnreachable = errors.New("upstream unreachable")
-
 // Options configure a Client.
 type Options struct {
-	// Transport is the base transport (nil: a tuned clone of
-	// http.DefaultTransport that honours HTTPS_PROXY).
-	Transport http.RoundTripper
 	// Keychain resolves credentials (nil: PULLCACHE_AUTH_<NAME> from the
 	// environment, then the Docker config file).
 	Keychain authn.Keychain
 	// UserAgent is sent upstream.
 	UserAgent string
+	// CredentialHosts are hosts besides the registry and its own
+	// registrable domain that may receive its credentials (a token realm
+	// the registry keeps on another domain). Empty is the safe default.
+	CredentialHosts []string
+	// Resolver resolves host names for the dial guard (nil: the system
+	// resolver). Tests pass a fake.
+	Resolver Resolver
+	// Logger receives refused redirects and withheld credentials (nil:
+	// discarded).
+	Logger *slog.Logger
 }
 
 // Client talks to one upstream registry. It is safe for concurrent use.
 type Client struct {
 	reg      Registry
 	ggcrReg  name.Registry
-	base     http.RoundTripper
 	auth     authn.Authenticator
 	identity string
+	log      *slog.Logger
+
+	guard    *dialGuard
+	policy   *credentialPolicy
+	plain    http.RoundTripper // guarded dials, no credentials
+	registry http.RoundTripper // plain + the credential guard: base of the registry's own transports
+	hops     *hopTransport     // hosts a redirect leads to
 
 	mu         sync.Mutex
+	challenge  *transport.Challenge         // the registry's /v2/ challenge, once pinged
 	transports map[string]http.RoundTripper // per repository (token scope)
 	handshakes singleflight.Group
 }
@@ -73,10 +85,6 @@ func NewClient(reg Registry, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", reg.Name, err)
 	}
-	base := opts.Transport
-	if base == nil {
-		base = DefaultTransport()
-	}
 	kc := opts.Keychain
 	if kc == nil {
 		kc = authn.NewMultiKeychain(EnvKeychain{}, authn.DefaultKeychain)
@@ -89,28 +97,62 @@ func NewClient(reg Registry, opts Options) (*Client, error) {
 	if cfg, err := auth.Authorization(); err == nil && cfg.Username != "" {
 		identity = cfg.Username
 	}
-	if opts.UserAgent != "" {
-		base = &userAgent{inner: base, ua: opts.UserAgent}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	guard := newDialGuard(reg.Name, hostPort(reg.Endpoint), proxyHosts(), opts.Resolver)
+	var plain http.RoundTripper = newTransport(guard)
+	if opts.UserAgent != "" {
+		plain = &userAgent{inner: plain, ua: opts.UserAgent}
+	}
+	policy := newCredentialPolicy(reg.Name, reg.Endpoint, opts.CredentialHosts, log)
 	return &Client{
 		reg:        reg,
 		ggcrReg:    gr,
-		base:       base,
 		auth:       auth,
 		identity:   identity,
+		log:        log,
+		guard:      guard,
+		policy:     policy,
+		plain:      plain,
+		registry:   &credentialGuard{inner: plain, policy: policy},
+		hops:       &hopTransport{plain: plain, tokens: make(map[string]http.RoundTripper)},
 		transports: make(map[string]http.RoundTripper),
 	}, nil
 }
 
-// DefaultTransport is the base transport for upstream requests: bodies are
-// passed through byte-exact (no transparent gzip) and idle connections are
-// kept for the bursts CI produces.
-func DefaultTransport() http.RoundTripper {
+// newTransport is the base transport of one upstream: every dial passes
+// the guard, bodies are passed through byte-exact (no transparent gzip),
+// idle connections are kept for the bursts CI produces, and HTTPS_PROXY is
+// honoured.
+func newTransport(guard *dialGuard) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.DialContext = guard.DialContext
 	t.DisableCompression = true
 	t.MaxIdleConnsPerHost = 64
 	t.ResponseHeaderTimeout = 60 * time.Second
 	return t
+}
+
+// proxyHosts are the host:port of the configured proxies: the dial guard
+// trusts them as it trusts the endpoint (with a proxy, the dial it sees is
+// the proxy's; the Location literal is still checked).
+func proxyHosts() []string {
+	var out []string
+	for _, k := range []string{"HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"} {
+		v := os.Getenv(k)
+		if v == "" {
+			continue
+		}
+		if !strings.Contains(v, "://") {
+			v = "http://" + v
+		}
+		if u, err := url.Parse(v); err == nil && u.Host != "" {
+			out = append(out, hostPort(u))
+		}
+	}
+	return out
 }
 
 // Registry returns the upstream this client talks to.
@@ -129,13 +171,51 @@ func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.
 }
 
 // Blob sends GET or HEAD for a blob; a positive offset asks for the rest of
-// the blob from there (Range), to resume a dropped download.
+// the blob from there (Range), to resume a dropped download. Redirects are
+// followed: the response's Request.URL is where the bytes came from (a CDN,
+// usually), which Resume may reuse.
 func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offset int64) (*http.Response, error) {
+	return c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
+}
+
+// Resume GETs a blob from offset at loc, the host a previous Blob response
+// was redirected to, without asking the registry again. Signed URLs expire:
+// an answer of 401, 403, 404 or 410 (or a failure) means the caller should
+// go back to the registry with Blob for a fresh redirect. loc must come from
+// a response of this client; it gets no credential and passes the same
+// redirect checks.
+func (c *Client) Resume(ctx context.Context, loc *url.URL, offset int64) (*http.Response, error) {
+	if c.isRegistry(loc) {
+		return nil, c.refuse(redactURL(loc), "resume URL is the registry itself; use Blob")
+	}
+	if err := c.guard.checkLiteral(loc.Hostname()); err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header = rangeFrom(offset)
+	return c.follow(req, c.hops)
+}
+
+// RedirectedTo returns the URL a response's body came from when a redirect
+// led away from the registry (a CDN), nil when the registry answered
+// itself. Keep it no longer than the fill it serves: it is signed and
+// expires.
+func (c *Client) RedirectedTo(resp *http.Response) *url.URL {
+	if resp == nil || resp.Request == nil || resp.Request.URL == nil || c.isRegistry(resp.Request.URL) {
+		return nil
+	}
+	return resp.Request.URL
+}
+
+func rangeFrom(offset int64) http.Header {
 	h := http.Header{}
 	if offset > 0 {
 		h.Set("Range", "bytes="+strconv.FormatInt(offset, 10)+"-")
 	}
-	return c.do(ctx, method, repo, "/blobs/"+d.String(), "", h)
+	return h
 }
 
 // Get sends a GET for another read-only endpoint of repo (tags/list,
@@ -158,14 +238,7 @@ func (c *Client) do(ctx context.Context, method, repo, suffix, rawQuery string, 
 		return nil, err
 	}
 	req.Header = h
-	resp, err := rt.RoundTrip(req)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, method, c.reg.Name, scrub(err))
-	}
-	return resp, nil
+	return c.follow(req, rt)
 }
 
 // transport returns the authenticated transport for repo's pull scope,
@@ -182,10 +255,9 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		// the first caller's context.
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		defer cancel()
-		scope := c.ggcrReg.Repo(repo).Scope(transport.PullScope)
-		rt, err := transport.NewWithContext(hctx, c.ggcrReg, c.auth, c.base, []string{scope})
+		rt, err := c.handshake(hctx, repo)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s auth handshake: %w", ErrUnreachable, c.reg.Name, scrub(err))
+			return nil, err
 		}
 		c.mu.Lock()
 		if len(c.transports) >= maxTransports {
@@ -202,6 +274,81 @@ func (c *Client) transport(ctx context.Context, repo string) (http.RoundTripper,
 		return nil, err
 	}
 	return v.(http.RoundTripper), nil
+}
+
+// handshake builds repo's transport: the registry's challenge (pinged once
+// per client), then a token for repo's pull scope. Credentials go into the
+// exchange only when the realm is one the policy allows; otherwise the
+// token is asked for anonymously and a warning names the realm.
+func (c *Client) handshake(ctx context.Context, repo string) (http.RoundTripper, error) {
+	pr, err := c.ping(ctx)
+	if err != nil {
+		return nil, err
+	}
+	auth := c.auth
+	bearer := strings.EqualFold(pr.Scheme, "bearer")
+	if bearer && !c.policy.realmAllowed(pr.Parameters["realm"]) {
+		auth = authn.Anonymous
+	}
+	if !bearer {
+		return transport.FromToken(c.ggcrReg, auth, c.registry, pr, nil)
+	}
+	scope := c.ggcrReg.Repo(repo).Scope(transport.PullScope)
+	tok, err := transport.Exchange(ctx, c.ggcrReg, auth, c.registry, []string{scope}, pr)
+	if err != nil {
+		c.forgetChallenge()
+		return nil, c.handshakeError(pr, err)
+	}
+	return transport.FromToken(c.ggcrReg, auth, c.registry, pr, tok)
+}
+
+// ping asks the registry's /v2/ for its auth challenge, once per client
+// (until a handshake fails: then the next one pings again).
+func (c *Client) ping(ctx context.Context) (*transport.Challenge, error) {
+	c.mu.Lock()
+	pr := c.challenge
+	c.mu.Unlock()
+	if pr != nil {
+		return pr, nil
+	}
+	v, err, _ := c.handshakes.Do("\x00ping", func() (any, error) {
+		pr, err := transport.Ping(ctx, c.ggcrReg, c.registry)
+		if err != nil {
+			return nil, unreachable(c.reg.Name, c.reg.Endpoint.Scheme+"://"+c.reg.Endpoint.Host, err)
+		}
+		c.mu.Lock()
+		c.challenge = pr
+		c.mu.Unlock()
+		return pr, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*transport.Challenge), nil
+}
+
+func (c *Client) forgetChallenge() {
+	c.mu.Lock()
+	c.challenge = nil
+	c.mu.Unlock()
+}
+
+// handshakeError names the token service that failed and why.
+func (c *Client) handshakeError(pr *transport.Challenge, err error) error {
+	target := c.reg.Endpoint.Scheme + "://" + c.reg.Endpoint.Host
+	if u, perr := url.Parse(pr.Parameters["realm"]); perr == nil && u.Host != "" {
+		target = u.Scheme + "://" + u.Host
+	}
+	var refused *RefusedError
+	if errors.As(err, &refused) {
+		return err
+	}
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return &UnreachableError{Upstream: c.reg.Name, URL: target,
+			Cause: fmt.Sprintf("token service answered HTTP %d", terr.StatusCode), Err: scrub(err)}
+	}
+	return unreachable(c.reg.Name, target, err)
 }
 
 // scrub drops URL query strings from an error's text: token endpoints carry
