@@ -39,7 +39,7 @@ type Stats struct {
 
 type upstreamKey struct {
 	Upstream string
-	Kind     string // manifest_get, manifest_head, blob_get, blob_head, tags, referrers
+	Kind     string // manifest_get, manifest_head, blob_get, blob_head, blob_cdn, tags, referrers
 	Status   int    // HTTP status, 0 for a transport error
 }
 

@@ -175,7 +175,53 @@ func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.
 // followed: the response's Request.URL is where the bytes came from (a CDN,
 // usually), which Resume may reuse.
 func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offset int64) (*http.Response, error) {
-	return c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
+	resp, err := c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
+	if err != nil || method != http.MethodHead {
+		return resp, err
+	}
+	if loc := c.RedirectedTo(resp); loc != nil && (resp.StatusCode == http.StatusForbidden || resp.StatusCode == http.StatusMethodNotAllowed) {
+		// A URL presigned for GET refuses HEAD (S3 answers 403): learn the
+		// size from its first byte instead.
+		resp.Body.Close()
+		return c.headByGet(ctx, loc)
+	}
+	return resp, nil
+}
+
+// headByGet answers a HEAD from a one-byte ranged GET of loc: status 200,
+// the blob's full length, no body.
+func (c *Client) headByGet(ctx context.Context, loc *url.URL) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", "bytes=0-0")
+	resp, err := c.follow(req, c.hops)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusPartialContent {
+		return resp, nil
+	}
+	resp.Body.Close()
+	size := resp.ContentLength
+	if resp.StatusCode == http.StatusPartialContent {
+		size = -1
+		if _, total, ok := strings.Cut(resp.Header.Get("Content-Range"), "/"); ok {
+			if n, err := strconv.ParseInt(total, 10, 64); err == nil {
+				size = n
+			}
+		}
+	}
+	h := resp.Header.Clone()
+	h.Del("Content-Range")
+	if size >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
+	}
+	return &http.Response{
+		Status: "200 OK", StatusCode: http.StatusOK, Proto: resp.Proto, ProtoMajor: resp.ProtoMajor, ProtoMinor: resp.ProtoMinor,
+		Header: h, ContentLength: size, Body: http.NoBody, Request: resp.Request,
+	}, nil
 }
 
 // Resume GETs a blob from offset at loc, the host a previous Blob response

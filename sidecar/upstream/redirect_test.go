@@ -506,3 +506,36 @@ func TestUnreachableNamesCause(t *testing.T) {
 		t.Errorf("TLS to a plain server: %v", err)
 	}
 }
+
+// A URL presigned for GET refuses HEAD (S3's 403): a blob HEAD learns the
+// size from a one-byte ranged GET of the same URL instead.
+func TestBlobHeadWhenStorageRefusesHead(t *testing.T) {
+	t.Parallel()
+	content := bytes.Repeat([]byte("z"), 4321)
+	d := digestOf(content)
+	store := newCDN(t, content)
+	headOnly := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			w.WriteHeader(http.StatusForbidden)
+			return
+		}
+		store.srv.Config.Handler.ServeHTTP(w, r)
+	}))
+	t.Cleanup(headOnly.Close)
+	reg := newTokenRegistry(t, false, func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, headOnly.URL+"/blob?sig=ok", http.StatusTemporaryRedirect)
+	})
+	c := newTestClient(t, reg.srv.URL, nil, nil)
+	resp, err := c.Blob(t.Context(), http.MethodHead, "app", d, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(content)) || resp.Header.Get("Content-Length") != "4321" {
+		t.Fatalf("HEAD: %s, length %d (%q)", resp.Status, resp.ContentLength, resp.Header.Get("Content-Length"))
+	}
+	reqs := store.seen()
+	if len(reqs) != 1 || reqs[0].Header.Get("Range") != "bytes=0-0" {
+		t.Errorf("storage saw %d requests, want one ranged GET", len(reqs))
+	}
+}
