@@ -69,6 +69,20 @@ func StartProxyRegistry(t testing.TB, remoteURL string) *Registry {
 
 func startRegistry(t testing.TB, remoteURL string) *Registry {
 	t.Helper()
+	return startRegistrySetup(t, registrySetup{remoteURL: remoteURL})
+}
+
+// registrySetup is what differs between the registries realenv starts.
+type registrySetup struct {
+	remoteURL string // proxy.remoteurl; "" for a plain registry
+	root      string // filesystem root directory; "" for a fresh one per attempt
+	extra     string // YAML appended to the configuration (top-level keys)
+	name      string // process name prefix; "" for "docker-registry"
+}
+
+func startRegistrySetup(t testing.TB, setup registrySetup) *Registry {
+	t.Helper()
+	remoteURL := setup.remoteURL
 	bin := lookTool(t, "docker-registry", "/usr/bin/docker-registry")
 	dir := t.TempDir()
 	// The free port can be taken between our probe and the registry's
@@ -79,12 +93,19 @@ func startRegistry(t testing.TB, remoteURL string) *Registry {
 		if err := os.MkdirAll(filepath.Join(sub, "data"), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		root := filepath.Join(sub, "data")
+		if setup.root != "" {
+			root = setup.root
+		}
 		cfg := filepath.Join(sub, "config.yml")
-		if err := os.WriteFile(cfg, []byte(registryConfig(host, filepath.Join(sub, "data"), remoteURL)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(registryConfig(host, root, remoteURL)+setup.extra), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		r := &Registry{t: t, host: host, accessLog: filepath.Join(sub, "access.log")}
 		name := "docker-registry " + host
+		if setup.name != "" {
+			name = setup.name + " " + host
+		}
 		if remoteURL != "" {
 			name += " (proxy for " + remoteURL + ")"
 		}
