@@ -32,8 +32,9 @@ type cdn struct {
 	// repos maps a digest to the repository the registry last redirected
 	// it for: the CDN's paths name only the digest (as Docker Hub's
 	// storage paths do), but the backend serves blobs per repository.
-	repos sync.Map
-	mode  atomic.Int32 // Mode, set with SetCDNDown
+	repos   sync.Map
+	goodSeq sync.Map     // digest → *atomic.Int64: well-signed GETs, for CDNExpire
+	mode    atomic.Int32 // Mode, set with SetCDNDown
 }
 
 func newCDN(ttl time.Duration) *cdn {
@@ -240,6 +241,16 @@ func (c cdnHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		t.inc(func(c *counters) *atomic64 { return &c.cdnForbidden })
 		s3Error(w, r, http.StatusForbidden, code, msg, extra)
 		return
+	}
+	if r.Method == http.MethodGet && h.opts.CDNExpire != nil {
+		v, _ := h.cdn.goodSeq.LoadOrStore(digest, new(atomic.Int64))
+		if h.opts.CDNExpire(digest, int(v.(*atomic.Int64).Add(1))) {
+			t.inc(func(c *counters) *atomic64 { return &c.cdnForbidden })
+			now := h.now()
+			s3Error(w, r, http.StatusForbidden, "AccessDenied", "Request has expired",
+				"<Expires>"+now.Add(-time.Second).UTC().Format(time.RFC3339)+"</Expires><ServerTime>"+now.UTC().Format(time.RFC3339)+"</ServerTime>")
+			return
+		}
 	}
 	if !known || repo == "" {
 		// A good signature on a path the registry never sent anyone to

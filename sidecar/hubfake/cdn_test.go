@@ -307,6 +307,33 @@ func TestCDNURLTTL(t *testing.T) {
 	}
 }
 
+// TestCDNExpire: the fault that fails chosen GETs of good URLs as expired,
+// numbered per blob.
+func TestCDNExpire(t *testing.T) {
+	t.Parallel()
+	h := New(Options{CDN: true, CDNExpire: func(_ string, n int) bool { return n == 1 }})
+	data := randomBytes(t, 1000)
+	d := putBlob(t, h, "library/app", data)
+	tok := getToken(t, h, "library/app")
+	target := pathQuery(t, serve(h, http.MethodGet, "/v2/library/app/blobs/"+d.String(), withToken(tok)).Header().Get("Location"))
+
+	// Forged URLs and HEADs are not numbered.
+	serve(h.CDN(), http.MethodGet, target+"x")
+	serve(h.CDN(), http.MethodHead, target)
+	rec := serve(h.CDN(), http.MethodGet, target)
+	wantS3Error(t, rec.Code, rec.Body.String(), http.StatusForbidden, "<Code>AccessDenied</Code>", "Request has expired")
+	if rec := serve(h.CDN(), http.MethodGet, target); rec.Code != http.StatusOK || !bytes.Equal(rec.Body.Bytes(), data) {
+		t.Errorf("second GET: %d", rec.Code)
+	}
+	if c := h.Counts(); c.CDNForbidden != 2 || c.CDNGET != 3 {
+		t.Errorf("counts %+v: want 2 CDN 403s (forged, expired) of 3 GETs", c)
+	}
+	h.Reset()
+	if rec := serve(h.CDN(), http.MethodGet, target); rec.Code != http.StatusForbidden {
+		t.Errorf("first GET after Reset: %d, want 403", rec.Code)
+	}
+}
+
 // TestCDNRange: the CDN serves ranges, open-ended and closed, and If-Range.
 func TestCDNRange(t *testing.T) {
 	t.Parallel()

@@ -35,7 +35,7 @@ type Counts struct {
 	CDNGET           int64 // GET of a signed blob URL
 	CDNHEAD          int64 // HEAD of a signed blob URL
 	CDNAuthorization int64 // requests that carried an Authorization header: 400 InvalidArgument
-	CDNForbidden     int64 // 403s: expired, forged or missing signatures (and HEADs under CDNRefuseHEAD)
+	CDNForbidden     int64 // 403s: expired, forged or missing signatures (and CDNRefuseHEAD, CDNExpire)
 }
 
 // atomic64 shortens the counter pickers: func(c *counters) *atomic64.

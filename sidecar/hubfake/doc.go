@@ -90,7 +90,9 @@
 //     SignatureDoesNotMatch, an expired one 403 AccessDenied "Request has
 //     expired". Expiry is checked when a request arrives: a download that
 //     started in time runs to its end, and a resume may reuse the URL
-//     until it expires, not after.
+//     until it expires, not after. Options.CDNExpire makes chosen GETs of
+//     good URLs fail as expired, so that a test can force the way back to
+//     the registry even for a client that never reuses a URL.
 //
 // A good URL serves the blob (GET and HEAD) via http.ServeContent:
 // Accept-Ranges: bytes, Range and If-Range, Content-Type

@@ -77,6 +77,14 @@ type Options struct {
 	// CDNRefuseHEAD makes the CDN answer every HEAD 403, as S3 does for a
 	// URL presigned for GET.
 	CDNRefuseHEAD bool
+	// CDNExpire is asked for every CDN GET whose signature is good and
+	// unexpired, with the blob's digest and the 1-based number of such
+	// GETs of that blob since start or Reset; true answers it 403 "Request
+	// has expired" as if the URL had run out in flight (a slow redirect, a
+	// queued download, clocks that disagree). It makes the path "the CDN
+	// said 403, ask the registry again" testable whatever a client's
+	// resume strategy.
+	CDNExpire func(digest string, n int) bool
 
 	// RedirectRegistry turns on registry-redirect mode (registry.k8s.io):
 	// every GET or HEAD of a repository endpoint (manifests, blobs,
@@ -249,6 +257,9 @@ func (h *Hub) Reset() {
 	h.repos.Clear()
 	h.blobSeq.Store(0)
 	h.digestSeq.Clear()
+	if h.cdn != nil {
+		h.cdn.goodSeq.Clear()
+	}
 	h.seen.reset()
 	for _, w := range []*window{h.anonQuota, h.userQuota, h.abuse} {
 		if w != nil {
