@@ -176,6 +176,13 @@ func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.
 // usually), which Resume may reuse.
 func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offset int64) (*http.Response, error) {
 	resp, err := c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
+	if err == nil && method == http.MethodGet && c.RedirectedTo(resp) != nil &&
+		(resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		// The signed URL was stale by the time it was used (clock skew, a
+		// slow queue): ask the registry once more for a fresh one.
+		resp.Body.Close()
+		resp, err = c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
+	}
 	if err != nil || method != http.MethodHead {
 		return resp, err
 	}
