@@ -15,8 +15,33 @@
 //     windows last hours and a restart must not hand out a fresh bucket.
 //   - Uncounted requests (blob GETs, HEADs, token fetches) are bounded per
 //     upstream by a number of concurrent slots and a request rate, and back
-//     off exponentially after a bare 429 (an abuse limit, with no ratelimit
-//     headers).
+//     off exponentially after a bare throttle (an abuse limit or a
+//     registry's throttle with no rate-limit headers).
+//
+// Upstreams throttle in many dialects (Docker Hub's pull and abuse limits,
+// GHCR's wait inside the message, sometimes with a 500, ECR Public's "Rate
+// exceeded", quay.io's nginx page, MCR's text, the IETF RateLimit headers).
+// ClassifyThrottle reads them all from status, headers and the start of the
+// body; the HTTP layer rewrites a recognised throttle into one canonical
+// form (429, Retry-After in seconds, the ThrottleHeader marker), which is
+// what tickets observe: a PullLimit blocks counted requests only; an
+// AbuseLimit or RegistryThrottle without rate-limit headers also backs off
+// uncounted traffic; rate-limit headers of every dialect (Docker Hub's
+// ratelimit-*, the IETF drafts' RateLimit-Limit/-Remaining/-Reset and
+// RateLimit-Policy/RateLimit) are learned alike: limit, window, remaining,
+// and a reset time before which a spent quota is not tried again.
+//
+// Counted quotas are keyed by the identity the upstream charges: the
+// credential until the upstream names its charged identity in
+// docker-ratelimit-source (an IPv4 address, an IPv6 /64 or an account),
+// then that identity, so that credentials or egress addresses are never
+// wrongly pooled or split (see alias.go).
+//
+// Built-in per-registry defaults: docker.io counts DockerHubAnonymous until
+// its headers say otherwise; public.ecr.aws has no counted quota but a
+// request rate of ECRPublicAnonymous (1/s) or ECRPublicAuthenticated
+// (10/s) that every request to it shares, manifest GETs included, since
+// ECR Public limits requests rather than pulls.
 //
 // Waiters queue fairly: round-robin across client identities (the client's
 // address or CI job), FIFO within one client, so one job pulling a hundred

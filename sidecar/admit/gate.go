@@ -45,6 +45,7 @@ type gate struct {
 	wake    *time.Timer
 	wakeAt  time.Time
 	closed  bool
+	moved   bool // merged into another quota: acquirers get errMoved
 	stats   Stats
 }
 
@@ -56,6 +57,10 @@ func (g *gate) acquire(ctx context.Context, client string) (*Ticket, error) {
 	if g.closed {
 		g.mu.Unlock()
 		return nil, ErrClosed
+	}
+	if g.moved {
+		g.mu.Unlock()
+		return nil, errMoved
 	}
 	now := time.Now()
 	if g.queue.len() == 0 {

@@ -91,7 +91,7 @@ func TestParseRateHeaders(t *testing.T) {
 			if tt.rem != "" {
 				h.Set("ratelimit-remaining", tt.rem)
 			}
-			if got := parseRateHeaders(h); got != tt.want {
+			if got := parseRateHeaders(h, time.Now()); got != tt.want {
 				t.Fatalf("got %+v, want %+v", got, tt.want)
 			}
 		})
@@ -120,9 +120,9 @@ func TestParseRetryAfter(t *testing.T) {
 		if tt.in != "" {
 			h.Set("Retry-After", tt.in)
 		}
-		got, ok := parseRetryAfter(h, now)
+		got, ok := ParseRetryAfter(h, now)
 		if got != tt.want || ok != tt.ok {
-			t.Errorf("parseRetryAfter(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
+			t.Errorf("ParseRetryAfter(%q) = %v, %v; want %v, %v", tt.in, got, ok, tt.want, tt.ok)
 		}
 	}
 }
@@ -147,16 +147,38 @@ func FuzzParseLimit(f *testing.F) {
 }
 
 func FuzzParseRateHeaders(f *testing.F) {
-	f.Add("100;w=21600", "76;w=21600", "120")
-	f.Add("10, 10;w=1, 50;w=60", "", "Wed, 21 Oct 2015 07:28:00 GMT")
-	f.Fuzz(func(t *testing.T, limit, remaining, retry string) {
-		h := http.Header{"Ratelimit-Limit": {limit}, "Ratelimit-Remaining": {remaining}, "Retry-After": {retry}}
-		ri := parseRateHeaders(h)
-		if ri.remaining < 0 || ri.window < 0 {
-			t.Fatalf("negative values from %q %q: %+v", limit, remaining, ri)
+	f.Add("100;w=21600", "76;w=21600", "120", "", "", "", "")
+	f.Add("10, 10;w=1, 50;w=60", "", "Wed, 21 Oct 2015 07:28:00 GMT", "30", "", "", "")
+	f.Add("", "", "", "", `"default";q=100;w=60`, `"default";r=50;t=30`, "")
+	f.Add("", "", "", "", `"burst";q=100;w=60, "daily";q=1000;w=86400`, `"burst";r=0;t=5, "daily";r=900;t=3600`, "")
+	f.Add("", "", "", "", "100;w=60", "limit=100, remaining=50, reset=30", "203.0.113.7")
+	f.Add("", "", "", "1767225600", `"a\"b";q=1`, `";r=`, "2001:db8:1:2:3:4:5:6")
+	f.Fuzz(func(t *testing.T, limit, remaining, retry, reset, policy, field, source string) {
+		h := http.Header{}
+		for name, v := range map[string]string{"Ratelimit-Limit": limit, "Ratelimit-Remaining": remaining, "Retry-After": retry,
+			"Ratelimit-Reset": reset, "Ratelimit-Policy": policy, "Ratelimit": field, SourceHeader: source} {
+			if v != "" {
+				h.Set(name, v)
+			}
 		}
-		if d, ok := parseRetryAfter(h, time.Now()); ok && (d < 0 || d > maxRetryAfter) {
+		now := time.Now()
+		ri := parseRateHeaders(h, now)
+		if ri.remaining < 0 || ri.window < 0 || ri.limit < 0 || ri.reset < 0 || ri.reset > maxRetryAfter || ri.window > maxWait {
+			t.Fatalf("out of range from %v: %+v", h, ri)
+		}
+		if (ri.hasLimit || ri.hasRemaining || ri.hasReset) && !ri.has {
+			t.Fatalf("values without has from %v: %+v", h, ri)
+		}
+		if d, ok := ParseRetryAfter(h, now); ok && (d < 0 || d > maxRetryAfter) {
 			t.Fatalf("Retry-After %q gave %v", retry, d)
+		}
+		if src, ok := sourceOf(h); ok {
+			if src == "" || len(src) > maxSourceLen+4 {
+				t.Fatalf("source %q gave %q", source, src)
+			}
+			if again, ok := parseSource(src); !ok || again != src {
+				t.Fatalf("source %q normalized to %q, which reads back as %q, %v", source, src, again, ok)
+			}
 		}
 	})
 }

@@ -30,6 +30,15 @@ type quota struct {
 	reportedWindow    time.Duration
 	reportedRemaining int
 	reportedAt        time.Time // zero: never reported
+	// windowFromReset: no window was ever reported, so reportedWindow is
+	// the longest reset seen (a window is at least as long as any reset).
+	windowFromReset bool
+
+	// resetAt holds counted requests after the upstream reported its
+	// quota spent (remaining within the reserve) together with the time
+	// its window resets (IETF RateLimit-Reset or RateLimit t=). At that
+	// time one request may go, whose answer teaches the new remaining.
+	resetAt time.Time
 
 	// A 429 sets probePending and blockedUntil. Once blockedUntil has
 	// passed, exactly one request (the probe) is admitted; its outcome
@@ -53,6 +62,25 @@ type quota struct {
 
 	loadOnce sync.Once
 	persist  persistState
+
+	// movedTo is set (under gate.mu) when this credential's quota was
+	// merged into the quota of the identity the upstream charges it to;
+	// the gate is then marked moved and every later use goes there.
+	movedTo *quota
+}
+
+// lockResolved locks and returns the quota q's requests are charged to now:
+// q itself, or the quota it was merged into.
+func (q *quota) lockResolved() *quota {
+	for {
+		q.mu.Lock()
+		next := q.movedTo
+		if next == nil {
+			return q
+		}
+		q.mu.Unlock()
+		q = next
+	}
 }
 
 func (q *quota) reserve() int { return q.a.opts.Reserve }
@@ -98,6 +126,12 @@ func (q *quota) admitLocked(now time.Time) (bool, time.Time) {
 	if q.learningLocked() && q.pending > 0 {
 		return false, time.Time{} // the first answer dispatches the queue
 	}
+	if !q.resetAt.IsZero() {
+		if now.Before(q.resetAt) {
+			return false, q.resetAt
+		}
+		q.resetPassedLocked(now)
+	}
 	q.bucket.advance(now)
 	if q.bucket.has(1) {
 		return true, time.Time{}
@@ -128,12 +162,33 @@ func (q *quota) grantLocked(now time.Time) *Ticket {
 	return t
 }
 
+// resetPassedLocked ends a hold until the upstream's reset: its window has
+// started again, so at least one request may go.
+func (q *quota) resetPassedLocked(now time.Time) {
+	q.resetAt = time.Time{}
+	if !q.bucket.unlimited() {
+		q.bucket.advance(now)
+		q.bucket.tokens = max(q.bucket.tokens, min(1, q.bucket.capacity))
+	}
+	q.changedLocked(now)
+}
+
 func (q *quota) estimateLocked(now time.Time, ahead int) (time.Time, bool) {
 	if q.probePending {
 		if now.Before(q.blockedUntil) {
 			return q.blockedUntil, true
 		}
 		return time.Time{}, false // a probe is due or out; its outcome is unknown
+	}
+	if now.Before(q.resetAt) {
+		at := q.resetAt
+		if ahead > 0 && !q.bucket.unlimited() {
+			q.bucket.advance(now)
+			if d := q.bucket.timeFor(float64(ahead + 1)); now.Add(d).After(at) {
+				at = now.Add(d)
+			}
+		}
+		return at, true
 	}
 	if q.bucket.unlimited() {
 		return time.Time{}, false
@@ -164,6 +219,15 @@ func (q *quota) throttledLocked(now time.Time, reason string, at time.Time) *Thr
 }
 
 func (q *quota) undoLocked(now time.Time, t *Ticket) {
+	if tgt := q.movedTo; tgt != nil {
+		// Granted here before the merge moved the pending count there.
+		// Lock order is always credential quota, then charged quota.
+		tgt.mu.Lock()
+		tgt.undoLocked(now, t)
+		tgt.dispatchLocked(now)
+		tgt.mu.Unlock()
+		return
+	}
 	q.pending--
 	if t.probe {
 		q.probeInflight = false
@@ -204,6 +268,19 @@ func (q *quota) observeLocked(now time.Time, status int, ri rateInfo, retryAfter
 	q.dispatchLocked(now)
 }
 
+// settleLocked finishes the bookkeeping of counted ticket t whose answer
+// was charged to another quota, which learns from it instead: the request
+// is no longer pending here and a probe's outcome here is unknown.
+func (q *quota) settleLocked(now time.Time, t *Ticket) {
+	q.pending--
+	q.responded = true
+	if t.probe {
+		q.probeInflight = false // inconclusive: the next waiter probes
+	}
+	q.changedLocked(now)
+	q.dispatchLocked(now)
+}
+
 // failLocked handles a counted ticket that got no response.
 func (q *quota) failLocked(now time.Time, t *Ticket, notSent bool) {
 	q.pending--
@@ -226,9 +303,13 @@ func (q *quota) learnLocked(now time.Time, ri rateInfo) {
 		q.reportedLimit = ri.limit
 		switch {
 		case ri.window > 0:
-			q.reportedWindow = ri.window
-		case q.reportedWindow == 0:
+			q.reportedWindow, q.windowFromReset = ri.window, false
+		case q.reportedWindow == 0 && q.conf.Window > 0:
 			q.reportedWindow = q.conf.Window
+		case ri.hasReset && ri.reset >= time.Second && (q.reportedWindow == 0 || q.windowFromReset) && ri.reset > q.reportedWindow:
+			// No window reported (the older IETF drafts): the window is
+			// at least as long as the longest reset seen.
+			q.reportedWindow, q.windowFromReset = ri.reset.Round(time.Second), true
 		}
 	}
 	if l := q.effectiveLocked(); l != q.limit {
@@ -240,6 +321,13 @@ func (q *quota) learnLocked(now time.Time, ri rateInfo) {
 		return
 	}
 	q.reportedRemaining, q.reportedAt = ri.remaining, now
+	if ri.hasReset {
+		if ri.remaining-q.reserve()-max(q.pending, 0) <= 0 && ri.reset > 0 {
+			q.resetAt = now.Add(ri.reset)
+		} else {
+			q.resetAt = time.Time{}
+		}
+	}
 	if q.bucket.unlimited() {
 		return
 	}
@@ -304,6 +392,7 @@ func (q *quota) snapshotLocked(now time.Time) QuotaState {
 		ReportedRemaining: q.reportedRemaining,
 		ReportedAt:        q.reportedAt,
 		BlockedUntil:      q.blockedUntil,
+		ResetAt:           q.resetAt,
 		Probing:           q.probePending,
 		Pending:           q.pending,
 		Stats:             q.statsLocked(),

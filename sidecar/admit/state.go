@@ -17,7 +17,8 @@ const flushInterval = time.Second
 const stateVersion = 1
 
 // savedState is the persisted form of a quota, stored as JSON under
-// "admit/<upstream>/<identity>".
+// "admit/<upstream>/<identity>" (the identity path-escaped; a charged
+// identity is "source:<address, /64 or account>").
 type savedState struct {
 	Version           int       `json:"v"`
 	Tokens            float64   `json:"tokens"`
@@ -26,7 +27,9 @@ type savedState struct {
 	ReportedWindowSec int64     `json:"reported_window_s,omitempty"`
 	ReportedRemaining int       `json:"reported_remaining,omitempty"`
 	ReportedAt        time.Time `json:"reported_at,omitzero"`
+	WindowFromReset   bool      `json:"window_from_reset,omitempty"`
 	BlockedUntil      time.Time `json:"blocked_until,omitzero"`
+	ResetAt           time.Time `json:"reset_at,omitzero"`
 	ProbePending      bool      `json:"probe_pending,omitempty"`
 	Strikes           int       `json:"strikes,omitempty"`
 }
@@ -65,7 +68,8 @@ func (q *quota) load() {
 	now := time.Now()
 	if s.ReportedLimit > 0 && s.ReportedWindowSec > 0 {
 		q.reportedLimit = s.ReportedLimit
-		q.reportedWindow = time.Duration(s.ReportedWindowSec) * time.Second
+		q.reportedWindow = seconds(s.ReportedWindowSec)
+		q.windowFromReset = s.WindowFromReset
 		q.setLimitLocked(now, q.effectiveLocked())
 	}
 	q.reportedRemaining, q.reportedAt = s.ReportedRemaining, s.ReportedAt
@@ -81,6 +85,12 @@ func (q *quota) load() {
 	if q.blockedUntil.Sub(now) > maxRetryAfter {
 		q.blockedUntil = now.Add(maxRetryAfter)
 	}
+	if s.ResetAt.After(now) {
+		q.resetAt = s.ResetAt
+		if q.resetAt.Sub(now) > maxRetryAfter {
+			q.resetAt = now.Add(maxRetryAfter)
+		}
+	}
 }
 
 func (q *quota) savedLocked(now time.Time) savedState {
@@ -93,7 +103,9 @@ func (q *quota) savedLocked(now time.Time) savedState {
 		ReportedWindowSec: int64(q.reportedWindow / time.Second),
 		ReportedRemaining: q.reportedRemaining,
 		ReportedAt:        q.reportedAt,
+		WindowFromReset:   q.windowFromReset,
 		BlockedUntil:      q.blockedUntil,
+		ResetAt:           q.resetAt,
 		ProbePending:      q.probePending,
 		Strikes:           q.strikes,
 	}

@@ -2,8 +2,9 @@ package admit
 
 import "time"
 
-// Back-off of uncounted traffic after bare 429s (abuse limits): doubled per
-// 429 in a row, capped.
+// Back-off of uncounted traffic after bare throttles (abuse limits and
+// registry throttles without rate-limit headers): doubled per throttle in a
+// row, capped.
 const (
 	backoffBase = time.Second
 	backoffMax  = time.Minute
@@ -16,6 +17,7 @@ type traffic struct {
 	a           *Admitter
 	upstream    string
 	concurrency int // <= 0: unlimited
+	rate        Rate
 	inflight    int
 	bucket      bucket
 
@@ -86,9 +88,11 @@ func (tr *traffic) releaseLocked(now time.Time) {
 	tr.dispatchLocked(now)
 }
 
-// observeLocked reacts to a response: a bare 429 backs all uncounted traffic
-// off; any other answer to an uncounted request ends the run of strikes.
-func (tr *traffic) observeLocked(now time.Time, status int, bare bool, retryAfter time.Duration, hasRetryAfter, own bool) {
+// observeLocked reacts to a response: a bare throttle backs all uncounted
+// traffic off (for the wait th names, or exponentially); any other answer
+// to an uncounted request ends the run of strikes.
+func (tr *traffic) observeLocked(now time.Time, status int, bare bool, th Throttle, own bool) {
+	retryAfter, hasRetryAfter := th.RetryAfter, th.HasRetryAfter
 	switch {
 	case bare:
 		tr.stats.Observed429++
@@ -107,8 +111,9 @@ func (tr *traffic) observeLocked(now time.Time, status int, bare bool, retryAfte
 		if until := now.Add(d); until.After(tr.backoffUntil) {
 			tr.backoffUntil = until
 		}
-		tr.a.log.Warn("admit: bare 429 (abuse limit); uncounted traffic backs off",
-			"upstream", tr.upstream, "for", d, "strikes", tr.strikes)
+		tr.a.log.Warn("admit: upstream throttles every request; uncounted traffic backs off",
+			"upstream", tr.upstream, "throttle", th.Describe(), "kind", th.Kind.String(),
+			"for", d, "retry_after_given", hasRetryAfter, "strikes", tr.strikes)
 	case own && status != 429:
 		tr.strikes = 0
 	}
@@ -119,6 +124,7 @@ func (tr *traffic) snapshotLocked(now time.Time) UpstreamState {
 	s := UpstreamState{
 		Upstream:     tr.upstream,
 		Concurrency:  tr.concurrency,
+		Rate:         tr.rate,
 		InFlight:     tr.inflight,
 		BackoffUntil: tr.backoffUntil,
 		Stats:        tr.statsLocked(),
