@@ -13,7 +13,9 @@ import (
 // Every request to an upstream goes through admitted: it waits for the
 // shared budget (a token for counted requests, a slot and rate token for the
 // rest), is counted in the stats, and holds its admission slot until the
-// response body is closed.
+// response body is closed. Its response is in canonical throttle form
+// (upstream.NormalizeThrottle) before the ticket learns from it, so a
+// registry's throttle in any dialect becomes the right admission state.
 
 // Upstream request kinds. Only manifest GETs are counted by Docker Hub.
 const (
@@ -64,10 +66,18 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 		}
 	}
 	resp, err := do(ctx)
+	if err == nil {
+		resp = upstream.NormalizeThrottle(resp)
+	}
 	s.countUpstream(ns, kind, resp, err)
 	if err != nil {
 		ticket.Fail(err)
 		return nil, err
+	}
+	if th, ok := admit.ThrottleOf(resp.StatusCode, resp.Header); ok {
+		s.log.Warn("upstream throttled a request", "upstream", ns, "kind", kind,
+			"throttle", th.Describe(), "class", th.Kind.String(), "status", th.Status,
+			"retry_after", th.RetryAfter, "retry_after_given", th.HasRetryAfter)
 	}
 	ticket.WrapBody(resp)
 	return resp, nil

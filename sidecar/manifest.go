@@ -18,6 +18,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 	"github.com/pullcache/pullcache/sidecar/upstream"
@@ -512,10 +513,20 @@ func upstreamFailure(ns string, err error) error {
 	return apierr.Wrap(apierr.Unavailable, err, "upstream %s is unavailable", ns).WithRetryAfter(10 * time.Second)
 }
 
-// upstreamStatus maps an upstream's non-success answer onto ours. A 429
-// stays a 429 with Retry-After: turning it into a 5xx would make clients
-// retry blindly and deepen the throttling.
+// upstreamStatus maps an upstream's non-success answer onto ours. A throttle
+// (a 429, or a 5xx recognised as one and rewritten by
+// upstream.NormalizeThrottle) stays a 429 TOOMANYREQUESTS with
+// Retry-After, whose message names the registry's dialect: turning it into
+// a 5xx would make clients retry blindly and deepen the throttling.
 func upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what string) error {
+	if th, ok := admit.ThrottleOf(resp.StatusCode, resp.Header); ok {
+		wait := th.RetryAfter
+		if !th.HasRetryAfter {
+			wait = throttleDefaultWait(th)
+		}
+		return apierr.New(apierr.TooManyRequests, "upstream %s: %s (HTTP %d); retry later", ns, th.Describe(), th.Status).
+			WithRetryAfter(max(wait, time.Second))
+	}
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound:
 		return apierr.New(notFound, "%s not found upstream at %s", what, ns)
@@ -523,29 +534,23 @@ func upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what s
 		return apierr.New(apierr.Unauthorized, "upstream %s requires credentials for %s (set %s or a Docker config)", ns, what, upstream.EnvAuthVar(ns))
 	case code == http.StatusForbidden:
 		return apierr.New(apierr.Denied, "upstream %s denied access to %s", ns, what)
-	case code == http.StatusTooManyRequests:
-		return apierr.New(apierr.TooManyRequests, "upstream %s is throttling requests (HTTP 429); retry later", ns).WithRetryAfter(retryAfter(resp.Header, time.Minute))
 	case code >= 500:
-		return apierr.New(apierr.Unavailable, "upstream %s failed with HTTP %d", ns, code).WithRetryAfter(retryAfter(resp.Header, 10*time.Second))
+		wait, ok := admit.ParseRetryAfter(resp.Header, time.Now())
+		if !ok {
+			wait = 10 * time.Second
+		}
+		return apierr.New(apierr.Unavailable, "upstream %s failed with HTTP %d", ns, code).WithRetryAfter(max(wait, time.Second))
 	default:
 		return apierr.New(apierr.UpstreamError, "upstream %s answered HTTP %d for %s", ns, code, what)
 	}
 }
 
-// retryAfter reads a Retry-After header in seconds or HTTP-date form.
-func retryAfter(h http.Header, def time.Duration) time.Duration {
-	v := h.Get("Retry-After")
-	if v == "" {
-		return def
+// throttleDefaultWait is the Retry-After for a throttle that named no wait:
+// a pull limit refills over hours, so a minute; an abuse limit is counted
+// per minute, so a minute too; other registries throttle per second.
+func throttleDefaultWait(th admit.Throttle) time.Duration {
+	if th.Kind == admit.RegistryThrottle {
+		return 5 * time.Second
 	}
-	if secs, err := strconv.Atoi(v); err == nil && secs >= 0 {
-		return time.Duration(secs) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return d
-		}
-		return time.Second
-	}
-	return def
+	return time.Minute
 }
