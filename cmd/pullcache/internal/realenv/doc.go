@@ -1,6 +1,7 @@
 // Package realenv starts real third-party components for pullcache's
 // end-to-end tests: an upstream registry (CNCF distribution, Debian's
-// docker-registry), Docker Engine, containerd, BuildKit, skopeo and crane.
+// docker-registry, optionally redirecting its blobs to an nginx "CDN"),
+// Docker Engine, containerd, BuildKit, skopeo, crane and Podman.
 //
 // Everything runs on this machine and talks over loopback only. Each started
 // process gets its own temporary directories, a free 127.0.0.1 port (or a unix
@@ -39,6 +40,15 @@
 //	WriteHostsToml(t, dir, registryName, mirrorURL)
 //	StartBuildkitd(t, mirrorHost, insecureHosts...) *Buildkitd // Build, BuildErr, Prune, Buildctl
 //	Skopeo(t, args...) string, Crane(t, args...) string
+//	StartRedirectingRegistry(t) *RedirectingRegistry // blobs 307 to .CDN (nginx)
+//	StartRedirectingRegistryAuth(t)                 // the same with basic auth (RedirectUser)
+//	(*RedirectingRegistry).Push(t, repo, tag, img), Authenticator()
+//	StartPullcacheEnv(t, dir, env, args...)         // PULLCACHE_AUTH_<NAME>=user:password
+//	StartCDN(t, root) *CDN                          // URL, Counts, ResetCounts, Requests
+//	BlobRedirects(reqs) (get307, head307, other int)
+//	Summarize([]CDNRequest) CDNCounts
+//	NewPodman(t, mirrors ...RegistryMirror) *Podman // Pull (error), ImageDigest, RemoveImage, Podman
+//	WriteRegistriesConf(t, path, mirrors...)
 //
 // What the clients send to a mirror (seen with distribution's proxy):
 // dockerd (20.10) pings /v2/, HEADs the tag's manifest, GETs the manifest by

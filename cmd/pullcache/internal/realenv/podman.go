@@ -51,7 +51,11 @@ insecure = true
 // the signature policy, HOME and the XDG directories. The user's
 // ~/.config/containers and /etc/containers/{registries,storage,containers}.conf
 // are not consulted (drop-ins in /etc/containers/registries.conf.d, short
-// name aliases only on Debian, still are).
+// name aliases only on Debian, still are). Two system paths podman 4.3 uses
+// as root whatever it is told: its blob info cache,
+// /var/lib/containers/cache/blob-info-cache-v1.boltdb (digest and location
+// hints; pulls still go to the mirror and into the test's own store), and an
+// empty /run/containers/networks.
 type Podman struct {
 	bin  string
 	env  []string

@@ -64,6 +64,13 @@ func (p *Pullcache) Log(t testing.TB) string {
 // temporary one.
 func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 	t.Helper()
+	return StartPullcacheEnv(t, dir, nil, args...)
+}
+
+// StartPullcacheEnv is StartPullcache with extra environment variables
+// ("PULLCACHE_AUTH_DOCKER_IO=user:password").
+func StartPullcacheEnv(t testing.TB, dir string, env []string, args ...string) *Pullcache {
+	t.Helper()
 	bin := PullcacheBinary(t)
 	if dir == "" {
 		dir = t.TempDir()
@@ -72,7 +79,7 @@ func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 	logPath := filepath.Join(t.TempDir(), "pullcache.log")
 	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
 	p := &Pullcache{Dir: dir, Host: host, logPath: logPath}
-	p.proc = startProcess(t, "pullcache", logPath, logPath, nil, bin, all...)
+	p.proc = startProcess(t, "pullcache", logPath, logPath, env, bin, all...)
 	p.proc.waitReady(t, func() error {
 		resp, err := http.Get("http://" + host + "/healthz")
 		if err != nil {

@@ -14,6 +14,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // RedirectingRegistry is a docker-registry that answers blob GETs and HEADs
@@ -36,29 +40,90 @@ import (
 type RedirectingRegistry struct {
 	*Registry
 	CDN *CDN
+	// Username and Password are the registry's only account when it was
+	// started by StartRedirectingRegistryAuth, else empty.
+	Username, Password string
 }
 
+// The account of StartRedirectingRegistryAuth. distribution's htpasswd
+// reads bcrypt only; the hash is of RedirectPassword (cost 4), computed once
+// so that no bcrypt code is needed here.
+const (
+	RedirectUser     = "realenv"
+	RedirectPassword = "realenv-password"
+	redirectHtpasswd = RedirectUser + ":$2a$04$EypSwbYUL5nZ0kdvmjMfdOMsOA92ckSrmOwBamaW.5PVOcVDd0qRq\n"
+)
+
 // StartRedirectingRegistry starts nginx as the CDN on a free 127.0.0.1 port,
-// then a registry whose filesystem root nginx serves and whose blob requests
-// are redirected there.
+// then a registry (anonymous access) whose filesystem root nginx serves and
+// whose blob requests are redirected there.
 func StartRedirectingRegistry(t testing.TB) *RedirectingRegistry {
 	t.Helper()
-	root := filepath.Join(t.TempDir(), "storage")
+	return startRedirectingRegistry(t, false)
+}
+
+// StartRedirectingRegistryAuth is StartRedirectingRegistry with HTTP basic
+// authentication required for every registry request (RedirectUser,
+// RedirectPassword): a client that holds credentials for the registry and
+// forwards them across the redirect is refused by the CDN.
+func StartRedirectingRegistryAuth(t testing.TB) *RedirectingRegistry {
+	t.Helper()
+	return startRedirectingRegistry(t, true)
+}
+
+func startRedirectingRegistry(t testing.TB, auth bool) *RedirectingRegistry {
+	t.Helper()
+	dir := t.TempDir()
+	root := filepath.Join(dir, "storage")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	cdn := StartCDN(t, root)
-	reg := startRegistrySetup(t, registrySetup{
-		root: root,
-		name: "docker-registry (blobs redirected to " + cdn.URL() + ")",
-		extra: fmt.Sprintf(`middleware:
+	extra := fmt.Sprintf(`middleware:
   storage:
     - name: redirect
       options:
         baseurl: %s/
-`, cdn.URL()),
+`, cdn.URL())
+	rr := &RedirectingRegistry{CDN: cdn}
+	if auth {
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(redirectHtpasswd), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		extra += fmt.Sprintf("auth:\n  htpasswd:\n    realm: realenv\n    path: %s\n", htpasswd)
+		rr.Username, rr.Password = RedirectUser, RedirectPassword
+	}
+	rr.Registry = startRegistrySetup(t, registrySetup{
+		root:  root,
+		name:  "docker-registry (blobs redirected to " + cdn.URL() + ")",
+		extra: extra,
 	})
-	return &RedirectingRegistry{Registry: reg, CDN: cdn}
+	return rr
+}
+
+// Push writes img to repo:tag on the registry, with its credentials if it
+// has any, and returns the manifest digest.
+func (r *RedirectingRegistry) Push(t testing.TB, repo, tag string, img v1.Image) v1.Hash {
+	t.Helper()
+	ref := parseRef(t, r.Host(), repo, tag)
+	if err := remote.Write(ref, img, remote.WithAuth(r.Authenticator())); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// Authenticator is the registry's account for go-containerregistry
+// (anonymous when it has none).
+func (r *RedirectingRegistry) Authenticator() authn.Authenticator {
+	if r.Username == "" {
+		return authn.Anonymous
+	}
+	return &authn.Basic{Username: r.Username, Password: r.Password}
 }
 
 // BlobRedirects counts the blob requests among reqs (a registry's Requests)

@@ -128,3 +128,88 @@ func TestRedirectingRegistry(t *testing.T) {
 		t.Errorf("CDN after one anonymous and one authorized GET: %+v", c)
 	}
 }
+
+// With basic auth on the registry: seeding works with the account, anonymous
+// requests are refused, go-containerregistry (credentials scoped to the
+// registry's host:port) pulls through the redirects without sending them to
+// the CDN, and a client that forwards its Authorization across the redirect
+// is refused there.
+func TestRedirectingRegistryAuth(t *testing.T) {
+	RequireE2E(t)
+	t.Parallel()
+	reg := StartRedirectingRegistryAuth(t)
+	want := reg.Push(t, "library/redirauth", "1", NewImage(t, "linux/amd64", 2, 32<<10))
+
+	resp, err := http.Get(reg.URL() + "/v2/library/redirauth/manifests/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("anonymous manifest GET: %s, want 401", resp.Status)
+	}
+
+	ref, err := name.ParseReference(reg.Host()+"/library/redirauth:1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.ResetCounts()
+	reg.CDN.ResetCounts()
+	img, err := remote.Image(ref, remote.WithAuth(reg.Authenticator()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := img.Digest(); err != nil || d != want {
+		t.Fatalf("digest %v (%v), want %s", d, err, want)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range layers {
+		rc, err := l.Compressed()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatal(err)
+		}
+		if err := rc.Close(); err != nil { // verifies the digest
+			t.Fatal(err)
+		}
+	}
+	get307, _, other := BlobRedirects(reg.Requests())
+	c := reg.CDN.Counts()
+	t.Logf("registry: %d blob GETs 307, %d other; CDN: %+v", get307, other, c)
+	if get307 != len(layers) || other != 0 || c.BlobGET != len(layers) || c.WithAuthorization != 0 {
+		t.Errorf("want %d redirected blob GETs served by the CDN without Authorization", len(layers))
+	}
+
+	// A client that keeps its Authorization on the redirected request.
+	digest, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, reg.URL()+"/v2/library/redirauth/blobs/"+digest.String(), nil)
+	req.SetBasicAuth(reg.Username, reg.Password)
+	resp, err = http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusTemporaryRedirect || !strings.HasPrefix(loc, reg.CDN.URL()+"/docker/registry/v2/blobs/") {
+		t.Fatalf("blob GET with credentials: %s to %q, want 307 to the CDN", resp.Status, loc)
+	}
+	reg.CDN.ResetCounts()
+	req, _ = http.NewRequest(http.MethodGet, loc, nil)
+	req.SetBasicAuth(reg.Username, reg.Password)
+	resp, err = http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if c := reg.CDN.Counts(); resp.StatusCode != http.StatusBadRequest || c.Refused != 1 {
+		t.Errorf("forwarded Authorization: %s, CDN %+v; want 400 and one refusal", resp.Status, c)
+	}
+}
