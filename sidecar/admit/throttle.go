@@ -347,7 +347,7 @@ func clip(s string) string {
 // ghcrWait reads the wait out of "retry-after: 880.092µs, allowed: ...".
 // The duration is in Go syntax (ns, µs or us, ms, s, m, h).
 func ghcrWait(msg string) (time.Duration, bool) {
-	i := strings.Index(strings.ToLower(msg), "retry-after:")
+	i := indexFold(msg, "retry-after:")
 	if i < 0 {
 		return 0, false
 	}
@@ -363,9 +363,20 @@ func ghcrWait(msg string) (time.Duration, bool) {
 	return min(d, maxRetryAfter), true
 }
 
+// indexFold is strings.Index ignoring ASCII case. Unlike an index into
+// strings.ToLower(s), it is an index into s, whatever bytes s holds.
+func indexFold(s, substr string) int {
+	for i := 0; i+len(substr) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(substr)], substr) {
+			return i
+		}
+	}
+	return -1
+}
+
 // ghcrAllowed reads "allowed: 44000/minute".
 func ghcrAllowed(msg string) Limit {
-	i := strings.Index(strings.ToLower(msg), "allowed:")
+	i := indexFold(msg, "allowed:")
 	if i < 0 {
 		return Limit{}
 	}
