@@ -106,6 +106,7 @@ type Snapshot struct {
 type QuotaSnapshot struct {
 	Upstream          string     `json:"upstream"`
 	Identity          string     `json:"identity"`
+	Credentials       []string   `json:"credentials,omitempty"` // credentials charged to this identity
 	Limit             string     `json:"limit"`
 	Tokens            float64    `json:"tokens"`
 	ReportedLimit     int        `json:"reported_limit,omitempty"`
@@ -113,6 +114,7 @@ type QuotaSnapshot struct {
 	ReportedRemaining int        `json:"reported_remaining,omitempty"`
 	ReportedAt        *time.Time `json:"reported_at,omitempty"`
 	BlockedUntil      *time.Time `json:"blocked_until,omitempty"`
+	ResetAt           *time.Time `json:"reset_at,omitempty"`
 	Pending           int        `json:"pending"`
 	Waiting           int        `json:"waiting"`
 	Admitted          uint64     `json:"admitted"`
@@ -126,6 +128,7 @@ type TrafficSnapshot struct {
 	Upstream    string  `json:"upstream"`
 	InFlight    int     `json:"in_flight"`
 	Concurrency int     `json:"concurrency"`
+	Rate        string  `json:"rate"`
 	Waiting     int     `json:"waiting"`
 	Admitted    uint64  `json:"admitted"`
 	Throttled   uint64  `json:"throttled"`
@@ -148,16 +151,16 @@ func admissionSnapshot(a *admit.Admitter) ([]QuotaSnapshot, []TrafficSnapshot) {
 	var qs []QuotaSnapshot
 	for _, q := range a.Snapshot() {
 		qs = append(qs, QuotaSnapshot{
-			Upstream: q.Key.Upstream, Identity: q.Key.Identity, Limit: q.Limit.String(), Tokens: q.Tokens,
+			Upstream: q.Key.Upstream, Identity: q.Key.Identity, Credentials: q.Credentials, Limit: q.Limit.String(), Tokens: q.Tokens,
 			ReportedLimit: q.ReportedLimit, ReportedWindowSec: int(q.ReportedWindow.Seconds()), ReportedRemaining: q.ReportedRemaining,
-			ReportedAt: timePtr(q.ReportedAt), BlockedUntil: timePtr(q.BlockedUntil), Pending: q.Pending,
+			ReportedAt: timePtr(q.ReportedAt), BlockedUntil: timePtr(q.BlockedUntil), ResetAt: timePtr(q.ResetAt), Pending: q.Pending,
 			Waiting: q.Waiting, Admitted: q.Admitted, Throttled: q.Throttled, WaitSeconds: q.WaitTime.Seconds(), Observed429: q.Observed429,
 		})
 	}
 	var ts []TrafficSnapshot
 	for _, u := range a.Upstreams() {
 		ts = append(ts, TrafficSnapshot{
-			Upstream: u.Upstream, InFlight: u.InFlight, Concurrency: u.Concurrency, Waiting: u.Waiting,
+			Upstream: u.Upstream, InFlight: u.InFlight, Concurrency: u.Concurrency, Rate: u.Rate.String(), Waiting: u.Waiting,
 			Admitted: u.Admitted, Throttled: u.Throttled, WaitSeconds: u.WaitTime.Seconds(), Observed429: u.Observed429,
 		})
 	}

@@ -36,6 +36,7 @@ type serveConfig struct {
 
 	// Admission: the shared budget every upstream request passes.
 	limits         listFlag
+	rates          listFlag
 	concurrency    int
 	rps            float64
 	queueTimeout   time.Duration
@@ -67,6 +68,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	cfg.maxManifest = 4 << 20
 	fs.Var(&cfg.maxManifest, "max-manifest-size", "largest manifest accepted, pushed or fetched (e.g. 4MiB)")
 	fs.Var(&cfg.limits, "limit", "counted-request quota per upstream as NAME=COUNT/WINDOW[,burst=N] (repeatable, e.g. docker.io=100/6h,burst=20; NAME=unlimited); learned from the upstream's ratelimit headers when not given")
+	fs.Var(&cfg.rates, "upstream-rate", "uncounted-request rate per upstream as NAME=N/s[,burst=B] (repeatable, e.g. public.ecr.aws=10/s); replaces --upstream-rps and the built-in default for that upstream (public.ecr.aws: 1/s anonymous, 10/s authenticated)")
 	fs.IntVar(&cfg.concurrency, "upstream-concurrency", 8, "max concurrent uncounted requests (blobs, HEADs) per upstream")
 	fs.Float64Var(&cfg.rps, "upstream-rps", 20, "max uncounted requests per second per upstream")
 	fs.DurationVar(&cfg.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for upstream admission before it gets 429 with Retry-After")
@@ -232,8 +234,17 @@ func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*a
 		}
 		limits[name] = l
 	}
+	rates := map[string]admit.Rate{}
+	for _, v := range cfg.rates {
+		name, r, err := admit.ParseRate(v)
+		if err != nil {
+			return nil, fmt.Errorf("--upstream-rate %q: %w", v, err)
+		}
+		rates[name] = r
+	}
 	return admit.New(admit.Options{
 		Limits:            limits,
+		Rates:             rates,
 		Concurrency:       cfg.concurrency,
 		RequestsPerSecond: cfg.rps,
 		Reserve:           cfg.quotaReserve,
