@@ -3,7 +3,9 @@ package sidecar
 import (
 	"bytes"
 	"encoding/base64"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
@@ -307,4 +309,40 @@ func sawCredential(v, secret string) bool {
 		return err == nil && strings.Contains(string(b), secret)
 	}
 	return false
+}
+
+// An upstream that redirects a blob towards the cloud metadata service (a
+// compromised registry, a poisoned CDN config) gets nothing fetched from
+// there: the client sees 502 UPSTREAM_ERROR naming the refusal, and the
+// fill does not retry a redirect that would be refused again.
+func TestRedirectToLinkLocalIs502(t *testing.T) {
+	t.Parallel()
+	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		http.Redirect(w, r, "http://169.254.169.254/latest/meta-data/iam/security-credentials/", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(evil.Close)
+	host, srv := redirectMirror(t, "docker.io", evil.URL, nil)
+	d := "sha256:" + strings.Repeat("ab", 32)
+	for _, method := range []string{http.MethodGet, http.MethodHead} {
+		req, _ := http.NewRequestWithContext(t.Context(), method, "http://"+host+"/v2/library/app/blobs/"+d, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: %s, want 502", method, resp.Status)
+		}
+		if method == http.MethodGet && (!strings.Contains(string(body), "UPSTREAM_ERROR") || !strings.Contains(string(body), "link-local")) {
+			t.Errorf("%s body %s: want UPSTREAM_ERROR naming the link-local refusal", method, body)
+		}
+	}
+	if got := srv.Stats().UpstreamRequests("docker.io", "blob_get"); got != 1 {
+		t.Errorf("upstream blob GETs = %d, want 1: a refused redirect is not retried", got)
+	}
 }
