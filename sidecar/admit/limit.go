@@ -80,15 +80,10 @@ func ParseLimit(s string) (string, Limit, error) {
 	fail := func(format string, args ...any) (string, Limit, error) {
 		return "", Limit{}, fmt.Errorf("admit: limit %q: %s", s, fmt.Sprintf(format, args...))
 	}
-	name, spec, ok := strings.Cut(strings.TrimSpace(s), "=")
-	name = strings.ToLower(strings.TrimSpace(name))
-	if !ok {
-		return fail("want NAME=COUNT/WINDOW[,burst=N]")
+	name, parts, err := splitSetting(s, "NAME=COUNT/WINDOW[,burst=N]")
+	if err != nil {
+		return fail("%v", err)
 	}
-	if name == "" || strings.ContainsAny(name, " \t/,;") {
-		return fail("bad upstream name %q", name)
-	}
-	parts := strings.Split(spec, ",")
 	head := strings.TrimSpace(parts[0])
 	var l Limit
 	switch head {
@@ -157,4 +152,18 @@ func parseWindow(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("window %q is shorter than a second", s)
 	}
 	return d, nil
+}
+
+// splitSetting splits a per-upstream setting "NAME=VALUE,option,..." into
+// the lower-cased upstream name and the comma-separated parts of its value.
+func splitSetting(s, form string) (string, []string, error) {
+	name, spec, ok := strings.Cut(strings.TrimSpace(s), "=")
+	name = strings.ToLower(strings.TrimSpace(name))
+	if !ok {
+		return "", nil, fmt.Errorf("want %s", form)
+	}
+	if name == "" || strings.ContainsAny(name, " \t/,;") {
+		return "", nil, fmt.Errorf("bad upstream name %q", name)
+	}
+	return name, strings.Split(spec, ","), nil
 }

@@ -78,15 +78,10 @@ func ParseRate(s string) (string, Rate, error) {
 	fail := func(format string, args ...any) (string, Rate, error) {
 		return "", Rate{}, fmt.Errorf("admit: rate %q: %s", s, fmt.Sprintf(format, args...))
 	}
-	name, spec, ok := strings.Cut(strings.TrimSpace(s), "=")
-	name = strings.ToLower(strings.TrimSpace(name))
-	if !ok {
-		return fail("want NAME=RATE[/UNIT][,burst=N]")
+	name, parts, err := splitSetting(s, "NAME=RATE[/UNIT][,burst=N]")
+	if err != nil {
+		return fail("%v", err)
 	}
-	if name == "" || strings.ContainsAny(name, " \t/,;") {
-		return fail("bad upstream name %q", name)
-	}
-	parts := strings.Split(spec, ",")
 	head := strings.TrimSpace(parts[0])
 	if head == "unlimited" {
 		if len(parts) > 1 {

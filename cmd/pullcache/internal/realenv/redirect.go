@@ -402,28 +402,7 @@ func (c *CDN) flush() int64 {
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
 	marker := cdnInternal + "marker-" + hex.EncodeToString(nonce)
-	resp, err := http.Get(c.URL() + marker)
-	if err != nil {
-		c.t.Fatalf("CDN %s: marker request: %v", c.host, err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(c.accessLog)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		if i := strings.Index(string(b), marker); i >= 0 {
-			if j := strings.IndexByte(string(b[i:]), '\n'); j >= 0 {
-				return int64(i + j + 1)
-			}
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("CDN %s: marker %s never reached %s", c.host, marker, c.accessLog)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return flushLog(c.t, "CDN "+c.host, c.URL()+marker, marker, c.accessLog)
 }
 
 // parseCDNLog reads the realenv log_format:

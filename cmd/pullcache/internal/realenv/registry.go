@@ -237,17 +237,24 @@ func (r *Registry) flush() int64 {
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
 	marker := markerParam + "=" + hex.EncodeToString(nonce)
-	resp, err := http.Get(r.URL() + "/v2/?" + marker)
+	return flushLog(r.t, "registry "+r.host, r.URL()+"/v2/?"+marker, marker, r.accessLog)
+}
+
+// flushLog sends a marker request to a server and waits until its access
+// log holds the marker's line, returning the offset just past it: every
+// request answered before the marker is in the log by then.
+func flushLog(t testing.TB, what, markerURL, marker, accessLog string) int64 {
+	resp, err := http.Get(markerURL)
 	if err != nil {
-		r.t.Fatalf("registry %s: marker request: %v", r.host, err)
+		t.Fatalf("%s: marker request: %v", what, err)
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		b, err := os.ReadFile(r.accessLog)
+		b, err := os.ReadFile(accessLog)
 		if err != nil {
-			r.t.Fatal(err)
+			t.Fatal(err)
 		}
 		if i := strings.Index(string(b), marker); i >= 0 {
 			if j := strings.IndexByte(string(b[i:]), '\n'); j >= 0 {
@@ -255,7 +262,7 @@ func (r *Registry) flush() int64 {
 			}
 		}
 		if time.Now().After(deadline) {
-			r.t.Fatalf("registry %s: marker %s never reached %s", r.host, marker, r.accessLog)
+			t.Fatalf("%s: marker %s never reached %s", what, marker, accessLog)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
