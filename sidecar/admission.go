@@ -65,10 +65,7 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 			return nil, err
 		}
 	}
-	resp, err := do(ctx)
-	if err == nil {
-		resp = upstream.NormalizeThrottle(resp)
-	}
+	resp, err := do(ctx) // the upstream client has normalized any throttle
 	s.countUpstream(ns, kind, resp, err)
 	if err != nil {
 		ticket.Fail(err)

@@ -38,7 +38,8 @@ func isRedirect(code int) bool {
 }
 
 // follow sends req through rt (the registry's authenticated transport) and
-// follows redirects. The returned response's Request is the last hop's
+// follows redirects. Every answer leaves here with its throttling dialect
+// normalized (NormalizeThrottle). The returned response's Request is the last hop's
 // request, so its URL is where the body came from. Signed Locations are
 // never stored beyond the response: the caller may reuse one for a resume
 // while it works (Resume), and goes back to the registry when it does not.
@@ -59,7 +60,7 @@ func (c *Client) follow(req *http.Request, rt http.RoundTripper) (*http.Response
 			resp.Request = req
 		}
 		if !isRedirect(resp.StatusCode) {
-			return resp, nil
+			return NormalizeThrottle(resp), nil
 		}
 		loc := resp.Header.Get("Location")
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
