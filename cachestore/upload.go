@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // Push upload sessions. A session is the file uploads/<id>; its size is the
@@ -128,7 +129,7 @@ func (s *Store) CommitUpload(id string, d v1.Hash) (BlobInfo, error) {
 	if err != nil {
 		return BlobInfo{}, fmt.Errorf("cachestore: commit upload: %w", err)
 	}
-	got, size, err := v1.SHA256(f)
+	got, size, err := digest.FromReader(d.Algorithm, f)
 	if err == nil && !s.noSync {
 		err = noSpace(f.Sync())
 	}
