@@ -84,7 +84,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 		w.Header().Set("Docker-Upload-UUID", id)
 		w.WriteHeader(http.StatusNoContent)
 	case http.MethodPatch:
-		size, err := s.appendChunk(w, r, req)
+		size, err := s.appendChunk(r, req)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -98,7 +98,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 		// The last chunk may travel with the PUT, under the same rules as
 		// a PATCH (a Content-Range that skips ahead is 416).
 		if r.ContentLength != 0 || r.Header.Get("Content-Range") != "" {
-			if _, err := s.appendChunk(w, r, req); err != nil {
+			if _, err := s.appendChunk(r, req); err != nil {
 				s.fail(w, r, err)
 				return
 			}
@@ -122,7 +122,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 // stands, else 416 with the upload's Location and Range so the client can
 // resume; its length must be the body's, else 400 SIZE_INVALID and nothing
 // is kept. Without Content-Range the body is appended as it streams.
-func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, req route.Request) (int64, error) {
+func (s *Server) appendChunk(r *http.Request, req route.Request) (int64, error) {
 	id := req.UploadID
 	cr := r.Header.Get("Content-Range")
 	if cr == "" {
@@ -145,10 +145,11 @@ func (s *Server) appendChunk(w http.ResponseWriter, r *http.Request, req route.R
 		size, err = s.store.AppendUploadRange(id, start, length, r.Body)
 	}
 	if errors.Is(err, cachestore.ErrUploadOffset) {
-		// Where the upload stands, for the client to continue from.
-		w.Header().Set("Location", s.uploadLocation(req, id))
-		w.Header().Set("Range", rangeHeader(size))
-		w.Header().Set("Docker-Upload-UUID", id)
+		// With where the upload stands, for the client to continue from.
+		return size, apierr.Wrap(apierr.RangeInvalid, err, "chunk at %d does not continue the upload (at %d)", start, size).
+			WithHeader("Location", s.uploadLocation(req, id)).
+			WithHeader("Range", rangeHeader(size)).
+			WithHeader("Docker-Upload-UUID", id)
 	}
 	if errors.Is(err, cachestore.ErrSizeMismatch) {
 		return size, apierr.Wrap(apierr.SizeInvalid, err, "the chunk's body does not match its Content-Range %q", cr)
