@@ -422,3 +422,61 @@ func mustHex(t testing.TB, s string) []byte {
 	}
 	return b
 }
+
+// Eviction treats a sha512 image as a unit like any other: a pin by its
+// sha512 digest keeps it whole while an unpinned sha256 image goes, and
+// once unpinned its manifest, config and layer go together, files under
+// blobs/sha512/ included.
+func TestSHA512Eviction(t *testing.T) {
+	t.Parallel()
+	s := newTestStore(t)
+	put := func(body string) v1.Hash {
+		d, b := content512(body)
+		if _, err := s.PutBlob(d, bytes.NewReader(b)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	cfg, layerD := put("sha512 config"), put(layer("shared layer bytes", 4000))
+	body, _ := json.Marshal(map[string]any{
+		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": descJSON(cfg, 13, "application/vnd.oci.image.config.v1+json"),
+		"layers": []any{descJSON(layerD, 4000, "application/vnd.oci.image.layer.v1.tar")},
+	})
+	rec, err := s.PutManifestAs(digest.SHA512, "application/vnd.oci.image.manifest.v1+json", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := putImage(t, s, "docker.io", "library/other", "1", layer("shared layer bytes", 4000))
+	if err := s.Pin("local", "cache/app", rec.Digest.String()); err != nil {
+		t.Fatal(err)
+	}
+	unit := []v1.Hash{rec.Digest, cfg, layerD}
+	if _, err := s.Evict(EvictOptions{MaxSize: 1, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range unit {
+		if !present(s, d) {
+			t.Errorf("pinned sha512 blob %s evicted", d)
+		}
+	}
+	for _, d := range other.all() {
+		if present(s, d) {
+			t.Errorf("unpinned sha256 blob %s kept", d)
+		}
+	}
+	if err := s.Unpin("local", "cache/app", rec.Digest.String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Evict(EvictOptions{MaxSize: 1, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range unit {
+		if present(s, d) {
+			t.Errorf("sha512 blob %s kept after its unit was evicted", d)
+		}
+		if _, err := os.Stat(filepath.Join(s.Dir(), "blobs", "sha512", d.Hex[:2], d.Hex)); err == nil {
+			t.Errorf("file of evicted sha512 blob %s remains", d)
+		}
+	}
+}
