@@ -11,7 +11,7 @@
 // for, so no test leaves a daemon behind.
 //
 // The binaries come from scripts/install-test-deps (apt packages docker.io,
-// containerd, runc, docker-registry, skopeo; crane, buildkitd and buildctl in
+// containerd, runc, docker-registry, skopeo; crane, conformance, buildkitd and buildctl in
 // $PULLCACHE_TOOLS/bin, default ~/.cache/pullcache-tools/bin). The tools
 // directory is searched after $PATH, so running the tests without
 // scripts/test still finds them once they are installed.
@@ -39,6 +39,7 @@
 //	WriteHostsToml(t, dir, registryName, mirrorURL)
 //	StartBuildkitd(t, mirrorHost, insecureHosts...) *Buildkitd // Build, BuildErr, Prune, Buildctl
 //	Skopeo(t, args...) string, Crane(t, args...) string
+//	RunConformance(t, host, repo1, repo2) ConformanceResult // the OCI distribution-spec suite
 //
 // What the clients send to a mirror (seen with distribution's proxy):
 // dockerd (20.10) pings /v2/, HEADs the tag's manifest, GETs the manifest by
