@@ -4,6 +4,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -56,7 +57,7 @@ func (s *Store) flushAccess() error {
 			if v == nil {
 				continue // deleted since it was read
 			}
-			d, err := v1.NewHash(key)
+			d, err := digest.Parse(key)
 			if err != nil {
 				continue
 			}

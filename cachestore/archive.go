@@ -17,8 +17,9 @@ package cachestore
 //	                                             "blobs": count, "bytes": total blob bytes}
 //	record   = type uvarint(n) payload[n]       type is one ASCII byte:
 //	  'B' blob       payload = sha256 digest (32 raw bytes) ‖ content (n-32 bytes)
-//	  'M' manifest   JSON {"digest": "sha256:…", "mediaType": "…"}
-//	                 (its bytes travel as a 'B' record)
+//	  'b' blob       payload = sha512 digest (64 raw bytes) ‖ content (n-64 bytes)
+//	  'M' manifest   JSON {"digest": "sha256:…" or "sha512:…", "mediaType": "…"}
+//	                 (its bytes travel as a 'B' or 'b' record)
 //	  'T' tag        JSON {"ns": "docker.io", "repo": "library/alpine", "tag": "3.20",
 //	                       "record": {"Digest", "MediaType", "Size", "FetchedAt", "CheckedAt"}}
 //	  'R' referrer   JSON {"ns", "repo", "subject": "sha256:…", "descriptor": OCI descriptor}
@@ -28,11 +29,14 @@ package cachestore
 //	                                             records before it; nothing may follow it
 //
 // uvarint is Go's encoding/binary unsigned varint (LEB128). JSON records
-// are at most 1 MiB. Export writes all 'B' records first, then 'M', 'T',
+// are at most 1 MiB. The 'b' record came with sha512 support; it is written
+// only for sha512 content, so an archive without any stays readable by
+// builds that predate it (which refuse one with it, as any unknown record).
+// Export writes all blob records first, then 'M', 'T',
 // 'R', 'P'; readers must accept any order before 'E'. Unknown record types
 // are an error (bump the version for incompatible additions).
 //
-// Import checks every blob's sha256 while streaming it into a temp file,
+// Import checks every blob's digest while streaming it into a temp file,
 // and applies the metadata records (manifests, tags, referrers, pins) in
 // one index transaction only after the end record's counts and the zstd
 // checksums held. On any error the blobs it had added are removed again,
@@ -42,7 +46,6 @@ package cachestore
 
 import (
 	"bufio"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -54,6 +57,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/zstd"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -63,6 +67,7 @@ const (
 	maxJSONRecord  = 1 << 20
 
 	recBlob     = 'B'
+	recBlob512  = 'b'
 	recManifest = 'M'
 	recTag      = 'T'
 	recReferrer = 'R'
@@ -89,10 +94,40 @@ type archiveTag struct {
 }
 
 type archiveReferrer struct {
-	NS         string        `json:"ns"`
-	Repo       string        `json:"repo"`
-	Subject    v1.Hash       `json:"subject"`
-	Descriptor v1.Descriptor `json:"descriptor"`
+	NS         string            `json:"ns"`
+	Repo       string            `json:"repo"`
+	Subject    v1.Hash           `json:"subject"`
+	Descriptor digest.Descriptor `json:"descriptor"`
+}
+
+// UnmarshalJSON decodes the digest with digest.Parse (v1.Hash's decoder
+// refuses sha512); a bad one is left zero for the importer to refuse.
+func (m *archiveManifest) UnmarshalJSON(b []byte) error {
+	var wire struct {
+		Digest    string `json:"digest"`
+		MediaType string `json:"mediaType"`
+	}
+	if err := json.Unmarshal(b, &wire); err != nil {
+		return err
+	}
+	m.Digest, _ = digest.Parse(wire.Digest)
+	m.MediaType = wire.MediaType
+	return nil
+}
+
+// UnmarshalJSON decodes the subject with digest.Parse, like archiveManifest.
+func (r *archiveReferrer) UnmarshalJSON(b []byte) error {
+	type plain archiveReferrer
+	var wire struct {
+		plain
+		Subject string `json:"subject"`
+	}
+	if err := json.Unmarshal(b, &wire); err != nil {
+		return err
+	}
+	*r = archiveReferrer(wire.plain)
+	r.Subject, _ = digest.Parse(wire.Subject)
+	return nil
 }
 
 type archivePin struct {
@@ -214,7 +249,7 @@ func (s *Store) Export(w io.Writer, opts ExportOptions) (ExportStats, error) {
 		if !selected[d] {
 			continue
 		}
-		h, _ := v1.NewHash(d)
+		h, _ := digest.Parse(d)
 		aw.json(recManifest, archiveManifest{Digest: h, MediaType: g.manifests[d]})
 		st.Manifests++
 	}
@@ -229,8 +264,8 @@ func (s *Store) Export(w io.Writer, opts ExportOptions) (ExportStats, error) {
 	}
 	for _, r := range g.referrers {
 		if selected[r.subject] && selected[r.referrer] {
-			sub, _ := v1.NewHash(r.subject)
-			aw.json(recReferrer, archiveReferrer{NS: r.ns, Repo: r.repo, Subject: sub, Descriptor: r.desc})
+			sub, _ := digest.Parse(r.subject)
+			aw.json(recReferrer, archiveReferrer{NS: r.ns, Repo: r.repo, Subject: sub, Descriptor: digest.Descriptor{Descriptor: r.desc}})
 			st.Referrers++
 		}
 	}
@@ -248,9 +283,17 @@ func (s *Store) Export(w io.Writer, opts ExportOptions) (ExportStats, error) {
 	return st, zw.Close()
 }
 
-// exportBlob writes one 'B' record, hashing the content as it goes.
+// blobRecordType is the archive record type of blobs under alg.
+func blobRecordType(alg string) byte {
+	if alg == digest.SHA512 {
+		return recBlob512
+	}
+	return recBlob
+}
+
+// exportBlob writes one 'B' or 'b' record, hashing the content as it goes.
 func (s *Store) exportBlob(aw *archiveWriter, d string, size int64, buf []byte) (int64, error) {
-	h, err := v1.NewHash(d)
+	h, err := digest.Parse(d)
 	if err != nil {
 		return 0, err
 	}
@@ -260,13 +303,13 @@ func (s *Store) exportBlob(aw *archiveWriter, d string, size int64, buf []byte) 
 	}
 	defer r.Close()
 	raw, _ := hex.DecodeString(h.Hex)
-	aw.raw([]byte{recBlob})
-	aw.uvarint(uint64(32 + size))
+	aw.raw([]byte{blobRecordType(h.Algorithm)})
+	aw.uvarint(uint64(len(raw)) + uint64(size))
 	aw.raw(raw)
 	if aw.err != nil {
 		return 0, aw.err
 	}
-	hasher := sha256.New()
+	hasher := digest.New(h.Algorithm)
 	n, err := io.CopyBuffer(io.MultiWriter(aw.w, hasher), io.LimitReader(r, size), buf)
 	if err != nil {
 		return n, fmt.Errorf("cachestore: export blob %s: %w", d, err)
@@ -474,8 +517,12 @@ func (ir *importer) run(st *ImportStats) error {
 			return unexpectedEOF(err)
 		}
 		switch typ {
-		case recBlob:
-			n, err := ir.blob(st, buf)
+		case recBlob, recBlob512:
+			alg := digest.SHA256
+			if typ == recBlob512 {
+				alg = digest.SHA512
+			}
+			n, err := ir.blob(st, alg, buf)
 			if err != nil {
 				return err
 			}
@@ -549,21 +596,23 @@ func (ir *importer) readJSON(v any) error {
 	return nil
 }
 
-// blob streams one 'B' record into the store (or past it, if present).
-func (ir *importer) blob(st *ImportStats, buf []byte) (int64, error) {
+// blob streams one 'B' or 'b' record (digest under alg) into the store,
+// or past it if present.
+func (ir *importer) blob(st *ImportStats, alg string, buf []byte) (int64, error) {
 	n, err := binary.ReadUvarint(ir.r)
 	if err != nil {
 		return 0, unexpectedEOF(err)
 	}
-	if n < 32 || n-32 > 1<<50 {
+	dlen := uint64(digest.HexLen(alg) / 2)
+	if n < dlen || n-dlen > 1<<50 {
 		return 0, corrupt("blob record of %d bytes", n)
 	}
-	var raw [32]byte
-	if _, err := io.ReadFull(ir.r, raw[:]); err != nil {
+	raw := make([]byte, dlen)
+	if _, err := io.ReadFull(ir.r, raw); err != nil {
 		return 0, unexpectedEOF(err)
 	}
-	size := int64(n - 32)
-	d := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(raw[:])}
+	size := int64(n - dlen)
+	d := v1.Hash{Algorithm: alg, Hex: hex.EncodeToString(raw)}
 	st.Blobs++
 	if info, err := ir.s.StatBlob(d); err == nil && info.Size == size {
 		st.Skipped++
@@ -637,7 +686,7 @@ func (ir *importer) apply(st *ImportStats) error {
 		if err != nil || checkDigest(rr.Descriptor.Digest) != nil {
 			return corrupt("referrer record: %v", err)
 		}
-		val, _ := json.Marshal(rr.Descriptor)
+		val, _ := json.Marshal(rr.Descriptor.Descriptor)
 		refs = append(refs, kv{append(prefix, rr.Descriptor.Digest.String()...), val})
 	}
 	for _, p := range ir.pins {

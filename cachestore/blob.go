@@ -11,6 +11,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -50,11 +51,12 @@ func decodeBlobRecord(d v1.Hash, v []byte) (BlobInfo, error) {
 	}, nil
 }
 
-// checkDigest rejects anything but a lowercase-hex sha256 digest. Besides
-// being the only supported algorithm, this keeps untrusted hex out of file
-// paths in any other shape.
+// checkDigest rejects anything but a supported algorithm (sha256, sha512)
+// with its exact number of lowercase hex digits. Besides naming what the
+// store can verify, this keeps untrusted input out of file paths in any
+// other shape.
 func checkDigest(d v1.Hash) error {
-	if d.Algorithm != "sha256" || !isHex(d.Hex, 64) {
+	if !digest.Valid(d) {
 		return fmt.Errorf("%w: %q", ErrInvalidDigest, d.String())
 	}
 	return nil
@@ -63,7 +65,7 @@ func checkDigest(d v1.Hash) error {
 func digestKey(d v1.Hash) []byte { return []byte(d.String()) }
 
 func (s *Store) blobPath(d v1.Hash) string {
-	return filepath.Join(s.blobsDir(), d.Hex[:2], d.Hex)
+	return filepath.Join(s.blobsDir(d.Algorithm), d.Hex[:2], d.Hex)
 }
 
 // StatBlob returns the index entry of blob d without touching its file or
@@ -221,7 +223,7 @@ func (s *Store) Blobs(fn func(BlobInfo) error) error {
 				}
 			}
 			for ; k != nil && len(batch) < blobsBatch; k, v = c.Next() {
-				d, err := v1.NewHash(string(k))
+				d, err := digest.Parse(string(k))
 				if err != nil {
 					return fmt.Errorf("cachestore: corrupt index key %q: %w", k, err)
 				}

@@ -18,7 +18,8 @@ var (
 	ErrSizeMismatch = errors.New("cachestore: size mismatch")
 
 	// ErrInvalidDigest is returned for a digest that is not a well-formed
-	// sha256 digest (the only algorithm the store accepts).
+	// sha256 or sha512 digest (the algorithms the store accepts; see
+	// cachestore/digest).
 	ErrInvalidDigest = errors.New("cachestore: invalid digest")
 
 	// ErrInvalidName is returned for an empty namespace, repository, tag or

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -234,7 +235,7 @@ func (s *Store) evictRound(g *graph, opts EvictOptions, res *EvictResult) (stale
 // pointing at its manifests, then the files, then the blob entries. A
 // crash in between leaves index entries without files, which Open drops.
 func (s *Store) evictUnit(g *graph, c candidate, doomed []string) (EvictedUnit, bool, error) {
-	root, _ := v1.NewHash(c.root)
+	root, _ := digest.Parse(c.root)
 	unit := EvictedUnit{Root: root, Image: c.image, LastUsed: c.lastUsed}
 	sort.Strings(doomed) // lock order: no deadlock between two lockers of many keys
 	var unlocks []func()
@@ -250,7 +251,7 @@ func (s *Store) evictUnit(g *graph, c candidate, doomed []string) (EvictedUnit, 
 		}
 	}()
 	for _, d := range doomed {
-		h, _ := v1.NewHash(d)
+		h, _ := digest.Parse(d)
 		unlocks = append(unlocks, s.blobLocks.lock(h.Hex))
 		if !s.inUse.claim(d) {
 			return unit, false, nil
@@ -304,7 +305,7 @@ func (s *Store) evictUnit(g *graph, c candidate, doomed []string) (EvictedUnit, 
 	}
 	var removed []string
 	for _, d := range doomed {
-		h, _ := v1.NewHash(d)
+		h, _ := digest.Parse(d)
 		if err := os.Remove(s.blobPath(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return unit, false, fmt.Errorf("cachestore: evict blob %s: %w", d, err)
 		}

@@ -5,15 +5,15 @@ import (
 	"encoding/json"
 	"os"
 	"sort"
-	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
 // graph is a snapshot of what references what, taken by eviction, export
-// and verify. Keys are digest strings ("sha256:…").
+// and verify. Keys are digest strings ("sha256:…", "sha512:…").
 //
 // An image is a unit: a root manifest (one no other stored manifest
 // references) plus the closure of what it references — child manifests of
@@ -70,7 +70,7 @@ type manifestRefs struct {
 func (m manifestRefs) digests() []string {
 	var out []string
 	add := func(d string) {
-		if h, err := v1.NewHash(d); err == nil && checkDigest(h) == nil {
+		if h, err := digest.Parse(d); err == nil {
 			out = append(out, h.String())
 		}
 	}
@@ -100,7 +100,7 @@ func (s *Store) loadGraph() (*graph, error) {
 	}
 	err := s.view(func(tx *bolt.Tx) error {
 		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			d, err := v1.NewHash(string(k))
+			d, err := digest.Parse(string(k))
 			if err != nil {
 				return nil // verify reports bad keys; the graph skips them
 			}
@@ -133,11 +133,11 @@ func (s *Store) loadGraph() (*graph, error) {
 		}
 		if err := tx.Bucket(bucketReferrers).ForEach(func(k, v []byte) error {
 			parts := bytes.SplitN(k, []byte{0}, 4)
-			var desc v1.Descriptor
+			var desc digest.Descriptor
 			if len(parts) != 4 || json.Unmarshal(v, &desc) != nil {
 				return nil
 			}
-			g.referrers = append(g.referrers, referrerRef{string(parts[0]), string(parts[1]), string(parts[2]), string(parts[3]), desc})
+			g.referrers = append(g.referrers, referrerRef{string(parts[0]), string(parts[1]), string(parts[2]), string(parts[3]), desc.Descriptor})
 			return nil
 		}); err != nil {
 			return err
@@ -150,7 +150,7 @@ func (s *Store) loadGraph() (*graph, error) {
 		return nil, err
 	}
 	for d := range g.manifests {
-		h, err := v1.NewHash(d)
+		h, err := digest.Parse(d)
 		if err != nil {
 			continue
 		}
@@ -166,7 +166,7 @@ func (s *Store) loadGraph() (*graph, error) {
 		g.edges[d] = append(g.edges[d], refs.digests()...)
 		if refs.Subject != nil {
 			// A referrer lives and dies with its subject.
-			if sub, err := v1.NewHash(refs.Subject.Digest); err == nil {
+			if sub, err := digest.Parse(refs.Subject.Digest); err == nil {
 				if _, ok := g.manifests[sub.String()]; ok {
 					g.edges[sub.String()] = append(g.edges[sub.String()], d)
 				}
@@ -244,7 +244,7 @@ func (g *graph) resolvePins() map[string]bool {
 	}
 	for _, p := range g.pins {
 		root := p.Ref
-		if !strings.HasPrefix(root, "sha256:") {
+		if _, err := digest.Parse(root); err != nil {
 			root = byTag[p.Namespace+"\x00"+p.Repo+"\x00"+p.Ref]
 		}
 		if root == "" {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 )
@@ -82,19 +83,20 @@ func checkConsistency(t testing.TB, dir string) {
 		t.Errorf("consistency: %v", err)
 	}
 	onDisk := map[string]bool{}
-	blobs := filepath.Join(dir, "blobs", "sha256")
+	blobs := filepath.Join(dir, "blobs")
 	err = filepath.WalkDir(blobs, func(path string, e fs.DirEntry, err error) error {
 		if err != nil || e.IsDir() {
 			return err
 		}
-		d := v1.Hash{Algorithm: "sha256", Hex: e.Name()}
+		// blobs/<alg>/<first2>/<hex>
+		d := v1.Hash{Algorithm: filepath.Base(filepath.Dir(filepath.Dir(path))), Hex: e.Name()}
 		onDisk[d.String()] = true
 		size, ok := indexed[d.String()]
 		if !ok {
 			t.Errorf("consistency: unindexed blob file %s", path)
 			return nil
 		}
-		got, n, err := hashFile(path)
+		got, n, err := hashFile(path, d.Algorithm)
 		if err != nil || got != d || n != size {
 			t.Errorf("consistency: blob %s: hash %s size %d (index %d) err %v", path, got, n, size, err)
 		}
@@ -116,10 +118,15 @@ func checkConsistency(t testing.TB, dir string) {
 	}
 }
 
-// content returns body and its digest.
+// content returns body and its sha256 digest.
 func content(body string) (v1.Hash, []byte) {
 	sum := sha256.Sum256([]byte(body))
 	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}, []byte(body)
+}
+
+// content512 returns body and its sha512 digest.
+func content512(body string) (v1.Hash, []byte) {
+	return digest.Sum(digest.SHA512, []byte(body)), []byte(body)
 }
 
 // mustPut stores body as a blob.

@@ -2,13 +2,12 @@ package cachestore
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -32,9 +31,20 @@ type manifestValue struct {
 // the record with the computed sha256 digest. Storing the same bytes again
 // replaces the media type. Safe for concurrent use.
 func (s *Store) PutManifest(mediaType string, body []byte) (ManifestRecord, error) {
-	sum := sha256.Sum256(body)
+	return s.PutManifestAs(digest.SHA256, mediaType, body)
+}
+
+// PutManifestAs is PutManifest naming the manifest by its digest under alg
+// (digest.SHA256 or digest.SHA512): a client that pushes a manifest by a
+// sha512 digest gets it stored under that digest. The same bytes may be
+// stored under both algorithms; each is its own record and blob.
+// Safe for concurrent use.
+func (s *Store) PutManifestAs(alg, mediaType string, body []byte) (ManifestRecord, error) {
+	if digest.HexLen(alg) == 0 {
+		return ManifestRecord{}, fmt.Errorf("%w: algorithm %q", ErrInvalidDigest, alg)
+	}
 	rec := ManifestRecord{
-		Digest:    v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])},
+		Digest:    digest.Sum(alg, body),
 		MediaType: mediaType,
 		Size:      int64(len(body)),
 	}

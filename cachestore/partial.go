@@ -13,6 +13,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
+// Partial and temp files are named by hex alone: the lengths of sha256 and
+// sha512 hex differ, so the name still says which algorithm it is.
+
 // Partial downloads survive their owner. When the process that owned the
 // volume dies mid-fill (kill -9, OOM, a node drain), its temp file holds
 // every byte it had received; the next owner should fetch only the rest, not
@@ -43,7 +46,7 @@ func (s *Store) keepPartials(now time.Time) error {
 		path := filepath.Join(s.tmpDir(), e.Name())
 		hex, _, ok := strings.Cut(e.Name(), ".")
 		fi, ferr := e.Info()
-		if ferr != nil || !ok || !isHex(hex, 64) || !fi.Mode().IsRegular() || fi.Size() == 0 || now.Sub(fi.ModTime()) > partialMaxAge {
+		if ferr != nil || !ok || !isBlobHex(hex) || !fi.Mode().IsRegular() || fi.Size() == 0 || now.Sub(fi.ModTime()) > partialMaxAge {
 			if err := os.RemoveAll(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
@@ -59,7 +62,7 @@ func (s *Store) keepPartials(now time.Time) error {
 		}
 	}
 	errs = append(errs, removeChildren(s.partialDir(), func(fi fs.FileInfo) bool {
-		return now.Sub(fi.ModTime()) > partialMaxAge || !isHex(fi.Name(), 64)
+		return now.Sub(fi.ModTime()) > partialMaxAge || !isBlobHex(fi.Name())
 	}))
 	return errors.Join(errs...)
 }

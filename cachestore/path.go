@@ -11,15 +11,15 @@ import (
 )
 
 // BlobPath returns where the verified file of blob d lives on the volume
-// rooted at dir (blobs/sha256/<first2>/<hex>). It does not touch the disk
+// rooted at dir (blobs/<algorithm>/<first2>/<hex>). It does not touch the disk
 // or the index, so a process that does not own the index (a follower on a
 // shared volume) may call it. It returns ErrInvalidDigest for anything but
-// a lowercase-hex sha256 digest, which keeps untrusted input out of paths.
+// a supported digest (digest.Valid), which keeps untrusted input out of paths.
 func BlobPath(dir string, d v1.Hash) (string, error) {
 	if err := checkDigest(d); err != nil {
 		return "", err
 	}
-	return filepath.Join(dir, "blobs", "sha256", d.Hex[:2], d.Hex), nil
+	return filepath.Join(dir, "blobs", d.Algorithm, d.Hex[:2], d.Hex), nil
 }
 
 // OpenBlobFile opens the verified file of blob d on the volume rooted at

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -20,13 +20,13 @@ import (
 type Pin struct {
 	Namespace string // e.g. "docker.io", "ghcr.io", "local"
 	Repo      string // e.g. "library/alpine"
-	Ref       string // a tag ("3.20") or a digest ("sha256:…")
+	Ref       string // a tag ("3.20") or a digest ("sha256:…", "sha512:…")
 	PinnedAt  time.Time
 }
 
 // String renders the pin as ns/repo:tag or ns/repo@digest.
 func (p Pin) String() string {
-	if strings.HasPrefix(p.Ref, "sha256:") {
+	if strings.Contains(p.Ref, ":") { // tags never contain a colon
 		return p.Namespace + "/" + p.Repo + "@" + p.Ref
 	}
 	return p.Namespace + "/" + p.Repo + ":" + p.Ref
@@ -47,18 +47,14 @@ func pinKey(ns, repo, ref string) ([]byte, error) {
 	if strings.Contains(ref, ":") {
 		// Only digests contain a colon; reject malformed ones up front
 		// rather than pinning something that can never resolve.
-		d, err := v1.NewHash(ref)
-		if err != nil {
+		if _, err := digest.Parse(ref); err != nil {
 			return nil, fmt.Errorf("%w: %q", ErrInvalidDigest, ref)
-		}
-		if err := checkDigest(d); err != nil {
-			return nil, err
 		}
 	}
 	return append(prefix, ref...), nil
 }
 
-// Pin pins ns/repo at ref (a tag or a sha256 digest). The content need not
+// Pin pins ns/repo at ref (a tag or a digest). The content need not
 // be in the store yet: the pin applies whenever it is. Pinning again keeps
 // the original PinnedAt. Safe for concurrent use.
 func (s *Store) Pin(ns, repo, ref string) error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -80,50 +81,9 @@ func (s *Store) reconcileBlobs(now time.Time) error {
 
 	present := make(map[string]bool, len(indexed))
 	var adopt []BlobInfo
-	shards, err := os.ReadDir(s.blobsDir())
-	if err != nil {
-		return err
-	}
-	for _, shard := range shards {
-		shardDir := filepath.Join(s.blobsDir(), shard.Name())
-		if !shard.IsDir() || !isHex(shard.Name(), 2) {
-			if err := os.RemoveAll(shardDir); err != nil {
-				return err
-			}
-			continue
-		}
-		files, err := os.ReadDir(shardDir)
-		if err != nil {
+	for _, alg := range digest.Algorithms {
+		if err := s.reconcileAlgorithm(alg, indexed, present, &adopt, now); err != nil {
 			return err
-		}
-		for _, f := range files {
-			path := filepath.Join(shardDir, f.Name())
-			name := f.Name()
-			if !f.Type().IsRegular() || !isHex(name, 64) || name[:2] != shard.Name() {
-				if err := os.RemoveAll(path); err != nil {
-					return err
-				}
-				continue
-			}
-			d := v1.Hash{Algorithm: "sha256", Hex: name}
-			fi, err := f.Info()
-			if err != nil {
-				return err
-			}
-			if size, ok := indexed[d.String()]; ok && size == fi.Size() {
-				present[d.String()] = true
-				continue
-			}
-			// Unindexed or size disagrees with the index: only the content
-			// itself can vouch for the file.
-			if got, n, err := hashFile(path); err == nil && got == d && n == fi.Size() {
-				adopt = append(adopt, BlobInfo{Digest: d, Size: n, AddedAt: now, LastAccess: now})
-				present[d.String()] = true
-				continue
-			}
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
 		}
 	}
 
@@ -164,24 +124,77 @@ func (s *Store) reconcileBlobs(now time.Time) error {
 	})
 }
 
-func hashFile(path string) (v1.Hash, int64, error) {
+// reconcileAlgorithm walks blobs/<alg>/: files indexed with their size
+// are marked present, files that hash to their own name are marked present
+// and appended to adopt (to be indexed), every other file there is removed.
+func (s *Store) reconcileAlgorithm(alg string, indexed map[string]int64, present map[string]bool, adopt *[]BlobInfo, now time.Time) error {
+	shards, err := os.ReadDir(s.blobsDir(alg))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, shard := range shards {
+		shardDir := filepath.Join(s.blobsDir(alg), shard.Name())
+		if !shard.IsDir() || !isHex(shard.Name(), 2) {
+			if err := os.RemoveAll(shardDir); err != nil {
+				return err
+			}
+			continue
+		}
+		files, err := os.ReadDir(shardDir)
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			path := filepath.Join(shardDir, f.Name())
+			name := f.Name()
+			if !f.Type().IsRegular() || !isHex(name, digest.HexLen(alg)) || name[:2] != shard.Name() {
+				if err := os.RemoveAll(path); err != nil {
+					return err
+				}
+				continue
+			}
+			d := v1.Hash{Algorithm: alg, Hex: name}
+			fi, err := f.Info()
+			if err != nil {
+				return err
+			}
+			if size, ok := indexed[d.String()]; ok && size == fi.Size() {
+				present[d.String()] = true
+				continue
+			}
+			// Unindexed or size disagrees with the index: only the content
+			// itself can vouch for the file.
+			if got, n, err := hashFile(path, alg); err == nil && got == d && n == fi.Size() {
+				*adopt = append(*adopt, BlobInfo{Digest: d, Size: n, AddedAt: now, LastAccess: now})
+				present[d.String()] = true
+				continue
+			}
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// hashFile hashes the file at path under alg.
+func hashFile(path, alg string) (v1.Hash, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return v1.Hash{}, 0, err
 	}
 	defer f.Close()
-	return v1.SHA256(f)
+	return digest.FromReader(alg, f)
 }
 
 // isHex reports whether s is exactly n lowercase hex digits.
-func isHex(s string, n int) bool {
-	if len(s) != n {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
+func isHex(s string, n int) bool { return digest.IsHex(s, n) }
+
+// isBlobHex reports whether s is the hex of a supported algorithm's digest.
+func isBlobHex(s string) bool {
+	_, ok := digest.AlgorithmOfHex(s)
+	return ok
 }

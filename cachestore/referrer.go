@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -73,12 +74,12 @@ func (s *Store) Referrers(ns, repo string, subject v1.Hash) ([]v1.Descriptor, er
 	err = s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketReferrers).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			var d v1.Descriptor
+			var d digest.Descriptor
 			// Unmarshal copies out of the bbolt-owned v.
 			if err := json.Unmarshal(v, &d); err != nil {
 				return fmt.Errorf("cachestore: corrupt referrer %q: %w", k, err)
 			}
-			descs = append(descs, d)
+			descs = append(descs, d.Descriptor)
 		}
 		return nil
 	})

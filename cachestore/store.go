@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 )
@@ -21,8 +22,8 @@ const schemaVersion = "1"
 // buckets or has to cope with a missing one.
 var (
 	bucketSchema    = []byte("schema")
-	bucketBlobs     = []byte("blobs")     // "sha256:<hex>" → blobRecord (24 bytes)
-	bucketManifests = []byte("manifests") // "sha256:<hex>" → JSON manifestRecord
+	bucketBlobs     = []byte("blobs")     // "<alg>:<hex>" → blobRecord (24 bytes)
+	bucketManifests = []byte("manifests") // "<alg>:<hex>" → JSON manifestRecord
 	bucketTags      = []byte("tags")      // ns\0repo\0tag → JSON TagRecord
 	bucketReferrers = []byte("referrers") // ns\0repo\0subject\0referrer → JSON v1.Descriptor
 	bucketMeta      = []byte("meta")      // free-form key → value
@@ -111,7 +112,11 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachestore: %w", err)
 	}
-	for _, sub := range []string{"", "blobs/sha256", "tmp", "partial", "uploads"} {
+	layout := []string{"", "tmp", "partial", "uploads"}
+	for _, alg := range digest.Algorithms {
+		layout = append(layout, filepath.Join("blobs", alg))
+	}
+	for _, sub := range layout {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return nil, fmt.Errorf("cachestore: create layout: %w", err)
 		}
@@ -192,7 +197,10 @@ func (s *Store) Dir() string { return s.dir }
 
 func (s *Store) tmpDir() string     { return filepath.Join(s.dir, "tmp") }
 func (s *Store) uploadsDir() string { return filepath.Join(s.dir, "uploads") }
-func (s *Store) blobsDir() string   { return filepath.Join(s.dir, "blobs", "sha256") }
+func (s *Store) blobsRoot() string  { return filepath.Join(s.dir, "blobs") }
+
+// blobsDir is where blobs of one algorithm live: blobs/sha256, blobs/sha512.
+func (s *Store) blobsDir(alg string) string { return filepath.Join(s.blobsRoot(), alg) }
 
 // view and update run short index transactions and map "database closed"
 // to ErrClosed, so callers see one sentinel whatever raced with Close.

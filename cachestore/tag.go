@@ -8,6 +8,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -19,6 +20,26 @@ type TagRecord struct {
 	Size      int64
 	FetchedAt time.Time
 	CheckedAt time.Time
+}
+
+// UnmarshalJSON decodes a stored TagRecord. v1.Hash's own decoder knows
+// only sha256; the store also holds sha512 manifests.
+func (r *TagRecord) UnmarshalJSON(b []byte) error {
+	type plain TagRecord // no methods: no recursion
+	var wire struct {
+		plain
+		Digest string // shadows plain.Digest (shallower wins)
+	}
+	if err := json.Unmarshal(b, &wire); err != nil {
+		return err
+	}
+	d, err := digest.Parse(wire.Digest)
+	if err != nil {
+		return err
+	}
+	*r = TagRecord(wire.plain)
+	r.Digest = d
+	return nil
 }
 
 // checkName rejects names that cannot be keys: empty, or containing the
@@ -71,7 +92,7 @@ func (s *Store) GetTag(ns, repo, tag string) (TagRecord, error) {
 }
 
 // PutTag creates or replaces ns/repo:tag. rec.Digest must be a valid
-// sha256 digest; the manifest need not be stored yet.
+// digest (sha256 or sha512); the manifest need not be stored yet.
 // Safe for concurrent use; the last writer wins.
 func (s *Store) PutTag(ns, repo, tag string, rec TagRecord) error {
 	key, err := tagKey(ns, repo, tag)

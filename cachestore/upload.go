@@ -12,6 +12,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // Push upload sessions. A session is the file uploads/<id>; its size is the
@@ -75,6 +76,26 @@ func (s *Store) UploadSize(id string) (int64, error) {
 // stay, so the client can resume from the reported size.
 // Safe for concurrent use; appends to one session are serialized.
 func (s *Store) AppendUpload(id string, offset int64, r io.Reader) (int64, error) {
+	return s.appendUpload(id, offset, -1, r)
+}
+
+// AppendUploadRange appends exactly length bytes of r to session id at
+// offset, which must equal the current size (else an error wrapping
+// ErrUploadOffset, and nothing is read): a chunk whose Content-Range names
+// its position and length. If r ends before length bytes or holds more,
+// the session is cut back to offset and the error wraps ErrSizeMismatch, so
+// a chunk that disagrees with its own range leaves nothing behind. Other
+// read errors keep the bytes received, as AppendUpload does. It returns the
+// new size. Safe for concurrent use; appends to one session are serialized.
+func (s *Store) AppendUploadRange(id string, offset, length int64, r io.Reader) (int64, error) {
+	if offset < 0 || length < 0 {
+		return 0, fmt.Errorf("%w: append %d bytes at %d", ErrUploadOffset, length, offset)
+	}
+	return s.appendUpload(id, offset, length, r)
+}
+
+// appendUpload is AppendUpload (length -1) and AppendUploadRange.
+func (s *Store) appendUpload(id string, offset, length int64, r io.Reader) (int64, error) {
 	path, err := s.uploadPath(id)
 	if err != nil {
 		return 0, err
@@ -95,7 +116,31 @@ func (s *Store) AppendUpload(id string, offset int64, r io.Reader) (int64, error
 	if err != nil {
 		return size, fmt.Errorf("cachestore: append upload: %w", err)
 	}
-	n, copyErr := io.Copy(f, r)
+	var n int64
+	var copyErr error
+	if length < 0 {
+		n, copyErr = io.Copy(f, r)
+	} else {
+		n, copyErr = io.CopyN(f, r, length)
+		if copyErr == nil {
+			// One byte more than the range said is a mismatch too.
+			if extra, _ := io.ReadFull(r, make([]byte, 1)); extra > 0 {
+				copyErr = io.ErrShortBuffer
+			}
+		}
+		if copyErr == io.EOF || copyErr == io.ErrShortBuffer {
+			truncErr := f.Truncate(size)
+			closeErr := f.Close()
+			if err := errors.Join(truncErr, closeErr); err != nil {
+				return size + n, fmt.Errorf("cachestore: cut back upload %s: %w", id, err)
+			}
+			what := "less"
+			if copyErr == io.ErrShortBuffer {
+				what = "more"
+			}
+			return size, fmt.Errorf("%w: upload %s: chunk at %d has %s than the %d bytes its range says", ErrSizeMismatch, id, offset, what, length)
+		}
+	}
 	closeErr := f.Close()
 	if err := errors.Join(copyErr, closeErr); err != nil {
 		return size + n, noSpace(fmt.Errorf("cachestore: append upload %s: %w", id, err))
@@ -128,7 +173,7 @@ func (s *Store) CommitUpload(id string, d v1.Hash) (BlobInfo, error) {
 	if err != nil {
 		return BlobInfo{}, fmt.Errorf("cachestore: commit upload: %w", err)
 	}
-	got, size, err := v1.SHA256(f)
+	got, size, err := digest.FromReader(d.Algorithm, f)
 	if err == nil && !s.noSync {
 		err = noSpace(f.Sync())
 	}

@@ -190,3 +190,45 @@ func TestStaleUploadsRemovedAtOpen(t *testing.T) {
 		t.Errorf("RemoveStaleUploads(0) = %d, %v; want 1", n, err)
 	}
 }
+
+// A chunk whose body disagrees with its declared range leaves nothing: a
+// short or long body is cut back to where the upload stood, a wrong offset
+// reads nothing, and the upload continues from there.
+func TestUploadRangeMismatch(t *testing.T) {
+	t.Parallel()
+	s := newTestStore(t)
+	id, err := s.NewUpload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.AppendUploadRange(id, 0, 4, strings.NewReader("abcd")); err != nil || n != 4 {
+		t.Fatalf("exact chunk: %d %v", n, err)
+	}
+	for _, tc := range []struct {
+		name   string
+		offset int64
+		length int64
+		body   string
+		want   error
+	}{
+		{"short body", 4, 10, "efg", ErrSizeMismatch},
+		{"long body", 4, 2, "efghij", ErrSizeMismatch},
+		{"skips ahead", 8, 2, "ij", ErrUploadOffset},
+		{"goes back", 0, 2, "ab", ErrUploadOffset},
+	} {
+		n, err := s.AppendUploadRange(id, tc.offset, tc.length, strings.NewReader(tc.body))
+		if !errors.Is(err, tc.want) || n != 4 {
+			t.Errorf("%s: %d, %v; want 4, %v", tc.name, n, err, tc.want)
+		}
+		if size, _ := s.UploadSize(id); size != 4 {
+			t.Fatalf("%s: upload is at %d, want 4", tc.name, size)
+		}
+	}
+	if n, err := s.AppendUploadRange(id, 4, 2, strings.NewReader("ef")); err != nil || n != 6 {
+		t.Fatalf("continuing: %d %v", n, err)
+	}
+	d, _ := content("abcdef")
+	if _, err := s.CommitUpload(id, d); err != nil {
+		t.Fatalf("commit after refused chunks: %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -63,7 +64,7 @@ func (s *Store) Verify(repair bool) (VerifyReport, error) {
 		key := info.Digest.String()
 		indexed[key] = true
 		rep.Blobs++
-		got, n, err := hashFile(s.blobPath(info.Digest))
+		got, n, err := hashFile(s.blobPath(info.Digest), info.Digest.Algorithm)
 		if err == nil && got == info.Digest && n == info.Size {
 			rep.Bytes += n
 			return nil
@@ -123,7 +124,7 @@ func (s *Store) dropBlob(d v1.Hash) error {
 
 // verifyFiles finds files under blobs/ that the index does not know.
 func (s *Store) verifyFiles(indexed map[string]bool, repair bool, rep *VerifyReport, errs *[]error) error {
-	return filepath.WalkDir(s.blobsDir(), func(path string, e fs.DirEntry, err error) error {
+	return filepath.WalkDir(s.blobsRoot(), func(path string, e fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil
@@ -133,12 +134,15 @@ func (s *Store) verifyFiles(indexed map[string]bool, repair bool, rep *VerifyRep
 		if e.IsDir() {
 			return nil
 		}
+		// blobs/<alg>/<first2>/<hex>: the algorithm is two levels up.
 		name := e.Name()
-		d := v1.Hash{Algorithm: "sha256", Hex: name}
-		if isHex(name, 64) && indexed[d.String()] {
+		shard := filepath.Dir(path)
+		d := v1.Hash{Algorithm: filepath.Base(filepath.Dir(shard)), Hex: name}
+		wellNamed := digest.Valid(d) && filepath.Dir(filepath.Dir(shard)) == s.blobsRoot() && filepath.Base(shard) == name[:2]
+		if wellNamed && indexed[d.String()] {
 			return nil
 		}
-		if isHex(name, 64) {
+		if wellNamed {
 			// Installed after the walk of the index began?
 			if _, err := s.StatBlob(d); err == nil {
 				return nil
@@ -148,8 +152,8 @@ func (s *Store) verifyFiles(indexed map[string]bool, repair bool, rep *VerifyRep
 		if !repair {
 			return nil
 		}
-		if isHex(name, 64) && filepath.Base(filepath.Dir(path)) == name[:2] {
-			if got, n, err := hashFile(path); err == nil && got == d {
+		if wellNamed {
+			if got, n, err := hashFile(path, d.Algorithm); err == nil && got == d {
 				*errs = append(*errs, s.adopt(d, n))
 				return nil
 			}
@@ -209,7 +213,7 @@ func (s *Store) verifyManifests(bad map[string]bool, repair bool, rep *VerifyRep
 	}
 	sort.Strings(keys)
 	for _, d := range keys {
-		h, err := v1.NewHash(d)
+		h, err := digest.Parse(d)
 		if err != nil {
 			continue
 		}
@@ -225,7 +229,7 @@ func (s *Store) verifyManifests(bad map[string]bool, repair bool, rep *VerifyRep
 		var missing []v1.Hash
 		for _, ref := range g.edges[d] {
 			if _, ok := g.blobs[ref]; !ok || bad[ref] {
-				if rh, err := v1.NewHash(ref); err == nil {
+				if rh, err := digest.Parse(ref); err == nil {
 					missing = append(missing, rh)
 				}
 			}

@@ -43,7 +43,7 @@ func TestVerifyFindsAndRepairsPlantedDamage(t *testing.T) {
 	adoptable, body := content(layer("adoptable", 500))
 	os.MkdirAll(filepath.Dir(s.blobPath(adoptable)), 0o755)
 	os.WriteFile(s.blobPath(adoptable), body, 0o644)
-	junk := filepath.Join(s.blobsDir(), "ab", "ab"+adoptable.Hex[2:])
+	junk := filepath.Join(s.blobsDir("sha256"), "ab", "ab"+adoptable.Hex[2:])
 	os.MkdirAll(filepath.Dir(junk), 0o755)
 	os.WriteFile(junk, []byte("not what the name says"), 0o644)
 	// A temp file of a dead fill, next to one of a live fill.

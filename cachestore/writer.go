@@ -1,7 +1,6 @@
 package cachestore
 
 import (
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 type writerState int
@@ -66,7 +66,7 @@ func (s *Store) NewBlobWriter(expected v1.Hash, expectedSize int64) (*BlobWriter
 	if s.closed.Load() {
 		return nil, ErrClosed
 	}
-	h := sha256.New()
+	h := digest.New(expected.Algorithm)
 	var f blobFile
 	tmpPath := ""
 	adopted := int64(0)
@@ -221,7 +221,7 @@ func (w *BlobWriter) verifyAndInstall() (BlobInfo, error) {
 		return discard(fmt.Errorf("%w: blob %s: got %d bytes, want %d", ErrSizeMismatch, w.expected, size, w.expectedSize))
 	}
 	if got := hex.EncodeToString(w.h.Sum(nil)); got != w.expected.Hex {
-		return discard(fmt.Errorf("%w: got sha256:%s, want %s", ErrDigestMismatch, got, w.expected))
+		return discard(fmt.Errorf("%w: got %s:%s, want %s", ErrDigestMismatch, w.expected.Algorithm, got, w.expected))
 	}
 	// CreateTemp made the file 0600; blobs are world-readable so sibling
 	// sidecars running as other users can serve them.

@@ -3,8 +3,6 @@ package sidecar
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,6 +16,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
@@ -296,7 +295,7 @@ func (s *Server) headTag(ctx context.Context, up *upstream.Client, repo, tag str
 
 // tagFromHead reads a manifest HEAD answer into a tag record.
 func tagFromHead(resp *http.Response, now time.Time) (cachestore.TagRecord, bool) {
-	d, err := v1.NewHash(resp.Header.Get("Docker-Content-Digest"))
+	d, err := digest.Parse(resp.Header.Get("Docker-Content-Digest"))
 	if err != nil || resp.ContentLength < 0 {
 		return cachestore.TagRecord{}, false
 	}
@@ -360,18 +359,29 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, r
 		}
 		return manifest{}, upstreamFailure(ns, err)
 	}
-	d := sha256Hash(body)
+	// Asked for by digest, the bytes are verified and stored under that
+	// digest's algorithm (sha256 or sha512); by tag, under sha256.
+	alg := digest.SHA256
+	if want != nil {
+		alg = want.Algorithm
+	}
+	d := digest.Sum(alg, body)
 	if want != nil && d != *want {
 		return manifest{}, apierr.New(apierr.DigestInvalid, "upstream %s sent manifest %s with digest %s; nothing was cached", ns, want, d).WithStatus(http.StatusBadGateway)
 	}
-	if h := resp.Header.Get("Docker-Content-Digest"); h != "" && h != d.String() {
-		return manifest{}, apierr.New(apierr.DigestInvalid, "upstream %s announced digest %s for %s but sent %s; nothing was cached", ns, h, ref, d).WithStatus(http.StatusBadGateway)
+	if h := resp.Header.Get("Docker-Content-Digest"); h != "" {
+		// The announcement may use another algorithm than ours; it must
+		// hold under its own.
+		announced, err := digest.Parse(h)
+		if err != nil || digest.Sum(announced.Algorithm, body) != announced {
+			return manifest{}, apierr.New(apierr.DigestInvalid, "upstream %s announced digest %s for %s but sent %s; nothing was cached", ns, h, ref, d).WithStatus(http.StatusBadGateway)
+		}
 	}
 	mt := mediaTypeOf(resp.Header.Get("Content-Type"), body)
 	if mt == "" {
 		return manifest{}, apierr.New(apierr.ManifestInvalid, "upstream %s sent manifest %s without a media type", ns, ref).WithStatus(http.StatusBadGateway)
 	}
-	rec, err := s.store.PutManifest(mt, body)
+	rec, err := s.store.PutManifestAs(alg, mt, body)
 	if err != nil {
 		return manifest{}, err
 	}
@@ -396,7 +406,9 @@ func (s *Server) platformManifest(ctx context.Context, req route.Request, m mani
 	if !isIndex(m.rec.MediaType) {
 		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s has media type %s, which the client does not accept", req.Reference(), m.rec.MediaType)
 	}
-	var idx v1.IndexManifest
+	var idx struct {
+		Manifests []digest.Descriptor `json:"manifests"`
+	}
 	if err := json.Unmarshal(m.body, &idx); err != nil {
 		return manifest{}, apierr.Wrap(apierr.ManifestInvalid, err, "index %s does not parse", m.rec.Digest)
 	}
@@ -477,10 +489,8 @@ func readLimited(r io.Reader, max int64) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-func sha256Hash(b []byte) v1.Hash {
-	sum := sha256.Sum256(b)
-	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
-}
+// sha256Hash is the canonical digest of b.
+func sha256Hash(b []byte) v1.Hash { return digest.Sum(digest.SHA256, b) }
 
 // countUpstream records one upstream request in the stats.
 func (s *Server) countUpstream(ns, kind string, resp *http.Response, err error) {

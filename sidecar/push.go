@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 )
@@ -83,18 +84,9 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 		w.Header().Set("Docker-Upload-UUID", id)
 		w.WriteHeader(http.StatusNoContent)
 	case http.MethodPatch:
-		offset := int64(-1)
-		if cr := r.Header.Get("Content-Range"); cr != "" {
-			start, ok := parseContentRangeStart(cr)
-			if !ok {
-				s.fail(w, r, apierr.New(apierr.RangeInvalid, "malformed Content-Range %q", cr))
-				return
-			}
-			offset = start
-		}
-		size, err := s.store.AppendUpload(id, offset, r.Body)
+		size, err := s.appendChunk(r, req)
 		if err != nil {
-			s.fail(w, r, uploadErr(err, v1.Hash{}))
+			s.fail(w, r, err)
 			return
 		}
 		s.uploadAccepted(w, req, id, size)
@@ -103,9 +95,11 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 			s.fail(w, r, apierr.New(apierr.DigestInvalid, "completing an upload needs ?digest="))
 			return
 		}
-		if r.ContentLength != 0 {
-			if _, err := s.store.AppendUpload(id, -1, r.Body); err != nil {
-				s.fail(w, r, uploadErr(err, req.UploadDigest))
+		// The last chunk may travel with the PUT, under the same rules as
+		// a PATCH (a Content-Range that skips ahead is 416).
+		if r.ContentLength != 0 || r.Header.Get("Content-Range") != "" {
+			if _, err := s.appendChunk(r, req); err != nil {
+				s.fail(w, r, err)
 				return
 			}
 		}
@@ -121,6 +115,46 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 		}
 		w.WriteHeader(http.StatusNoContent)
 	}
+}
+
+// appendChunk appends the request body to the upload. A Content-Range
+// ("start-end", with or without "bytes ") must start where the upload
+// stands, else 416 with the upload's Location and Range so the client can
+// resume; its length must be the body's, else 400 SIZE_INVALID and nothing
+// is kept. Without Content-Range the body is appended as it streams.
+func (s *Server) appendChunk(r *http.Request, req route.Request) (int64, error) {
+	id := req.UploadID
+	cr := r.Header.Get("Content-Range")
+	if cr == "" {
+		size, err := s.store.AppendUpload(id, -1, r.Body)
+		return size, uploadErr(err, req.UploadDigest)
+	}
+	start, end, ok := parseContentRange(cr)
+	if !ok {
+		return 0, apierr.New(apierr.RangeInvalid, "malformed Content-Range %q", cr)
+	}
+	var size int64
+	var err error
+	if end < 0 {
+		size, err = s.store.AppendUpload(id, start, r.Body)
+	} else {
+		length := end - start + 1
+		if r.ContentLength >= 0 && r.ContentLength != length {
+			return 0, apierr.New(apierr.SizeInvalid, "Content-Range %q is %d bytes, the body %d", cr, length, r.ContentLength)
+		}
+		size, err = s.store.AppendUploadRange(id, start, length, r.Body)
+	}
+	if errors.Is(err, cachestore.ErrUploadOffset) {
+		// With where the upload stands, for the client to continue from.
+		return size, apierr.Wrap(apierr.RangeInvalid, err, "chunk at %d does not continue the upload (at %d)", start, size).
+			WithHeader("Location", s.uploadLocation(req, id)).
+			WithHeader("Range", rangeHeader(size)).
+			WithHeader("Docker-Upload-UUID", id)
+	}
+	if errors.Is(err, cachestore.ErrSizeMismatch) {
+		return size, apierr.Wrap(apierr.SizeInvalid, err, "the chunk's body does not match its Content-Range %q", cr)
+	}
+	return size, uploadErr(err, req.UploadDigest)
 }
 
 func (s *Server) uploadAccepted(w http.ResponseWriter, req route.Request, id string, size int64) {
@@ -148,22 +182,25 @@ func rangeHeader(size int64) string {
 	return "0-" + strconv.FormatInt(size-1, 10)
 }
 
-func parseContentRangeStart(v string) (int64, bool) {
+// parseContentRange reads an upload chunk's Content-Range, "start-end" or
+// "bytes start-end/total" (inclusive end); end is -1 if it is left open.
+func parseContentRange(v string) (start, end int64, ok bool) {
 	v = strings.TrimPrefix(strings.TrimSpace(v), "bytes ")
 	a, b, found := strings.Cut(v, "-")
 	if !found {
-		return 0, false
+		return 0, 0, false
 	}
 	start, err := strconv.ParseInt(a, 10, 64)
 	if err != nil || start < 0 {
-		return 0, false
+		return 0, 0, false
 	}
+	end = -1
 	if b, _, _ = strings.Cut(b, "/"); b != "" {
-		if end, err := strconv.ParseInt(b, 10, 64); err != nil || end < start {
-			return 0, false
+		if end, err = strconv.ParseInt(b, 10, 64); err != nil || end < start {
+			return 0, 0, false
 		}
 	}
-	return start, true
+	return start, end, true
 }
 
 func uploadErr(err error, d v1.Hash) error {
@@ -178,15 +215,16 @@ func uploadErr(err error, d v1.Hash) error {
 	return err
 }
 
-// pushedManifest is the part of a manifest the push path looks at.
+// pushedManifest is the part of a manifest the push path looks at. Its
+// descriptors decode sha512 digests too (v1.Descriptor's do not).
 type pushedManifest struct {
-	MediaType    string            `json:"mediaType"`
-	ArtifactType string            `json:"artifactType"`
-	Config       *v1.Descriptor    `json:"config"`
-	Layers       []v1.Descriptor   `json:"layers"`
-	Manifests    []v1.Descriptor   `json:"manifests"`
-	Subject      *v1.Descriptor    `json:"subject"`
-	Annotations  map[string]string `json:"annotations"`
+	MediaType    string              `json:"mediaType"`
+	ArtifactType string              `json:"artifactType"`
+	Config       *digest.Descriptor  `json:"config"`
+	Layers       []digest.Descriptor `json:"layers"`
+	Manifests    []digest.Descriptor `json:"manifests"`
+	Subject      *digest.Descriptor  `json:"subject"`
+	Annotations  map[string]string   `json:"annotations"`
 }
 
 func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.Request) {
@@ -209,17 +247,22 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.R
 		s.fail(w, r, apierr.New(apierr.ManifestInvalid, "manifest has no media type (Content-Type or mediaType field)"))
 		return
 	}
-	d := sha256Hash(body)
+	// A manifest pushed by digest is named by that digest's algorithm
+	// (sha512 content stays sha512); by tag, by the canonical sha256.
+	alg := digest.SHA256
+	if req.HasDigest() {
+		alg = req.Digest.Algorithm
+	}
+	d := digest.Sum(alg, body)
 	if req.HasDigest() && req.Digest != d {
 		s.fail(w, r, apierr.New(apierr.DigestInvalid, "manifest digest is %s, not %s", d, req.Digest))
 		return
 	}
 	// Everything a manifest references must already be here: a manifest
 	// that points at nothing would fail every later pull.
-	refs := append([]v1.Descriptor{}, pm.Layers...)
-	refs = append(refs, pm.Manifests...)
+	refs := append(digest.Descriptors(pm.Layers), digest.Descriptors(pm.Manifests)...)
 	if pm.Config != nil {
-		refs = append(refs, *pm.Config)
+		refs = append(refs, pm.Config.Descriptor)
 	}
 	for _, ref := range refs {
 		if _, err := s.store.StatBlob(ref.Digest); err != nil {
@@ -233,7 +276,7 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.R
 			}
 		}
 	}
-	rec, err := s.store.PutManifest(mt, body)
+	rec, err := s.store.PutManifestAs(alg, mt, body)
 	if err != nil {
 		s.fail(w, r, err)
 		return

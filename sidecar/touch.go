@@ -5,7 +5,7 @@ import (
 	"io"
 	"net/http"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // Followers on the same volume serve blobs straight from their files, which
@@ -38,7 +38,7 @@ func (s *Server) serveTouch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for _, raw := range req.Digests {
-		if d, err := v1.NewHash(raw); err == nil {
+		if d, err := digest.Parse(raw); err == nil {
 			if s.store.Touch(d) == nil { // a blob evicted meanwhile is simply gone
 				s.stats.FollowerReads.Add(1)
 			}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // localNamespace is the store namespace of pushed content (the sidecar's
@@ -20,6 +21,7 @@ const localNamespace = "local"
 //	alpine:3                       docker.io  library/alpine  3
 //	docker.io/library/alpine       docker.io  library/alpine  latest
 //	ghcr.io/org/app@sha256:…       ghcr.io    org/app         sha256:…
+//	ghcr.io/org/app@sha512:…       ghcr.io    org/app         sha512:…
 //	local/team/app:v1              local      team/app        v1
 //	local/ghcr.io/org/app:v1       local      ghcr.io/org/app v1   (pushed there)
 func parsePinRef(ref string) (ns, repo, id string, err error) {
@@ -30,15 +32,30 @@ func parsePinRef(ref string) (ns, repo, id string, err error) {
 		}
 		return localNamespace, repo, id, nil
 	}
+	// go-containerregistry's reference parser knows only sha256 digests.
+	if before, d, ok := strings.Cut(ref, "@sha512:"); ok {
+		if _, err := digest.Parse("sha512:" + d); err != nil {
+			return "", "", "", fmt.Errorf("invalid reference %q: %w", ref, err)
+		}
+		r, err := name.NewRepository(before)
+		if err != nil {
+			return "", "", "", fmt.Errorf("invalid reference %q: %w", ref, err)
+		}
+		return registryNS(r.RegistryStr()), r.RepositoryStr(), "sha512:" + d, nil
+	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return "", "", "", fmt.Errorf("invalid reference %q: %w", ref, err)
 	}
-	ns = r.Context().RegistryStr()
+	return registryNS(r.Context().RegistryStr()), r.Context().RepositoryStr(), r.Identifier(), nil
+}
+
+// registryNS is the store namespace of a registry name.
+func registryNS(ns string) string {
 	if ns == name.DefaultRegistry { // index.docker.io: the store says docker.io
-		ns = "docker.io"
+		return "docker.io"
 	}
-	return ns, r.Context().RepositoryStr(), r.Identifier(), nil
+	return ns
 }
 
 // splitRef splits repo[:tag][@digest]; no tag means latest.
@@ -61,7 +78,7 @@ func pin(args []string, unpin bool, stdout, stderr io.Writer) error {
 	var dir string
 	fs := storeFlagSet(cmd, stderr, &dir)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: pullcache %s [--dir DIR] REF...\n\nREF is e.g. alpine:3, docker.io/library/alpine:3.20, ghcr.io/org/app@sha256:…,\nor local/NAME:TAG for pushed images. A pinned image (a tag is resolved at each\neviction) and everything it references is never evicted.\n\nFlags:\n", cmd)
+		fmt.Fprintf(stderr, "Usage: pullcache %s [--dir DIR] REF...\n\nREF is e.g. alpine:3, docker.io/library/alpine:3.20, ghcr.io/org/app@sha256:… (or @sha512:…),\nor local/NAME:TAG for pushed images. A pinned image (a tag is resolved at each\neviction) and everything it references is never evicted.\n\nFlags:\n", cmd)
 		fs.PrintDefaults()
 	}
 	if err := parseStoreFlags(fs, args); err != nil {

@@ -65,6 +65,7 @@ func runCmd(t *testing.T, args ...string) (stdout, stderr string, err error) {
 func TestParsePinRef(t *testing.T) {
 	t.Parallel()
 	digest := "sha256:" + strings.Repeat("ab", 32)
+	sha512 := "sha512:" + strings.Repeat("cd", 64)
 	for _, tc := range []struct{ in, ns, repo, id string }{
 		{"alpine:3", "docker.io", "library/alpine", "3"},
 		{"alpine", "docker.io", "library/alpine", "latest"},
@@ -75,13 +76,16 @@ func TestParsePinRef(t *testing.T) {
 		{"local/team/app:v1", "local", "team/app", "v1"},
 		{"local/ghcr.io/org/app", "local", "ghcr.io/org/app", "latest"},
 		{"local/app@" + digest, "local", "app", digest},
+		{"ghcr.io/org/app@" + sha512, "ghcr.io", "org/app", sha512},
+		{"alpine@" + sha512, "docker.io", "library/alpine", sha512},
+		{"local/app@" + sha512, "local", "app", sha512},
 	} {
 		ns, repo, id, err := parsePinRef(tc.in)
 		if err != nil || ns != tc.ns || repo != tc.repo || id != tc.id {
 			t.Errorf("parsePinRef(%q) = %q %q %q %v; want %q %q %q", tc.in, ns, repo, id, err, tc.ns, tc.repo, tc.id)
 		}
 	}
-	for _, bad := range []string{"", "UPPER/case:1", "a@sha256:short", "local/"} {
+	for _, bad := range []string{"", "UPPER/case:1", "a@sha256:short", "local/", "a@sha512:" + strings.Repeat("ab", 32), "UPPER@" + sha512} {
 		if _, _, _, err := parsePinRef(bad); err == nil {
 			t.Errorf("parsePinRef(%q) accepted", bad)
 		}

@@ -162,7 +162,7 @@ func (g *guardedBody) Close() error { return nil }
 // Nothing is sent twice and the response that started is never restarted.
 func (f *forwarder) resumable(resp *http.Response) error {
 	req := resp.Request
-	if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/sha256:") {
+	if req.Method != http.MethodGet || !(strings.Contains(req.URL.Path, "/blobs/sha256:") || strings.Contains(req.URL.Path, "/blobs/sha512:")) {
 		return nil
 	}
 	digest := resp.Header.Get("Docker-Content-Digest")

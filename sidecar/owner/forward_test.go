@@ -90,6 +90,7 @@ func TestParseContentRange(t *testing.T) {
 // whole.
 type fakeOwner struct {
 	blob     []byte
+	digest   string // fakeDigest unless set
 	requests atomic.Int32
 	ranges   atomic.Int32
 }
@@ -98,7 +99,11 @@ const fakeDigest = "sha256:00000000000000000000000000000000000000000000000000000
 
 func (f *fakeOwner) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := f.requests.Add(1)
-	w.Header().Set("Docker-Content-Digest", fakeDigest)
+	d := fakeDigest
+	if f.digest != "" {
+		d = f.digest
+	}
+	w.Header().Set("Docker-Content-Digest", d)
 	if r.Header.Get("Range") != "" {
 		f.ranges.Add(1)
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(f.blob))
@@ -128,10 +133,20 @@ func serveFakeOwner(t *testing.T, h http.Handler) string {
 }
 
 // A forwarded blob body that breaks mid-stream is continued with a Range
-// request, and the client receives every byte exactly once.
+// request, and the client receives every byte exactly once; sha512 blobs
+// as well as sha256 ones.
 func TestForwardedBlobResumesAfterBrokenStream(t *testing.T) {
 	t.Parallel()
-	owner := &fakeOwner{blob: make([]byte, 100000)}
+	for _, d := range []string{fakeDigest, "sha512:" + strings.Repeat("0", 128)} {
+		t.Run(d[:6], func(t *testing.T) {
+			t.Parallel()
+			testForwardedBlobResumes(t, d)
+		})
+	}
+}
+
+func testForwardedBlobResumes(t *testing.T, digest string) {
+	owner := &fakeOwner{blob: make([]byte, 100000), digest: digest}
 	rand.Read(owner.blob)
 	sock := serveFakeOwner(t, owner)
 	fwd := newForwarder(sock, time.Second, slog.New(slog.DiscardHandler))
@@ -139,7 +154,7 @@ func TestForwardedBlobResumesAfterBrokenStream(t *testing.T) {
 	pub := httptest.NewServer(fwd)
 	defer pub.Close()
 
-	resp, err := http.Get(pub.URL + "/v2/library/app/blobs/" + fakeDigest)
+	resp, err := http.Get(pub.URL + "/v2/library/app/blobs/" + digest)
 	if err != nil {
 		t.Fatal(err)
 	}

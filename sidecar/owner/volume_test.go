@@ -20,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/sidecar/hubfake"
 )
@@ -70,13 +71,6 @@ func TestFollowerServesLocalBlobWithoutOwner(t *testing.T) {
 
 	content := make([]byte, 10000)
 	rand.Read(content)
-	sum := sha256.Sum256(content)
-	d := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
-	if _, err := own.store.PutBlob(d, bytes.NewReader(content)); err != nil {
-		t.Fatal(err)
-	}
-	blobURL := "/v2/library/app/blobs/" + d.String()
-
 	tests := []struct {
 		name, method, rng string
 		status            int
@@ -90,46 +84,55 @@ func TestFollowerServesLocalBlobWithoutOwner(t *testing.T) {
 		{"suffix", http.MethodGet, "bytes=-10", http.StatusPartialContent, content[9990:], "bytes 9990-9999/10000"},
 		{"unsatisfiable", http.MethodGet, "bytes=20000-", http.StatusRequestedRangeNotSatisfiable, nil, "bytes */10000"},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			hdr := map[string]string{}
-			if tc.rng != "" {
-				hdr["Range"] = tc.rng
-			}
-			resp, body := fol.get(t, tc.method, blobURL, hdr)
-			if resp.StatusCode != tc.status {
-				t.Fatalf("status %s, want %d", resp.Status, tc.status)
-			}
-			if tc.status >= 300 {
-				if cr := resp.Header.Get("Content-Range"); cr != tc.contentRange {
-					t.Errorf("Content-Range %q, want %q", cr, tc.contentRange)
+	// The same bytes under both algorithms: sha512 blobs live beside
+	// sha256 ones and a follower serves them the same way.
+	for _, alg := range digest.Algorithms {
+		d := digest.Sum(alg, content)
+		if _, err := own.store.PutBlob(d, bytes.NewReader(content)); err != nil {
+			t.Fatal(err)
+		}
+		blobURL := "/v2/library/app/blobs/" + d.String()
+		for _, tc := range tests {
+			t.Run(alg+"/"+tc.name, func(t *testing.T) {
+				hdr := map[string]string{}
+				if tc.rng != "" {
+					hdr["Range"] = tc.rng
 				}
-				return
-			}
-			if tc.method == http.MethodGet && !bytes.Equal(body, tc.want) {
-				t.Errorf("body: %d bytes, want %d matching", len(body), len(tc.want))
-			}
-			wantLen := len(tc.want)
-			if tc.method == http.MethodHead {
-				wantLen = len(content)
-			}
-			for k, v := range map[string]string{
-				"Docker-Content-Digest": d.String(),
-				"Content-Type":          "application/octet-stream",
-				"Content-Length":        strconv.Itoa(wantLen),
-				"Content-Range":         tc.contentRange,
-				RoleHeader:              "follower",
-			} {
-				if got := resp.Header.Get(k); got != v {
-					t.Errorf("%s = %q, want %q", k, got, v)
+				resp, body := fol.get(t, tc.method, blobURL, hdr)
+				if resp.StatusCode != tc.status {
+					t.Fatalf("status %s, want %d", resp.Status, tc.status)
 				}
-			}
-		})
+				if tc.status >= 300 {
+					if cr := resp.Header.Get("Content-Range"); cr != tc.contentRange {
+						t.Errorf("Content-Range %q, want %q", cr, tc.contentRange)
+					}
+					return
+				}
+				if tc.method == http.MethodGet && !bytes.Equal(body, tc.want) {
+					t.Errorf("body: %d bytes, want %d matching", len(body), len(tc.want))
+				}
+				wantLen := len(tc.want)
+				if tc.method == http.MethodHead {
+					wantLen = len(content)
+				}
+				for k, v := range map[string]string{
+					"Docker-Content-Digest": d.String(),
+					"Content-Type":          "application/octet-stream",
+					"Content-Length":        strconv.Itoa(wantLen),
+					"Content-Range":         tc.contentRange,
+					RoleHeader:              "follower",
+				} {
+					if got := resp.Header.Get(k); got != v {
+						t.Errorf("%s = %q, want %q", k, got, v)
+					}
+				}
+			})
+		}
 	}
 	var local LocalStats
 	json.Unmarshal(fol.stats(t)["follower"], &local)
-	if local.BlobHits != int64(len(tests)) || local.Forwarded != 1 { // the stats request itself
-		t.Errorf("follower local stats %+v: want %d blob hits, only the stats request forwarded", local, len(tests))
+	if local.BlobHits != int64(len(digest.Algorithms)*len(tests)) || local.Forwarded != 1 { // the stats request itself
+		t.Errorf("follower local stats %+v: want %d blob hits, only the stats request forwarded", local, len(digest.Algorithms)*len(tests))
 	}
 	if hits := own.mirror.Stats().BlobHits.Load(); hits != 0 {
 		t.Errorf("the owner served %d blob hits; the follower should have served them all", hits)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 
 	"github.com/pullcache/pullcache/sidecar/apierr"
 )
@@ -72,7 +73,7 @@ func checkRequest(t *testing.T, req Request) {
 		if d == (v1.Hash{}) {
 			continue
 		}
-		if again, err := v1.NewHash(d.String()); err != nil || again != d {
+		if again, err := digest.Parse(d.String()); err != nil || again != d {
 			t.Fatalf("digest %v does not re-validate: %v", d, err)
 		}
 	}

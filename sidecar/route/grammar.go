@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // Hand-written scanners for the distribution grammars: they run on every
@@ -79,21 +80,17 @@ func ValidTag(s string) bool {
 	return true
 }
 
-// ParseDigest accepts only what the cache can verify: sha256 with 64
-// lowercase hex digits. It builds the v1.Hash directly because v1.NewHash
-// allocates a hasher per call and this runs on every blob request.
+// ParseDigest accepts only what the cache can verify: sha256 or sha512
+// with exactly their number of lowercase hex digits (digest.Valid). It
+// builds the v1.Hash directly because v1.NewHash allocates a hasher per
+// call (and knows only sha256), and this runs on every blob request.
 func ParseDigest(s string) (v1.Hash, bool) {
-	const prefix = "sha256:"
-	if len(s) != len(prefix)+64 || s[:len(prefix)] != prefix {
+	alg, hex, ok := strings.Cut(s, ":")
+	d := v1.Hash{Algorithm: alg, Hex: hex}
+	if !ok || !digest.Valid(d) {
 		return v1.Hash{}, false
 	}
-	hex := s[len(prefix):]
-	for i := 0; i < len(hex); i++ {
-		if c := hex[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return v1.Hash{}, false
-		}
-	}
-	return v1.Hash{Algorithm: "sha256", Hex: hex}, true
+	return d, true
 }
 
 // validUploadID matches [A-Za-z0-9_-]{1,128}.

@@ -179,7 +179,7 @@ func (req *Request) setKindFields(q url.Values, arg string) error {
 		if strings.IndexByte(arg, ':') >= 0 {
 			d, ok := ParseDigest(arg)
 			if !ok {
-				return apierr.New(apierr.DigestInvalid, "invalid digest %q: only sha256 is supported", arg)
+				return apierr.New(apierr.DigestInvalid, "invalid digest %q: only sha256 and sha512 are supported", arg)
 			}
 			req.Digest = d
 			return nil
@@ -192,7 +192,7 @@ func (req *Request) setKindFields(q url.Values, arg string) error {
 	case KindBlob, KindReferrers:
 		d, ok := ParseDigest(arg)
 		if !ok {
-			return apierr.New(apierr.DigestInvalid, "invalid digest %q: only sha256 is supported", arg)
+			return apierr.New(apierr.DigestInvalid, "invalid digest %q: only sha256 and sha512 are supported", arg)
 		}
 		req.Digest = d
 		if req.Kind == KindReferrers {
@@ -306,7 +306,7 @@ func digestParam(q url.Values, key string, required bool) (v1.Hash, error) {
 	}
 	d, ok := ParseDigest(s)
 	if !ok {
-		return v1.Hash{}, apierr.New(apierr.DigestInvalid, "invalid %s %q: only sha256 is supported", key, s)
+		return v1.Hash{}, apierr.New(apierr.DigestInvalid, "invalid %s %q: only sha256 and sha512 are supported", key, s)
 	}
 	return d, nil
 }

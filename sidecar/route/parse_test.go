@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/pullcache/pullcache/cachestore/digest"
 
 	"github.com/pullcache/pullcache/sidecar/apierr"
 )
@@ -22,7 +23,11 @@ const (
 
 var (
 	hashA = v1.Hash{Algorithm: "sha256", Hex: hexA}
-	hashB = v1.Hash{Algorithm: "sha256", Hex: hexB}
+	// A sha512 digest: 128 hex digits.
+	hex512  = hexA + hexB
+	dg512   = "sha512:" + hex512
+	hash512 = v1.Hash{Algorithm: "sha512", Hex: hex512}
+	hashB   = v1.Hash{Algorithm: "sha256", Hex: hexB}
 )
 
 type parseCase struct {
@@ -116,6 +121,16 @@ var parseCases = []parseCase{
 		want: Request{Kind: KindUpload, Method: "DELETE", Repo: "foo", UploadID: "abc"}},
 	{name: "upload put", method: "PUT", target: "/v2/foo/blobs/uploads/abc?digest=" + dgA,
 		want: Request{Kind: KindUpload, Method: "PUT", Repo: "foo", UploadID: "abc", UploadDigest: hashA}},
+	{name: "upload put sha512", method: "PUT", target: "/v2/foo/blobs/uploads/abc?digest=" + dg512,
+		want: Request{Kind: KindUpload, Method: "PUT", Repo: "foo", UploadID: "abc", UploadDigest: hash512}},
+	{name: "blob get sha512", method: "GET", target: "/v2/foo/blobs/" + dg512,
+		want: Request{Kind: KindBlob, Method: "GET", Repo: "foo", Digest: hash512}},
+	{name: "manifest put sha512", method: "PUT", target: "/v2/cache/app/manifests/" + dg512,
+		want: Request{Kind: KindManifest, Method: "PUT", Repo: "cache/app", Digest: hash512}},
+	{name: "mount sha512", method: "POST", target: "/v2/foo/blobs/uploads/?mount=" + dg512 + "&from=bar",
+		want: Request{Kind: KindUploadStart, Method: "POST", Repo: "foo", MountDigest: hash512, MountFrom: "bar"}},
+	{name: "referrers sha512", method: "GET", target: "/v2/foo/referrers/" + dg512,
+		want: Request{Kind: KindReferrers, Method: "GET", Repo: "foo", Digest: hash512}},
 	{name: "upload in repo ending in blobs", method: "PATCH", target: "/v2/x/blobs/blobs/uploads/id",
 		want: Request{Kind: KindUpload, Method: "PATCH", Repo: "x/blobs", UploadID: "id"}},
 	{name: "upload id 128", method: "PATCH", target: "/v2/x/blobs/uploads/" + strings.Repeat("u", 128),
@@ -200,7 +215,10 @@ var parseCases = []parseCase{
 
 	// References and digests.
 	{name: "short digest", method: "GET", target: "/v2/foo/manifests/sha256:abc", code: apierr.DigestInvalid, status: 400},
-	{name: "sha512 digest", method: "GET", target: "/v2/foo/manifests/sha512:" + hexA + hexA, code: apierr.DigestInvalid, status: 400},
+	{name: "sha512 digest too short", method: "GET", target: "/v2/foo/manifests/sha512:" + hexA, code: apierr.DigestInvalid, status: 400},
+	{name: "sha256 digest too long", method: "GET", target: "/v2/foo/manifests/sha256:" + hexA + hexA, code: apierr.DigestInvalid, status: 400},
+	{name: "sha384 digest", method: "GET", target: "/v2/foo/blobs/sha384:" + hexA + hexA[:32], code: apierr.DigestInvalid, status: 400},
+	{name: "sha512 upper-case hex", method: "HEAD", target: "/v2/foo/blobs/sha512:" + strings.ToUpper(hexA+hexA), code: apierr.DigestInvalid, status: 400},
 	{name: "upper-case hex", method: "GET", target: "/v2/foo/manifests/sha256:" + strings.ToUpper(hexA), code: apierr.DigestInvalid, status: 400},
 	{name: "digest extra colon", method: "GET", target: "/v2/foo/manifests/sha256:" + hexA + ":x", code: apierr.DigestInvalid, status: 400},
 	{name: "tag leading dot", method: "GET", target: "/v2/foo/manifests/.hidden", code: apierr.TagInvalid, status: 400},
@@ -296,15 +314,23 @@ func TestRequestReference(t *testing.T) {
 	}
 }
 
-// TestParseDigestMatchesV1 keeps the hand-written digest parser in step
-// with go-containerregistry for everything it accepts.
-func TestParseDigestMatchesV1(t *testing.T) {
+// TestParseDigestMatchesStore keeps the allocation-free digest parser in
+// step with the store's (cachestore/digest.Parse), and with
+// go-containerregistry for the sha256 digests both know.
+func TestParseDigestMatchesStore(t *testing.T) {
 	t.Parallel()
-	for _, s := range []string{dgA, dgB, "sha256:abc", "sha256:" + strings.ToUpper(hexA), "sha512:" + hexA, "", ":", "sha256:" + hexA + "0"} {
+	for _, s := range []string{dgA, dgB, dg512, "sha256:abc", "sha256:" + strings.ToUpper(hexA), "sha512:" + hexA,
+		"sha512:" + hexA + hexA + "0", "sha384:" + hexA, "", ":", "sha256:" + hexA + "0", "sha512:" + strings.ToUpper(hexA+hexA)} {
 		got, ok := ParseDigest(s)
-		want, err := v1.NewHash(s)
+		want, err := digest.Parse(s)
 		if ok != (err == nil) || (ok && got != want) {
-			t.Errorf("ParseDigest(%q) = %v, %v; v1.NewHash = %v, %v", s, got, ok, want, err)
+			t.Errorf("ParseDigest(%q) = %v, %v; digest.Parse = %v, %v", s, got, ok, want, err)
+		}
+		if strings.HasPrefix(s, "sha256:") {
+			v1want, v1err := v1.NewHash(s)
+			if ok != (v1err == nil) || (ok && got != v1want) {
+				t.Errorf("ParseDigest(%q) = %v, %v; v1.NewHash = %v, %v", s, got, ok, v1want, v1err)
+			}
 		}
 	}
 }

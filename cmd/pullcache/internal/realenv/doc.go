@@ -12,7 +12,7 @@
 // for, so no test leaves a daemon behind.
 //
 // The binaries come from scripts/install-test-deps (apt packages docker.io,
-// containerd, runc, docker-registry, skopeo; crane, buildkitd and buildctl in
+// containerd, runc, docker-registry, skopeo; crane, conformance, buildkitd and buildctl in
 // $PULLCACHE_TOOLS/bin, default ~/.cache/pullcache-tools/bin). The tools
 // directory is searched after $PATH, so running the tests without
 // scripts/test still finds them once they are installed.
@@ -49,6 +49,7 @@
 //	Summarize([]CDNRequest) CDNCounts
 //	NewPodman(t, mirrors ...RegistryMirror) *Podman // Pull (error), ImageDigest, RemoveImage, Podman
 //	WriteRegistriesConf(t, path, mirrors...)
+//	RunConformance(t, host, repo1, repo2) ConformanceResult // the OCI distribution-spec suite
 //
 // What the clients send to a mirror (seen with distribution's proxy):
 // dockerd (20.10) pings /v2/, HEADs the tag's manifest, GETs the manifest by
