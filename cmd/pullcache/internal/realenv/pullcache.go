@@ -64,11 +64,18 @@ func (p *Pullcache) Log(t testing.TB) string {
 // temporary one.
 func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 	t.Helper()
+	return StartPullcacheOn(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dir, args...)
+}
+
+// StartPullcacheOn is StartPullcache listening on host (IP:PORT), e.g. the
+// host side of a Netns's veth pair, so that peers in the namespace are
+// remote clients.
+func StartPullcacheOn(t testing.TB, host, dir string, args ...string) *Pullcache {
+	t.Helper()
 	bin := PullcacheBinary(t)
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	host := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	logPath := filepath.Join(t.TempDir(), "pullcache.log")
 	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
 	p := &Pullcache{Dir: dir, Host: host, logPath: logPath}
