@@ -2,13 +2,19 @@ package sidecar
 
 import (
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/sidecar/upstream"
 )
 
 // Tag poisoning: no write to a mirrored name gets through, by any of the
@@ -301,6 +307,56 @@ func TestManifestsAreWhatTheySay(t *testing.T) {
 		}
 		if _, err := e.store.GetTag("docker.io", "library/odd", tag); err == nil {
 			t.Errorf("invalid upstream manifest %s was cached", tag)
+		}
+	}
+}
+
+type staticKeychain struct{ user, pass string }
+
+func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) {
+	return &authn.Basic{Username: k.user, Password: k.pass}, nil
+}
+
+// An upstream that refuses the configured credentials is reported as such:
+// telling the operator to set credentials they set sends them looking in
+// the wrong place. /metrics, which any peer may read, never names the
+// account.
+func TestRejectedCredentialsAndMetrics(t *testing.T) {
+	t.Parallel()
+	refusing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="hub"`)
+		http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+	}))
+	t.Cleanup(refusing.Close)
+	u, _ := url.Parse(refusing.URL)
+	for _, tc := range []struct {
+		name     string
+		keychain authn.Keychain
+		want     string
+		wantNot  string
+	}{
+		{"rejected", staticKeychain{"bob-the-builder", "expired"}, "rejected", "PULLCACHE_AUTH"},
+		{"none", authn.NewMultiKeychain(), "PULLCACHE_AUTH_DOCKER_IO", "rejected"},
+	} {
+		client, err := upstream.NewClient(upstream.Registry{Name: "docker.io", Endpoint: u}, upstream.Options{Keychain: tc.keychain})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := newEnv(t, func(o *Options) {
+			o.Upstreams = []*upstream.Client{client}
+			o.Admitter = admit.New(admit.Options{})
+		})
+		t.Cleanup(func() { e.srv.admit.Close() })
+		resp, body := do(t, "GET", e.mirror.URL+"/v2/library/alpine/manifests/3.20", nil, nil)
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), tc.want) || strings.Contains(string(body), tc.wantNot) {
+			t.Errorf("%s: %d %s; want 401 saying %q, not %q", tc.name, resp.StatusCode, body, tc.want, tc.wantNot)
+		}
+		_, metrics := do(t, "GET", e.mirror.URL+"/metrics", nil, nil)
+		if strings.Contains(string(metrics), "bob-the-builder") {
+			t.Errorf("%s: /metrics names the upstream account", tc.name)
+		}
+		if tc.name == "rejected" && !strings.Contains(string(metrics), `identity="credential-`) {
+			t.Errorf("%s: /metrics has no quota for the credential:\n%s", tc.name, metrics)
 		}
 	}
 }
