@@ -113,7 +113,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	gate, err := writeGate(cfg)
+	gate, err := writeGate(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -202,7 +202,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 // writeGate builds the write and stats policy of the listening socket from
 // --write-auth and --htpasswd.
-func writeGate(cfg serveConfig) (*writeauth.Gate, error) {
+func writeGate(cfg serveConfig, log *slog.Logger) (*writeauth.Gate, error) {
 	mode, err := writeauth.ParseMode(cfg.writeAuth)
 	if err != nil {
 		return nil, err
@@ -213,7 +213,7 @@ func writeGate(cfg serveConfig) (*writeauth.Gate, error) {
 			return nil, err
 		}
 	}
-	return writeauth.New(writeauth.Options{Mode: mode, Users: users})
+	return writeauth.New(writeauth.Options{Mode: mode, Users: users, Logger: log})
 }
 
 // upstreamRegistries turns --upstream values into registries; none given

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -64,6 +65,9 @@ type Options struct {
 	// Users are the htpasswd entries (LoadHtpasswd); nil: no credentials
 	// exist, so only what Mode lets through without them is allowed.
 	Users *Users
+	// Logger receives one Info line per refusal (peer, method, path,
+	// status; never a credential). Default: discarded.
+	Logger *slog.Logger
 }
 
 // Gate is an http.Handler wrapper; create it with New. Safe for concurrent
@@ -71,6 +75,7 @@ type Options struct {
 type Gate struct {
 	mode  Mode
 	users *Users
+	log   *slog.Logger
 }
 
 // New validates opts.
@@ -81,13 +86,17 @@ func New(opts Options) (*Gate, error) {
 	if opts.Mode == Always && opts.Users == nil {
 		return nil, errors.New("--write-auth always needs --htpasswd: no write could ever be authenticated")
 	}
-	return &Gate{mode: opts.Mode, users: opts.Users}, nil
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Gate{mode: opts.Mode, users: opts.Users, log: opts.Logger}, nil
 }
 
 // Wrap returns next behind the gate.
 func (g *Gate) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := g.check(r); err != nil {
+			g.log.Info("request refused by the write policy", "peer", r.RemoteAddr, "method", r.Method, "path", r.URL.Path, "status", apierr.StatusOf(err), "reason", err)
 			if p := r.URL.EscapedPath(); p == "/v2" || strings.HasPrefix(p, "/v2/") {
 				w.Header().Set(apierr.APIVersionHeader, apierr.APIVersion)
 			}
