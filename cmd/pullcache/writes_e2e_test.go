@@ -218,7 +218,16 @@ func TestE2ERemoteWritesNeedCredentials(t *testing.T) {
 
 	t.Run("with htpasswd", func(t *testing.T) {
 		host := fmt.Sprintf("%s:%d", ns.HostIP, ns.FreePort(t))
-		realenv.StartPullcacheOn(t, host, "", "--upstream", "docker.io="+up.URL(), "--default-upstream", "docker.io", "--htpasswd", htpasswd)
+		pc := realenv.StartPullcacheOn(t, host, "", "--upstream", "docker.io="+up.URL(), "--default-upstream", "docker.io", "--htpasswd", htpasswd)
+		t.Cleanup(func() {
+			log := pc.Log(t)
+			if strings.Contains(log, "s3cret") || strings.Contains(log, "Basic ") {
+				t.Errorf("the log carries a credential:\n%s", log)
+			}
+			if !strings.Contains(log, "request refused by the write policy") || !strings.Contains(log, ns.PeerIP) {
+				t.Errorf("refused remote writes are not logged with the peer's address")
+			}
+		})
 		out, err := ns.Crane(t, "", "copy", host+"/library/alpine:3.19", host+"/cache/remote:1")
 		if err == nil || !strings.Contains(out, "UNAUTHORIZED") {
 			t.Errorf("remote push without credentials: err %v\n%s\nwant UNAUTHORIZED", err, out)
