@@ -741,7 +741,9 @@ func (ir *importer) apply(st *ImportStats) error {
 			}
 			st.Pins++
 		}
-		return nil
+		// Links are not in the archive: the local repositories hold what
+		// their tags and referrers reach, as after a schema migration.
+		return ir.s.migrateLinks(tx)
 	})
 	if err == nil {
 		ir.s.manifestGen.Add(1)

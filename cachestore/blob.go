@@ -114,7 +114,9 @@ func (s *Store) OpenBlob(d v1.Hash) (*BlobReader, BlobInfo, error) {
 // DeleteBlob removes blob d (file, then index entry, so a crash in between
 // cannot resurrect it). Readers that already opened it keep reading. It
 // returns ErrNotFound if d is not in the store. If d is a manifest, its
-// manifest record goes too (tags pointing at it stay; see TagsFor).
+// manifest record goes too (tags pointing at it stay; see TagsFor), and so
+// do the local repositories' links to d. This is the operator's delete
+// (eviction, repair): a push client's delete is UnlinkBlob.
 // Safe for concurrent use.
 func (s *Store) DeleteBlob(d v1.Hash) error {
 	if err := checkDigest(d); err != nil {
@@ -135,6 +137,9 @@ func (s *Store) DeleteBlob(d v1.Hash) error {
 		// A manifest record without its bytes is useless; dropping it here
 		// keeps "every manifest record has its blob" true at all times.
 		if err := tx.Bucket(bucketManifests).Delete(digestKey(d)); err != nil {
+			return err
+		}
+		if err := deleteLinksTx(tx, d.String()); err != nil {
 			return err
 		}
 		return tx.Bucket(bucketBlobs).Delete(digestKey(d))

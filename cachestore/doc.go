@@ -17,6 +17,11 @@
 // removed, unindexed blob files are re-hashed and adopted only if their
 // content matches their name, and index entries without a file are dropped.
 //
+// Content is stored once, whoever brought it; the index also links each
+// local repository (pushed content, LocalNamespace) to the blobs and
+// manifests pushed or mounted into it, so that a repository sees, and a
+// push client's delete removes, only its own (link.go).
+//
 // The package knows nothing about HTTP; callers map the sentinel errors in
 // errors.go to wire errors with errors.Is.
 package cachestore

@@ -320,6 +320,9 @@ func (s *Store) evictUnit(g *graph, c candidate, doomed []string) (EvictedUnit, 
 	s.accessMu.Unlock()
 	err = s.update(func(tx *bolt.Tx) error {
 		for _, d := range removed {
+			if err := deleteLinksTx(tx, d); err != nil {
+				return err
+			}
 			if err := tx.Bucket(bucketBlobs).Delete([]byte(d)); err != nil {
 				return err
 			}

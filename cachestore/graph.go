@@ -25,6 +25,7 @@ type graph struct {
 	blobs     map[string]BlobInfo
 	manifests map[string]string   // digest → media type
 	edges     map[string][]string // manifest → digests it references (plus its referrers)
+	subjectOf map[string]bool     // subject+"\x00"+referrer: edges that run to a referrer
 	tags      map[string][]tagRef // manifest digest → tags pointing at it
 	referrers []referrerRef
 	pins      []Pin
@@ -95,6 +96,7 @@ func (s *Store) loadGraph() (*graph, error) {
 		blobs:     make(map[string]BlobInfo),
 		manifests: make(map[string]string),
 		edges:     make(map[string][]string),
+		subjectOf: make(map[string]bool),
 		tags:      make(map[string][]tagRef),
 		gen:       s.manifestGen.Load(),
 	}
@@ -169,6 +171,7 @@ func (s *Store) loadGraph() (*graph, error) {
 			if sub, err := digest.Parse(refs.Subject.Digest); err == nil {
 				if _, ok := g.manifests[sub.String()]; ok {
 					g.edges[sub.String()] = append(g.edges[sub.String()], d)
+					g.subjectOf[sub.String()+"\x00"+d] = true
 				}
 			}
 		}
@@ -177,6 +180,10 @@ func (s *Store) loadGraph() (*graph, error) {
 	g.pinned = g.resolvePins()
 	return g, nil
 }
+
+// isReferrerEdge reports whether the edge from → to only says that to is a
+// referrer of from (to lives and dies with from, but from does not list it).
+func (g *graph) isReferrerEdge(from, to string) bool { return g.subjectOf[from+"\x00"+to] }
 
 // buildUnits finds the roots and their closures and counts owners.
 func (g *graph) buildUnits() {

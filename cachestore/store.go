@@ -16,7 +16,10 @@ import (
 
 // schemaVersion is stored in the schema bucket; bump it when an on-disk
 // record encoding changes incompatibly.
-const schemaVersion = "1"
+//
+// Version 2 added the local repositories' links (link.go); Open migrates a
+// version 1 index by linking what its local tags and referrers reach.
+const schemaVersion = "2"
 
 // Bucket names. All are created by Open, so no other code path creates
 // buckets or has to cope with a missing one.
@@ -28,10 +31,12 @@ var (
 	bucketReferrers = []byte("referrers") // ns\0repo\0subject\0referrer → JSON v1.Descriptor
 	bucketMeta      = []byte("meta")      // free-form key → value
 	bucketPins      = []byte("pins")      // ns\0repo\0ref → JSON pinValue (see pin.go)
+	bucketLinks     = []byte("links")     // repo\0digest → empty: local repository holds digest (link.go)
+	bucketLinkedBy  = []byte("linkedby")  // digest\0repo → empty: the same links, by digest
 	keyVersion      = []byte("version")
 	// A bucket added later (pins) needs no schema bump: Open creates it in
 	// an older index, and older builds never look at it.
-	allBuckets = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta, bucketPins}
+	allBuckets = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta, bucketPins, bucketLinks, bucketLinkedBy}
 )
 
 const (
@@ -168,6 +173,11 @@ func (s *Store) initSchema() error {
 		b := tx.Bucket(bucketSchema)
 		switch v := b.Get(keyVersion); {
 		case v == nil:
+			return b.Put(keyVersion, []byte(schemaVersion))
+		case string(v) == "1":
+			if err := s.migrateLinks(tx); err != nil {
+				return fmt.Errorf("cachestore: migrating index to schema %s: %w", schemaVersion, err)
+			}
 			return b.Put(keyVersion, []byte(schemaVersion))
 		case string(v) != schemaVersion:
 			return fmt.Errorf("%w: index has version %q, want %q", ErrSchema, v, schemaVersion)

@@ -118,6 +118,9 @@ func (s *Store) dropBlob(d v1.Hash) error {
 		if err := tx.Bucket(bucketManifests).Delete(digestKey(d)); err != nil {
 			return err
 		}
+		if err := deleteLinksTx(tx, d.String()); err != nil {
+			return err
+		}
 		return tx.Bucket(bucketBlobs).Delete(digestKey(d))
 	})
 }

@@ -20,6 +20,19 @@ import (
 // getBlob serves GET/HEAD of a blob: from the store (with Range, via
 // http.ServeContent), else by following a fill from the upstream.
 func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Request) {
+	if s.isLocal(req) {
+		// A local repository holds what was pushed or mounted into it,
+		// and nothing is ever fetched for it.
+		ok, err := s.store.BlobLinked(s.localRepo(req), req.Digest)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if !ok || !s.serveStoredBlob(w, r, req) {
+			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is not in %s", req.Digest, req.Repo))
+		}
+		return
+	}
 	if s.serveStoredBlob(w, r, req) {
 		return
 	}
@@ -123,7 +136,7 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req ro
 		}
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
-			s.fail(w, r, upstreamStatus(ns, resp, apierr.BlobUnknown, "blob "+req.Digest.String()))
+			s.fail(w, r, s.upstreamStatus(ns, resp, apierr.BlobUnknown, "blob "+req.Digest.String()))
 			return
 		}
 		size = resp.ContentLength
@@ -346,14 +359,13 @@ func copyFlushing(w *countingWriter, r io.Reader) (int64, error) {
 	}
 }
 
+// deleteBlob unlinks a blob from one local repository (mirrored names never
+// get here: checkName refused them). The content goes only when nothing
+// else, local or mirrored, holds or references it.
 func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, req route.Request) {
-	if req.Registry != "" && s.upstreams[req.Registry] != nil {
-		s.fail(w, r, apierr.New(apierr.Unsupported, "mirrored content of %s is read-only", req.Registry))
-		return
-	}
-	if err := s.store.DeleteBlob(req.Digest); err != nil {
+	if _, err := s.store.UnlinkBlob(s.localRepo(req), req.Digest); err != nil {
 		if errors.Is(err, cachestore.ErrNotFound) {
-			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is unknown", req.Digest))
+			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is not in %s", req.Digest, req.Repo))
 			return
 		}
 		s.fail(w, r, err)

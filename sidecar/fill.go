@@ -242,7 +242,7 @@ func (s *Server) positionBody(ns string, resp *http.Response, offset int64) (io.
 		}
 		return resp.Body, nil
 	default:
-		return nil, upstreamStatus(ns, resp, apierr.BlobUnknown, "blob")
+		return nil, s.upstreamStatus(ns, resp, apierr.BlobUnknown, "blob")
 	}
 }
 

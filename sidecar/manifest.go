@@ -63,7 +63,12 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, req route.R
 
 // findManifest finds req's manifest. With head set, a tag may be answered
 // from its tag record alone (digest, type, size): the body is not needed.
+// A local name is answered from the local namespace alone; a mirrored one
+// never looks there.
 func (s *Server) findManifest(ctx context.Context, req route.Request, head bool) (manifest, error) {
+	if s.isLocal(req) {
+		return s.localManifest(req)
+	}
 	if req.HasDigest() {
 		// Content-addressed: whoever put it there, the bytes are these.
 		if m, err := s.storedManifest(req.Digest); err == nil {
@@ -72,23 +77,41 @@ func (s *Server) findManifest(ctx context.Context, req route.Request, head bool)
 		} else if !errors.Is(err, cachestore.ErrNotFound) {
 			return manifest{}, err
 		}
-	} else if tr, err := s.store.GetTag(LocalNamespace, s.localRepo(req), req.Tag); err == nil {
-		m, err := s.storedManifest(tr.Digest)
-		if err == nil {
-			s.stats.ManifestHits.Add(1)
-		}
-		return m, err
-	} else if !errors.Is(err, cachestore.ErrNotFound) {
-		return manifest{}, err
 	}
 	up, err := s.mirrorFor(req)
 	if err != nil {
 		return manifest{}, err
 	}
 	if up == nil {
-		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s:%s is not in the local namespace and no default upstream is configured", req.Repo, req.Reference())
+		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s:%s is unknown: the name is not under a local prefix (%s) and no default upstream is configured", req.Repo, req.Reference(), strings.Join(s.opts.LocalPrefixes, ", "))
 	}
 	return s.mirrorManifest(ctx, up, req, head)
+}
+
+// localManifest finds a manifest pushed to a local repository: a tag of
+// the local namespace, or a digest pushed (or linked) there.
+func (s *Server) localManifest(req route.Request) (manifest, error) {
+	repo := s.localRepo(req)
+	d := req.Digest
+	if !req.HasDigest() {
+		tr, err := s.store.GetTag(LocalNamespace, repo, req.Tag)
+		if errors.Is(err, cachestore.ErrNotFound) {
+			return manifest{}, apierr.Wrap(apierr.ManifestUnknown, err, "manifest %s:%s is not in the local namespace", req.Repo, req.Tag)
+		}
+		if err != nil {
+			return manifest{}, err
+		}
+		d = tr.Digest
+	} else if ok, err := s.store.BlobLinked(repo, d); err != nil {
+		return manifest{}, err
+	} else if !ok {
+		return manifest{}, apierr.New(apierr.ManifestUnknown, "manifest %s is not in %s", d, req.Repo)
+	}
+	m, err := s.storedManifest(d)
+	if err == nil {
+		s.stats.ManifestHits.Add(1)
+	}
+	return m, err
 }
 
 func (s *Server) storedManifest(d v1.Hash) (manifest, error) {
@@ -279,7 +302,7 @@ func (s *Server) headTag(ctx context.Context, up *upstream.Client, repo, tag str
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return cachestore.TagRecord{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
+		return cachestore.TagRecord{}, s.upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
 	}
 	tr, ok := tagFromHead(resp, s.opts.Now())
 	if !ok {
@@ -300,7 +323,9 @@ func tagFromHead(resp *http.Response, now time.Time) (cachestore.TagRecord, bool
 		return cachestore.TagRecord{}, false
 	}
 	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if err != nil || mt == "" || mt == "application/octet-stream" || mt == "text/plain" {
+	if err != nil || !manifestMediaTypes[mt] {
+		// Not a manifest type we store: only the GET (and its checks)
+		// can tell what it is.
 		return cachestore.TagRecord{}, false
 	}
 	return cachestore.TagRecord{Digest: d, MediaType: mt, Size: resp.ContentLength, FetchedAt: now, CheckedAt: now}, true
@@ -323,7 +348,7 @@ func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag 
 			// mapping the upstream no longer has.
 			_ = s.store.DeleteTag(ns, repo, tag)
 		}
-		return cachestore.TagRecord{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
+		return cachestore.TagRecord{}, s.upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
 	}
 	now := s.opts.Now()
 	tr, ok := tagFromHead(resp, now)
@@ -350,7 +375,7 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, r
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return manifest{}, upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+ref)
+		return manifest{}, s.upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+ref)
 	}
 	body, err := readLimited(resp.Body, s.opts.MaxManifestSize)
 	if err != nil {
@@ -377,9 +402,9 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, r
 			return manifest{}, apierr.New(apierr.DigestInvalid, "upstream %s announced digest %s for %s but sent %s; nothing was cached", ns, h, ref, d).WithStatus(http.StatusBadGateway)
 		}
 	}
-	mt := mediaTypeOf(resp.Header.Get("Content-Type"), body)
-	if mt == "" {
-		return manifest{}, apierr.New(apierr.ManifestInvalid, "upstream %s sent manifest %s without a media type", ns, ref).WithStatus(http.StatusBadGateway)
+	mt, err := checkManifest(resp.Header.Get("Content-Type"), body)
+	if err != nil {
+		return manifest{}, apierr.New(apierr.ManifestInvalid, "upstream %s sent an invalid manifest for %s: %v; nothing was cached", ns, ref, err).WithStatus(http.StatusBadGateway)
 	}
 	rec, err := s.store.PutManifestAs(alg, mt, body)
 	if err != nil {
@@ -461,20 +486,6 @@ func isIndex(mt string) bool {
 	return mt == "application/vnd.oci.image.index.v1+json" || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
-// mediaTypeOf takes the Content-Type, else the manifest's own mediaType field.
-func mediaTypeOf(contentType string, body []byte) string {
-	if mt, _, err := mime.ParseMediaType(contentType); err == nil && mt != "" && mt != "application/octet-stream" && mt != "text/plain" {
-		return mt
-	}
-	var probe struct {
-		MediaType string `json:"mediaType"`
-	}
-	if json.Unmarshal(body, &probe) == nil {
-		return probe.MediaType
-	}
-	return ""
-}
-
 var errTooLarge = errors.New("body too large")
 
 func readLimited(r io.Reader, max int64) ([]byte, error) {
@@ -528,7 +539,7 @@ func upstreamFailure(ns string, err error) error {
 // upstream.NormalizeThrottle) stays a 429 TOOMANYREQUESTS with
 // Retry-After, whose message names the registry's dialect: turning it into
 // a 5xx would make clients retry blindly and deepen the throttling.
-func upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what string) error {
+func (s *Server) upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what string) error {
 	if th, ok := admit.ThrottleOf(resp.StatusCode, resp.Header); ok {
 		wait := th.RetryAfter
 		if !th.HasRetryAfter {
@@ -540,6 +551,10 @@ func upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what s
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound:
 		return apierr.New(notFound, "%s not found upstream at %s", what, ns)
+	case code == http.StatusUnauthorized && s.hasCredentials(ns):
+		// Telling the operator to set credentials they already set sends
+		// them looking in the wrong place.
+		return apierr.New(apierr.Unauthorized, "upstream %s rejected pullcache's configured credentials for %s (wrong, expired or without access to it)", ns, what)
 	case code == http.StatusUnauthorized:
 		return apierr.New(apierr.Unauthorized, "upstream %s requires credentials for %s (set %s or a Docker config)", ns, what, upstream.EnvAuthVar(ns))
 	case code == http.StatusForbidden:
@@ -553,6 +568,12 @@ func upstreamStatus(ns string, resp *http.Response, notFound apierr.Code, what s
 	default:
 		return apierr.New(apierr.UpstreamError, "upstream %s answered HTTP %d for %s", ns, code, what)
 	}
+}
+
+// hasCredentials reports whether pullcache holds credentials for upstream ns.
+func (s *Server) hasCredentials(ns string) bool {
+	u := s.upstreams[ns]
+	return u != nil && u.Identity() != "anonymous"
 }
 
 // throttleDefaultWait is the Retry-After for a throttle that named no wait:

@@ -45,11 +45,16 @@ func (s *Server) uploadLocation(req route.Request, id string) string {
 }
 
 func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, req route.Request) {
-	// Cross-repository mount: every blob is visible to every repository,
-	// so a mount succeeds whenever we hold the blob.
+	repo := s.localRepo(req)
+	// Cross-repository mount: content is stored once, so a mount succeeds
+	// whenever we hold the blob (knowing its digest is knowing its bytes)
+	// and links it into this repository.
 	if req.MountDigest.Hex != "" {
-		if _, err := s.store.StatBlob(req.MountDigest); err == nil {
+		if err := s.store.LinkBlob(repo, req.MountDigest); err == nil {
 			s.blobCreated(w, req, req.MountDigest)
+			return
+		} else if !errors.Is(err, cachestore.ErrNotFound) {
+			s.fail(w, r, err)
 			return
 		}
 	}
@@ -57,6 +62,10 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, req route.R
 	if req.UploadDigest.Hex != "" {
 		if _, err := s.store.PutBlob(req.UploadDigest, r.Body); err != nil {
 			s.fail(w, r, uploadErr(err, req.UploadDigest))
+			return
+		}
+		if err := s.linkPushed(repo, req.UploadDigest); err != nil {
+			s.fail(w, r, err)
 			return
 		}
 		s.blobCreated(w, req, req.UploadDigest)
@@ -68,6 +77,17 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, req route.R
 		return
 	}
 	s.uploadAccepted(w, req, id, 0)
+}
+
+// linkPushed links content just stored into repo. A delete from the last
+// other repository holding the same digest may have removed it in the
+// instant between: the client is told to push again.
+func (s *Server) linkPushed(repo string, d v1.Hash) error {
+	err := s.store.LinkBlob(repo, d)
+	if errors.Is(err, cachestore.ErrNotFound) {
+		return apierr.Wrap(apierr.BlobUploadInvalid, err, "blob %s was deleted while it was pushed; push it again", d)
+	}
+	return err
 }
 
 func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Request) {
@@ -105,6 +125,10 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request, req route.Reques
 		}
 		if _, err := s.store.CommitUpload(id, req.UploadDigest); err != nil {
 			s.fail(w, r, uploadErr(err, req.UploadDigest))
+			return
+		}
+		if err := s.linkPushed(s.localRepo(req), req.UploadDigest); err != nil {
+			s.fail(w, r, err)
 			return
 		}
 		s.blobCreated(w, req, req.UploadDigest)
@@ -237,14 +261,14 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.R
 		s.fail(w, r, apierr.Wrap(apierr.ManifestInvalid, err, "reading manifest"))
 		return
 	}
-	var pm pushedManifest
-	if err := json.Unmarshal(body, &pm); err != nil {
-		s.fail(w, r, apierr.Wrap(apierr.ManifestInvalid, err, "manifest is not valid JSON"))
+	mt, err := checkManifest(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		s.fail(w, r, apierr.New(apierr.ManifestInvalid, "%v", err))
 		return
 	}
-	mt := mediaTypeOf(r.Header.Get("Content-Type"), body)
-	if mt == "" {
-		s.fail(w, r, apierr.New(apierr.ManifestInvalid, "manifest has no media type (Content-Type or mediaType field)"))
+	var pm pushedManifest
+	if err := json.Unmarshal(body, &pm); err != nil {
+		s.fail(w, r, apierr.Wrap(apierr.ManifestInvalid, err, "manifest does not parse as an image manifest or index"))
 		return
 	}
 	// A manifest pushed by digest is named by that digest's algorithm
@@ -264,8 +288,11 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.R
 	if pm.Config != nil {
 		refs = append(refs, pm.Config.Descriptor)
 	}
+	// Content the store already holds (pushed elsewhere, or mirrored) is
+	// linked into this repository rather than uploaded again.
+	repo := s.localRepo(req)
 	for _, ref := range refs {
-		if _, err := s.store.StatBlob(ref.Digest); err != nil {
+		if err := s.store.LinkBlob(repo, ref.Digest); err != nil {
 			if errors.Is(err, cachestore.ErrNotFound) && len(ref.URLs) == 0 {
 				s.fail(w, r, apierr.New(apierr.ManifestBlobUnknown, "manifest references %s, which was not pushed", ref.Digest).WithDetail(map[string]string{"digest": ref.Digest.String()}))
 				return
@@ -281,7 +308,10 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.R
 		s.fail(w, r, err)
 		return
 	}
-	repo := s.localRepo(req)
+	if err := s.linkPushed(repo, rec.Digest); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	if !req.HasDigest() {
 		if err := s.putTag(LocalNamespace, repo, req.Tag, rec); err != nil {
 			s.fail(w, r, err)
@@ -307,18 +337,28 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, req route.R
 	w.WriteHeader(http.StatusCreated)
 }
 
+// deleteManifest deletes from one local repository: a tag, or a manifest
+// with the tags that point at it there. Other repositories holding the same
+// manifest keep it; its content goes only when nothing references it.
 func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, req route.Request) {
 	repo := s.localRepo(req)
 	if !req.HasDigest() {
-		if _, err := s.store.GetTag(LocalNamespace, repo, req.Tag); err != nil {
-			s.fail(w, r, apierr.Wrap(apierr.ManifestUnknown, err, "tag %s is not in the local namespace", req.Tag))
-			return
-		}
 		if err := s.store.DeleteTag(LocalNamespace, repo, req.Tag); err != nil {
+			if errors.Is(err, cachestore.ErrNotFound) {
+				s.fail(w, r, apierr.Wrap(apierr.ManifestUnknown, err, "tag %s is not in %s", req.Tag, req.Repo))
+				return
+			}
 			s.fail(w, r, err)
 			return
 		}
 		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	if ok, err := s.store.BlobLinked(repo, req.Digest); err != nil {
+		s.fail(w, r, err)
+		return
+	} else if !ok {
+		s.fail(w, r, apierr.New(apierr.ManifestUnknown, "manifest %s is not in %s", req.Digest, req.Repo))
 		return
 	}
 	m, err := s.storedManifest(req.Digest)
@@ -332,7 +372,7 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, req rout
 		return
 	}
 	for _, t := range tags {
-		if err := s.store.DeleteTag(LocalNamespace, repo, t); err != nil {
+		if err := s.store.DeleteTag(LocalNamespace, repo, t); err != nil && !errors.Is(err, cachestore.ErrNotFound) {
 			s.fail(w, r, err)
 			return
 		}
@@ -341,31 +381,47 @@ func (s *Server) deleteManifest(w http.ResponseWriter, r *http.Request, req rout
 	if json.Unmarshal(m.body, &pm) == nil && pm.Subject != nil {
 		_ = s.store.DeleteReferrer(LocalNamespace, repo, pm.Subject.Digest, req.Digest)
 	}
-	if err := s.store.DeleteManifest(req.Digest); err != nil && !errors.Is(err, cachestore.ErrNotFound) {
+	if _, err := s.store.UnlinkBlob(repo, req.Digest); err != nil && !errors.Is(err, cachestore.ErrNotFound) {
 		s.fail(w, r, err)
 		return
 	}
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// listTags lists the local namespace's tags for the repository, else the
-// upstream's (uncached: tag lists are rare and change).
+// listTags lists a local repository's tags, or passes a mirrored
+// repository's list through from its upstream (uncached: tag lists are rare
+// and change).
 func (s *Server) listTags(w http.ResponseWriter, r *http.Request, req route.Request) {
-	tags, err := s.store.ListTags(LocalNamespace, s.localRepo(req))
+	if !s.isLocal(req) {
+		up, err := s.mirrorFor(req)
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if up == nil {
+			s.fail(w, r, apierr.New(apierr.NameUnknown, "repository %s is unknown", req.Repo))
+			return
+		}
+		s.proxyUpstreamJSON(w, r, req, "/tags/list", "tags")
+		return
+	}
+	repo := s.localRepo(req)
+	tags, err := s.store.ListTags(LocalNamespace, repo)
 	if err != nil && !errors.Is(err, cachestore.ErrNotFound) {
 		s.fail(w, r, err)
 		return
 	}
 	if len(tags) == 0 {
-		if up, err := s.mirrorFor(req); err != nil {
+		// A repository that holds content but no tag lists none; one
+		// that holds nothing is unknown.
+		if known, err := s.store.RepoLinked(repo); err != nil {
 			s.fail(w, r, err)
 			return
-		} else if up != nil {
-			s.proxyUpstreamJSON(w, r, req, "/tags/list", "tags")
+		} else if !known {
+			s.fail(w, r, apierr.New(apierr.NameUnknown, "repository %s is unknown", req.Repo))
 			return
 		}
-		s.fail(w, r, apierr.New(apierr.NameUnknown, "repository %s is unknown", req.Repo))
-		return
+		tags = []string{}
 	}
 	sort.Strings(tags)
 	if req.TagsLast != "" {
@@ -386,16 +442,20 @@ func (s *Server) listTags(w http.ResponseWriter, r *http.Request, req route.Requ
 }
 
 func (s *Server) referrers(w http.ResponseWriter, r *http.Request, req route.Request) {
-	descs, err := s.store.Referrers(LocalNamespace, s.localRepo(req), req.Digest)
-	if err != nil && !errors.Is(err, cachestore.ErrNotFound) {
-		s.fail(w, r, err)
-		return
-	}
-	if len(descs) == 0 {
-		if up, _ := s.mirrorFor(req); up != nil {
-			s.proxyUpstreamJSON(w, r, req, "/referrers/"+req.Digest.String(), "referrers")
+	var descs []v1.Descriptor
+	if s.isLocal(req) {
+		var err error
+		descs, err = s.store.Referrers(LocalNamespace, s.localRepo(req), req.Digest)
+		if err != nil && !errors.Is(err, cachestore.ErrNotFound) {
+			s.fail(w, r, err)
 			return
 		}
+	} else if up, err := s.mirrorFor(req); err != nil {
+		s.fail(w, r, err)
+		return
+	} else if up != nil {
+		s.proxyUpstreamJSON(w, r, req, "/referrers/"+req.Digest.String(), "referrers")
+		return
 	}
 	if req.ArtifactType != "" {
 		kept := descs[:0]
@@ -435,7 +495,7 @@ func (s *Server) proxyUpstreamJSON(w http.ResponseWriter, r *http.Request, req r
 			writeJSON(w, r, "application/vnd.oci.image.index.v1+json", map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []v1.Descriptor{}})
 			return
 		}
-		s.fail(w, r, upstreamStatus(ns, resp, apierr.NameUnknown, req.Repo))
+		s.fail(w, r, s.upstreamStatus(ns, resp, apierr.NameUnknown, req.Repo))
 		return
 	}
 	body, err := readLimited(resp.Body, s.opts.MaxManifestSize)

@@ -46,21 +46,21 @@ func imageManifest(config, layer v1.Hash, configSize, layerSize int, subject str
 func TestReferrersAndDeletes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	cfg := pushBlob(t, e, "local/app", []byte("{}"))
-	layer := pushBlob(t, e, "local/app", []byte("layer bytes"))
+	cfg := pushBlob(t, e, "cache/app", []byte("{}"))
+	layer := pushBlob(t, e, "cache/app", []byte("layer bytes"))
 	subjectBody := imageManifest(cfg, layer, 2, 11, "")
-	resp := pushManifest(t, e, "local/app", "v1", "application/vnd.oci.image.manifest.v1+json", subjectBody)
+	resp := pushManifest(t, e, "cache/app", "v1", "application/vnd.oci.image.manifest.v1+json", subjectBody)
 	subject := resp.Header.Get("Docker-Content-Digest")
 	subjectDesc := `{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":` + strconv.Itoa(len(subjectBody)) + `,"digest":"` + subject + `"}`
 
 	sbom := imageManifest(cfg, layer, 2, 11, subjectDesc)
-	resp = pushManifest(t, e, "local/app", sha256Hash(sbom).String(), "application/vnd.oci.image.manifest.v1+json", sbom)
+	resp = pushManifest(t, e, "cache/app", sha256Hash(sbom).String(), "application/vnd.oci.image.manifest.v1+json", sbom)
 	if resp.Header.Get("OCI-Subject") != subject {
 		t.Errorf("OCI-Subject = %q, want %q", resp.Header.Get("OCI-Subject"), subject)
 	}
 
 	list := func(query string) (http.Header, []v1.Descriptor) {
-		resp, body := do(t, "GET", e.mirror.URL+"/v2/local/app/referrers/"+subject+query, nil, nil)
+		resp, body := do(t, "GET", e.mirror.URL+"/v2/cache/app/referrers/"+subject+query, nil, nil)
 		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/vnd.oci.image.index.v1+json" {
 			t.Fatalf("referrers: %s %q", resp.Status, resp.Header.Get("Content-Type"))
 		}
@@ -78,32 +78,32 @@ func TestReferrersAndDeletes(t *testing.T) {
 	}
 
 	// Delete the referrer by digest: gone from the list and from GET.
-	resp, _ = do(t, "DELETE", e.mirror.URL+"/v2/local/app/manifests/"+sha256Hash(sbom).String(), nil, nil)
+	resp, _ = do(t, "DELETE", e.mirror.URL+"/v2/cache/app/manifests/"+sha256Hash(sbom).String(), nil, nil)
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("DELETE manifest: %s", resp.Status)
 	}
 	if _, got := list(""); len(got) != 0 {
 		t.Fatalf("referrer still listed after delete: %+v", got)
 	}
-	if resp, _ := do(t, "GET", e.mirror.URL+"/v2/local/app/manifests/"+sha256Hash(sbom).String(), nil, nil); resp.StatusCode != http.StatusNotFound {
+	if resp, _ := do(t, "GET", e.mirror.URL+"/v2/cache/app/manifests/"+sha256Hash(sbom).String(), nil, nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("deleted manifest still served: %s", resp.Status)
 	}
 	// Delete a tag; the tag list follows.
-	if resp, _ := do(t, "DELETE", e.mirror.URL+"/v2/local/app/manifests/v1", nil, nil); resp.StatusCode != http.StatusAccepted {
+	if resp, _ := do(t, "DELETE", e.mirror.URL+"/v2/cache/app/manifests/v1", nil, nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("DELETE tag: %s", resp.Status)
 	}
-	if resp, _ := do(t, "GET", e.mirror.URL+"/v2/local/app/manifests/v1", nil, nil); resp.StatusCode != http.StatusNotFound {
+	if resp, _ := do(t, "GET", e.mirror.URL+"/v2/cache/app/manifests/v1", nil, nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("deleted tag still served: %s", resp.Status)
 	}
 	// Delete a blob.
-	if resp, _ := do(t, "DELETE", e.mirror.URL+"/v2/local/app/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusAccepted {
+	if resp, _ := do(t, "DELETE", e.mirror.URL+"/v2/cache/app/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("DELETE blob: %s", resp.Status)
 	}
-	if resp, _ := do(t, "HEAD", e.mirror.URL+"/v2/local/app/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusNotFound {
+	if resp, _ := do(t, "HEAD", e.mirror.URL+"/v2/cache/app/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("deleted blob still served: %s", resp.Status)
 	}
-	// Mirrored content is read-only.
-	if resp, _ := do(t, "DELETE", e.mirror.URL+"/v2/docker.io/library/app/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusMethodNotAllowed {
+	// Mirrored content is read-only (403 DENIED, issue 9; it was a 405).
+	if resp, _ := do(t, "DELETE", e.mirror.URL+"/v2/docker.io/library/app/blobs/"+layer.String(), nil, nil); resp.StatusCode != http.StatusForbidden {
 		t.Errorf("DELETE of mirrored content: %s", resp.Status)
 	}
 }

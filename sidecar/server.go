@@ -27,7 +27,11 @@ import (
 )
 
 // LocalNamespace is the store namespace of pushed content.
-const LocalNamespace = "local"
+const LocalNamespace = cachestore.LocalNamespace
+
+// DefaultLocalPrefix is where pushes go unless Options.LocalPrefixes says
+// otherwise.
+const DefaultLocalPrefix = "cache/"
 
 // Options configure a Server. Store is required; everything else has a
 // default.
@@ -38,6 +42,12 @@ type Options struct {
 	// DefaultUpstream serves requests that name no registry (dockerd's
 	// registry-mirrors). Empty: such requests see only the local namespace.
 	DefaultUpstream string
+	// LocalPrefixes are the repository prefixes of the local namespace
+	// ("cache/"): the only names that take pushes, uploads, mounts and
+	// deletes, and that are never looked up upstream. A name under a local
+	// prefix with no registry in the path or ?ns= is local; every other
+	// name is mirrored and read-only. Empty means DefaultLocalPrefix.
+	LocalPrefixes []string
 	// TagTTL is how long a tag is served with no upstream contact; after it
 	// the tag is revalidated with a HEAD. Zero means 10 minutes; negative
 	// means every request revalidates.
@@ -109,6 +119,11 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	prefixes, err := NormalizeLocalPrefixes(opts.LocalPrefixes)
+	if err != nil {
+		return nil, err
+	}
+	opts.LocalPrefixes = prefixes
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -189,6 +204,9 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(withClient(r.Context(), client))
 	s.clients.request(client)
 	req, err := route.Parse(r)
+	if err == nil {
+		err = s.checkName(req)
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -261,19 +279,9 @@ func (s *Server) mirrorFor(req route.Request) (*upstream.Client, error) {
 	return s.upstreams[s.opts.DefaultUpstream], nil
 }
 
-// localRepo is the local-namespace key for a request: pushes to
-// /v2/ghcr.io/org/app land under "ghcr.io/org/app", and pulls of ghcr.io's
-// org/app (by path or ?ns=) find them there before asking ghcr.io.
-func (s *Server) localRepo(req route.Request) string {
-	if req.Registry == "" {
-		return req.Repo
-	}
-	repo := req.Repo
-	if u := s.upstreams[req.Registry]; u != nil {
-		repo = u.Registry().NormalizeRepo(repo)
-	}
-	return req.Registry + "/" + repo
-}
+// localRepo is the local-namespace key of a local request: the repository
+// as the client named it ("cache/app").
+func (s *Server) localRepo(req route.Request) string { return req.Repo }
 
 // clientName identifies a client in logs, per-client counters and the fair
 // admission queue: the remote address without its port, or the job name a

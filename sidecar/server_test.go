@@ -42,8 +42,20 @@ func (c *countingUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.mu.Lock()
 	c.n[kind]++
+	inner := c.inner
 	c.mu.Unlock()
-	c.inner.ServeHTTP(w, r)
+	inner.ServeHTTP(w, r)
+}
+
+// total is the number of requests since the last reset.
+func (c *countingUpstream) total() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, v := range c.n {
+		n += v
+	}
+	return n
 }
 
 func (c *countingUpstream) count(kind string) int {

@@ -1,6 +1,8 @@
 package sidecar
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -276,7 +278,7 @@ func (c admissionCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, l...)
 	}
 	for _, q := range c.a.Snapshot() {
-		u, id := q.Key.Upstream, q.Key.Identity
+		u, id := q.Key.Upstream, metricIdentity(q.Key.Upstream, q.Key.Identity)
 		gauge(descTokens, q.Tokens, u, id)
 		if !q.ReportedAt.IsZero() {
 			gauge(descRemaining, float64(q.ReportedRemaining), u, id)
@@ -296,6 +298,17 @@ func (c admissionCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(descUpstream429, float64(t.Observed429), t.Upstream, "uncounted")
 		gauge(descInFlight, float64(t.InFlight), t.Upstream)
 	}
+}
+
+// metricIdentity labels a quota in /metrics without naming the account:
+// /metrics is served to any peer, and a user name is no business of theirs.
+// The label is stable, so dashboards can still tell two credentials apart.
+func metricIdentity(upstream, identity string) string {
+	if identity == "" || identity == admit.Anonymous {
+		return identity
+	}
+	sum := sha256.Sum256([]byte(upstream + "\x00" + identity))
+	return "credential-" + hex.EncodeToString(sum[:4])
 }
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {

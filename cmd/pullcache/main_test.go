@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pullcache/pullcache/sidecar"
 )
 
 func TestParseSize(t *testing.T) {
@@ -95,5 +99,40 @@ func TestSplitEnvList(t *testing.T) {
 		if got := strings.Join(splitEnvList(in), "|"); got != want {
 			t.Errorf("splitEnvList(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// --local-prefix takes a list from PULLCACHE_LOCAL_PREFIX, refuses a
+// registry host or a non-path, and --write-auth always without --htpasswd
+// is refused at start rather than refusing every write later.
+func TestWriteFlags(t *testing.T) {
+	t.Setenv("PULLCACHE_LOCAL_PREFIX", "ci/cache,builds/")
+	t.Setenv("PULLCACHE_WRITE_AUTH", "always")
+	var cfg serveConfig
+	fs := serveFlags(&cfg, io.Discard)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyEnv(fs); err != nil {
+		t.Fatal(err)
+	}
+	got, err := sidecar.NormalizeLocalPrefixes(cfg.localPrefixes)
+	if err != nil || strings.Join(got, " ") != "ci/cache/ builds/" {
+		t.Fatalf("local prefixes from env = %q, %v", got, err)
+	}
+	if _, err := writeGate(cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "htpasswd") {
+		t.Errorf("--write-auth always without --htpasswd: %v", err)
+	}
+	if def, err := sidecar.NormalizeLocalPrefixes(nil); err != nil || strings.Join(def, " ") != "cache/" {
+		t.Errorf("default local prefix = %q, %v", def, err)
+	}
+	for _, bad := range []string{"", "/", "docker.io/cache", "localhost:5000/x", "UPPER/", "a//b"} {
+		if _, err := sidecar.NormalizeLocalPrefixes([]string{bad}); err == nil {
+			t.Errorf("local prefix %q accepted", bad)
+		}
+	}
+	cfg.htpasswd = filepath.Join(t.TempDir(), "missing")
+	if _, err := writeGate(cfg, slog.New(slog.DiscardHandler)); err == nil {
+		t.Error("a missing --htpasswd file accepted")
 	}
 }

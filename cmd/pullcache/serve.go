@@ -18,6 +18,7 @@ import (
 	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/sidecar/writeauth"
 )
 
 // serveConfig is everything `pullcache serve` takes. Its zero flags give the
@@ -42,6 +43,11 @@ type serveConfig struct {
 	queueTimeout   time.Duration
 	quotaReserve   int
 	revalidateWait time.Duration
+
+	// Who may write where (README "Security model").
+	localPrefixes listFlag
+	htpasswd      string
+	writeAuth     string
 
 	// The volume's size bound and what it must keep.
 	maxSize    sizeFlag
@@ -77,6 +83,9 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.Var(&cfg.maxSize, "max-size", "cap on the cache's blob bytes (e.g. 20GiB); least recently used images are evicted between 95% and 85% of it; 0 = no cap")
 	fs.DurationVar(&cfg.gcInterval, "gc-interval", 30*time.Second, "how often the cache size is checked against --max-size")
 	fs.Var(&cfg.pins, "pin", "image never evicted, e.g. docker.io/library/alpine:3.20 (repeatable); see also 'pullcache pin'")
+	fs.Var(&cfg.localPrefixes, "local-prefix", "repository prefix of the local namespace, the only names that take pushes and deletes and are never looked up upstream (repeatable; default cache/)")
+	fs.StringVar(&cfg.htpasswd, "htpasswd", "", "htpasswd file of bcrypt entries (htpasswd -B) whose users may write from beyond loopback (HTTP Basic auth); without it such writes are refused")
+	fs.StringVar(&cfg.writeAuth, "write-auth", "loopback", "loopback: writes from loopback need no credentials; always: every write needs --htpasswd credentials")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
@@ -106,6 +115,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
+	gate, err := writeGate(cfg, log)
+	if err != nil {
+		return err
+	}
+	localPrefixes, err := sidecar.NormalizeLocalPrefixes(cfg.localPrefixes)
+	if err != nil {
+		return fmt.Errorf("--local-prefix: %w", err)
+	}
+
 	regs, err := upstreamRegistries(cfg.upstreams)
 	if err != nil {
 		return err
@@ -133,6 +151,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		RevalidateWait:  cfg.revalidateWait,
 		Upstreams:       clients,
 		DefaultUpstream: cfg.defaultUpstream,
+		LocalPrefixes:   localPrefixes,
 		TagTTL:          tagTTL(cfg.tagTTL),
 		MaxManifestSize: int64(cfg.maxManifest),
 		Logger:          log,
@@ -148,17 +167,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if !isLoopback(ln.Addr()) {
-		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror", "addr", ln.Addr().String())
+		writes := "writes from other hosts are refused (no --htpasswd)"
+		if cfg.htpasswd != "" {
+			writes = "writes from other hosts need --htpasswd credentials"
+		}
+		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror; "+writes, "addr", ln.Addr().String())
 	}
 	hs := &http.Server{
-		Handler:           vol.Handler(),
+		Handler:           gate.Wrap(vol.Handler()),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", upstreamNames(clients), "role", vol.Role().String(), "default", cfg.defaultUpstream, "version", versionString())
+	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", upstreamNames(clients), "role", vol.Role().String(), "default", cfg.defaultUpstream, "local_prefixes", strings.Join(localPrefixes, ","), "write_auth", cfg.writeAuth, "version", versionString())
 
 	select {
 	case err := <-errc:
@@ -177,6 +200,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// The deferred closeVolume drains followers and fills, then hands the
 	// volume to a follower.
 	return nil
+}
+
+// writeGate builds the write and stats policy of the listening socket from
+// --write-auth and --htpasswd.
+func writeGate(cfg serveConfig, log *slog.Logger) (*writeauth.Gate, error) {
+	mode, err := writeauth.ParseMode(cfg.writeAuth)
+	if err != nil {
+		return nil, err
+	}
+	var users *writeauth.Users
+	if cfg.htpasswd != "" {
+		if users, err = writeauth.LoadHtpasswd(cfg.htpasswd); err != nil {
+			return nil, err
+		}
+	}
+	return writeauth.New(writeauth.Options{Mode: mode, Users: users, Logger: log})
 }
 
 // upstreamRegistries turns --upstream values into registries; none given

@@ -31,8 +31,9 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 		return nil, fmt.Errorf("default upstream %q is not among the configured upstreams (%s)", d, upstreamNames(mirrorOpts.Upstreams))
 	}
 	return owner.Start(owner.Options{
-		Dir:    cfg.dir,
-		Logger: log,
+		Dir:           cfg.dir,
+		Logger:        log,
+		LocalPrefixes: mirrorOpts.LocalPrefixes,
 		Build: func(store *cachestore.Store) (owner.Service, error) {
 			for _, ref := range cfg.pins {
 				ns, repo, id, err := parsePinRef(ref)

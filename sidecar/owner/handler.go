@@ -127,7 +127,7 @@ func (v *Volume) serveLocalBlob(w http.ResponseWriter, r *http.Request) bool {
 		return false // cheap filter before the full parse
 	}
 	req, err := route.Parse(r)
-	if err != nil || req.Kind != route.KindBlob {
+	if err != nil || req.Kind != route.KindBlob || v.localName(req) {
 		return false
 	}
 	f, err := cachestore.OpenBlobFile(v.dir, req.Digest)
@@ -143,6 +143,20 @@ func (v *Volume) serveLocalBlob(w http.ResponseWriter, r *http.Request) bool {
 	w.Header().Set(apierr.APIVersionHeader, apierr.APIVersion)
 	v.local.bytesServed.Add(sidecar.ServeBlobContent(w, r, req.Digest, f))
 	return true
+}
+
+// localName reports whether req names a local repository (no registry,
+// under a local prefix).
+func (v *Volume) localName(req route.Request) bool {
+	if req.Registry != "" {
+		return false
+	}
+	for _, p := range v.opts.LocalPrefixes {
+		if strings.HasPrefix(req.Repo, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func healthz(w http.ResponseWriter, role Role) {

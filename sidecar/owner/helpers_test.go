@@ -80,6 +80,7 @@ func startNode(t *testing.T, dir, hubURL string) *node {
 		Store:         cachestore.Options{NoSync: true},
 		ElectionPoll:  100 * time.Millisecond,
 		StartLockWait: 100 * time.Millisecond,
+		LocalPrefixes: []string{sidecar.DefaultLocalPrefix},
 		Logger:        log,
 	})
 	if err != nil {

@@ -87,6 +87,11 @@ type Options struct {
 	// owner could not take (no socket, connection refused or reset before a
 	// response) while an election completes. Default 10s.
 	ForwardRetry time.Duration
+	// LocalPrefixes are the local namespace's repository prefixes, as
+	// sidecar.NormalizeLocalPrefixes returns them. A follower leaves blobs
+	// of those names to the owner: a local repository serves only what it
+	// holds, and only the index knows that.
+	LocalPrefixes []string
 	// Logger receives role changes; default slog.Default().
 	Logger *slog.Logger
 }

@@ -139,6 +139,34 @@ func TestFollowerServesLocalBlobWithoutOwner(t *testing.T) {
 	}
 }
 
+// A local repository serves only what it holds, which only the owner's
+// index knows: a follower hands such blob reads to the owner even when the
+// file is on the volume.
+func TestFollowerLeavesLocalNamesToOwner(t *testing.T) {
+	t.Parallel()
+	dir := shortDir(t)
+	own := startNode(t, dir, "")
+	fol := startNode(t, dir, "")
+	content := []byte("pushed to cache/a only")
+	sum := sha256.Sum256(content)
+	d := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+	if _, err := own.store.PutBlob(d, bytes.NewReader(content)); err != nil {
+		t.Fatal(err)
+	}
+	if err := own.store.LinkBlob("cache/a", d); err != nil {
+		t.Fatal(err)
+	}
+	if resp, _ := fol.get(t, http.MethodGet, "/v2/cache/b/blobs/"+d.String(), nil); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("follower served cache/b a blob only cache/a holds: %s", resp.Status)
+	}
+	if resp, body := fol.get(t, http.MethodGet, "/v2/cache/a/blobs/"+d.String(), nil); resp.StatusCode != 200 || !bytes.Equal(body, content) {
+		t.Errorf("cache/a's blob through the follower: %s", resp.Status)
+	}
+	if hits := own.mirror.Stats().BlobHits.Load(); hits != 1 {
+		t.Errorf("owner served %d blob hits, want 1 (the follower must forward local names)", hits)
+	}
+}
+
 // Misses and manifests go to the owner, so pulls through every process
 // share one fill: the upstream sees one GET per blob.
 func TestPullsThroughAllProcessesShareOneFill(t *testing.T) {

@@ -71,11 +71,23 @@ func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 // ("PULLCACHE_AUTH_DOCKER_IO=user:password").
 func StartPullcacheEnv(t testing.TB, dir string, env []string, args ...string) *Pullcache {
 	t.Helper()
+	return startPullcache(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dir, env, args...)
+}
+
+// StartPullcacheOn is StartPullcache listening on host (IP:PORT), e.g. the
+// host side of a Netns's veth pair, so that peers in the namespace are
+// remote clients.
+func StartPullcacheOn(t testing.TB, host, dir string, args ...string) *Pullcache {
+	t.Helper()
+	return startPullcache(t, host, dir, nil, args...)
+}
+
+func startPullcache(t testing.TB, host, dir string, env []string, args ...string) *Pullcache {
+	t.Helper()
 	bin := PullcacheBinary(t)
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	host := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	logPath := filepath.Join(t.TempDir(), "pullcache.log")
 	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
 	p := &Pullcache{Dir: dir, Host: host, logPath: logPath}
