@@ -381,17 +381,7 @@ func (c *CDN) Requests() []CDNRequest {
 	c.t.Helper()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	end := c.flush()
-	f, err := os.Open(c.accessLog)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer f.Close()
-	reqs, err := parseCDNLog(io.NewSectionReader(f, c.offset, end-c.offset))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return reqs
+	return readLog(c.t, c.accessLog, c.offset, c.flush(), parseCDNLog)
 }
 
 // flush sends a uniquely named request and waits until it is in the access

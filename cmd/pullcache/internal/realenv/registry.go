@@ -211,15 +211,20 @@ func (r *Registry) Requests() []Request {
 	r.t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	end := r.flush()
-	f, err := os.Open(r.accessLog)
+	return readLog(r.t, r.accessLog, r.offset, r.flush(), parseAccessLog)
+}
+
+// readLog parses the bytes [from, to) of an access log.
+func readLog[T any](t testing.TB, path string, from, to int64, parse func(io.Reader) ([]T, error)) []T {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer f.Close()
-	reqs, err := parseAccessLog(io.NewSectionReader(f, r.offset, end-r.offset))
+	reqs, err := parse(io.NewSectionReader(f, from, to-from))
 	if err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return reqs
 }
