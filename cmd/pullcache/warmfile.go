@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -112,14 +111,19 @@ func dockerfileRefs(b []byte) (refs, notes []string) {
 	return refs, notes
 }
 
-// yamlRefs reads a compose file or a GitHub Actions workflow.
+// yamlRefs reads a compose file or a GitHub Actions workflow, in the
+// file's own order.
 func yamlRefs(b []byte) (refs, notes []string, err error) {
-	var doc map[string]any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
 		return nil, nil, err
 	}
-	add := func(where string, v any) {
-		img := imageOf(v)
+	if len(root.Content) == 0 {
+		return nil, nil, fmt.Errorf("empty YAML document")
+	}
+	doc := root.Content[0]
+	add := func(where string, n *yaml.Node) {
+		img := imageOf(n)
 		switch {
 		case img == "":
 		case strings.Contains(img, "${"):
@@ -128,51 +132,68 @@ func yamlRefs(b []byte) (refs, notes []string, err error) {
 			refs = append(refs, img)
 		}
 	}
-	if jobs, ok := doc["jobs"].(map[string]any); ok {
-		for _, name := range sortedKeys(jobs) {
-			job, _ := jobs[name].(map[string]any)
-			add("jobs."+name+".container", job["container"])
-			services, _ := job["services"].(map[string]any)
-			for _, s := range sortedKeys(services) {
-				add("jobs."+name+".services."+s, services[s])
+	if jobs := field(doc, "jobs"); jobs != nil {
+		for _, job := range entries(jobs) {
+			add("jobs."+job.key+".container", field(job.val, "container"))
+			for _, svc := range entries(field(job.val, "services")) {
+				add("jobs."+job.key+".services."+svc.key, svc.val)
 			}
-			steps, _ := job["steps"].([]any)
-			for i, st := range steps {
-				sm, _ := st.(map[string]any)
-				if uses, _ := sm["uses"].(string); strings.HasPrefix(uses, "docker://") {
-					add(fmt.Sprintf("jobs.%s.steps[%d].uses", name, i), strings.TrimPrefix(uses, "docker://"))
+			if steps := field(job.val, "steps"); steps != nil && steps.Kind == yaml.SequenceNode {
+				for i, st := range steps.Content {
+					if uses := field(st, "uses"); uses != nil && strings.HasPrefix(uses.Value, "docker://") {
+						add(fmt.Sprintf("jobs.%s.steps[%d].uses", job.key, i), &yaml.Node{Kind: yaml.ScalarNode, Value: strings.TrimPrefix(uses.Value, "docker://")})
+					}
 				}
 			}
 		}
 		return refs, notes, nil
 	}
-	if services, ok := doc["services"].(map[string]any); ok {
-		for _, s := range sortedKeys(services) {
-			sm, _ := services[s].(map[string]any)
-			add("services."+s, sm["image"])
+	if services := field(doc, "services"); services != nil {
+		for _, svc := range entries(services) {
+			add("services."+svc.key, field(svc.val, "image"))
 		}
 		return refs, notes, nil
 	}
 	return nil, nil, fmt.Errorf("neither a compose file (services:) nor a workflow (jobs:)")
 }
 
-// imageOf reads `image: X`, or a bare string (a workflow's `container: X`).
-func imageOf(v any) string {
-	switch t := v.(type) {
-	case string:
-		return strings.TrimSpace(t)
-	case map[string]any:
-		s, _ := t["image"].(string)
-		return strings.TrimSpace(s)
-	}
-	return ""
+type yamlEntry struct {
+	key string
+	val *yaml.Node
 }
 
-func sortedKeys(m map[string]any) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// entries lists a mapping's pairs in order; nil for anything else.
+func entries(n *yaml.Node) []yamlEntry {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
 	}
-	sort.Strings(keys)
-	return keys
+	var out []yamlEntry
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		out = append(out, yamlEntry{n.Content[i].Value, n.Content[i+1]})
+	}
+	return out
+}
+
+// field is a mapping's value for key, or nil.
+func field(n *yaml.Node, key string) *yaml.Node {
+	for _, e := range entries(n) {
+		if e.key == key {
+			return e.val
+		}
+	}
+	return nil
+}
+
+// imageOf reads `image: X`, or a bare string (a workflow's `container: X`).
+func imageOf(n *yaml.Node) string {
+	if n == nil {
+		return ""
+	}
+	if n.Kind == yaml.ScalarNode {
+		return strings.TrimSpace(n.Value)
+	}
+	if img := field(n, "image"); img != nil && img.Kind == yaml.ScalarNode {
+		return strings.TrimSpace(img.Value)
+	}
+	return ""
 }
