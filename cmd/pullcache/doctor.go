@@ -185,13 +185,25 @@ func printDoctor(w io.Writer, rep *doctorReport) {
 				limit, remaining = fmt.Sprint(q.Limit), fmt.Sprint(q.Remaining)
 			}
 			if q.WindowS > 0 {
-				window = (time.Duration(q.WindowS) * time.Second).String()
+				window = shortDuration(time.Duration(q.WindowS) * time.Second)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", q.Upstream, q.Identity, limit, remaining, window, orDash(q.Source))
 		}
 		tw.Flush()
 	}
 	fmt.Fprintf(w, "\n%d ok, %d warn, %d fail\n", counts[statusOK], counts[statusWarn], counts[statusFail])
+}
+
+// shortDuration drops zero minutes and seconds: 6h, not 6h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func orDash(s string) string {

@@ -243,7 +243,7 @@ func judgeUpstream(c sidecar.UpstreamCheck, tokens float64, hasBucket bool) (sta
 		}
 		return statusOK, detail, ""
 	}
-	detail += fmt.Sprintf("; %d of %d pulls left per %s", c.Remaining, c.Limit, time.Duration(c.WindowSeconds)*time.Second)
+	detail += fmt.Sprintf("; %d of %d pulls left per %s", c.Remaining, c.Limit, shortDuration(time.Duration(c.WindowSeconds)*time.Second))
 	if c.Source != "" {
 		detail += ", charged to " + c.Source
 	}
