@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -176,13 +177,26 @@ func checkUpstreams(ctx context.Context, m *mirrorProbe, info mirrorInfo, rep *d
 	if info.about == nil {
 		return nil
 	}
+	// One HEAD per upstream, all at once: an unreachable one costs its
+	// timeout, not everyone's.
+	ups := info.about.Upstreams
+	checks := make([]sidecar.UpstreamCheck, len(ups))
+	errs := make([]error, len(ups))
+	asked := time.Now()
+	var wg sync.WaitGroup
+	for i, u := range ups {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = m.getJSON(ctx, sidecar.AdminPath+"upstream?ns="+url.QueryEscape(u.Name), &checks[i])
+		}()
+	}
+	wg.Wait()
 	var out []upstreamCheckResult
-	for _, u := range info.about.Upstreams {
-		var c sidecar.UpstreamCheck
-		asked := time.Now()
-		name := "upstream " + u.Name
-		if err := m.getJSON(ctx, sidecar.AdminPath+"upstream?ns="+url.QueryEscape(u.Name), &c); err != nil {
-			rep.add(name, statusFail, fmt.Sprintf("the mirror could not check %s: %v", u.Name, err), "see the mirror's log")
+	for i, u := range ups {
+		name, c := "upstream "+u.Name, checks[i]
+		if errs[i] != nil {
+			rep.add(name, statusFail, fmt.Sprintf("the mirror could not check %s: %v", u.Name, errs[i]), "see the mirror's log")
 			continue
 		}
 		out = append(out, upstreamCheckResult{c, asked})
@@ -219,10 +233,14 @@ func judgeUpstream(c sidecar.UpstreamCheck, tokens float64, hasBucket bool) (sta
 	authFix := fmt.Sprintf("give the mirror working credentials: PULLCACHE_AUTH_%s=user:token (or a Docker config file), then restart it", envRegistry(c.Upstream))
 	head := fmt.Sprintf("%s (%s) as %s: HEAD %s", c.Upstream, c.Endpoint, c.Identity, c.Probe)
 	switch {
+	case c.Error != "" && authRefusal(c.Error) && c.Identity == "anonymous" && !strings.HasPrefix(c.Probe, "ratelimitpreview/"):
+		// No credential to blame: the registry will not hand out an
+		// anonymous token for the probe repository (it does not exist,
+		// or is private). It answered, which is what is checked here.
+		return statusOK, head + ": reachable; it refused an anonymous token for the probe repository, as registries do for one that does not exist", ""
+	case c.Error != "" && authRefusal(c.Error):
+		return statusFail, head + " failed, credentials refused: " + c.Error, authFix
 	case c.Error != "":
-		if strings.Contains(strings.ToLower(c.Error), "unauthorized") || strings.Contains(strings.ToLower(c.Error), "credential") {
-			return statusFail, head + " failed, credentials refused: " + c.Error, authFix
-		}
 		return statusFail, head + " failed: " + c.Error,
 			fmt.Sprintf("let this machine reach %s over HTTPS (firewall, DNS, HTTPS_PROXY), or fix --upstream %s=URL", c.Endpoint, c.Upstream)
 	case c.Status == http.StatusTooManyRequests:
@@ -255,6 +273,18 @@ func judgeUpstream(c sidecar.UpstreamCheck, tokens float64, hasBucket bool) (sta
 			fmt.Sprintf("authenticate the mirror (PULLCACHE_AUTH_%s=user:token) for a per-account limit, and warm images before bursts (pullcache warm)", envRegistry(c.Upstream))
 	}
 	return statusOK, detail, ""
+}
+
+// authRefusal reports whether an upstream error is the registry refusing a
+// token or credentials.
+func authRefusal(msg string) bool {
+	m := strings.ToLower(msg)
+	for _, s := range []string{"unauthorized", "denied", "credential", "401", "403"} {
+		if strings.Contains(m, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // envRegistry spells a registry name as PULLCACHE_AUTH_<NAME> wants it.
