@@ -165,14 +165,22 @@ func TestJudgeUpstream(t *testing.T) {
 		want string
 		in   string
 	}{
-		{"quota", with(hub, func(c *sidecar.UpstreamCheck) { c.Reported, c.Limit, c.Remaining, c.WindowSeconds = true, 100, 76, 21600 }), statusOK, "76 of 100 pulls left per 6h"},
+		{"quota", with(hub, func(c *sidecar.UpstreamCheck) {
+			c.Reported, c.Limit, c.Remaining, c.WindowSeconds = true, 100, 76, 21600
+		}), statusOK, "76 of 100 pulls left per 6h"},
 		{"almost spent", with(hub, func(c *sidecar.UpstreamCheck) { c.Reported, c.Limit, c.Remaining = true, 100, 3 }), statusWarn, "almost used up"},
 		{"unlimited", hub, statusOK, "not limited"},
 		{"down", with(hub, func(c *sidecar.UpstreamCheck) { c.Status, c.Error = 0, "dial tcp: connection refused" }), statusFail, "connection refused"},
-		{"user refused", with(hub, func(c *sidecar.UpstreamCheck) { c.Status, c.Identity, c.Error = 0, "ci-bot", "UNAUTHORIZED: incorrect username or password" }), statusFail, "credentials refused"},
-		{"anonymous probe elsewhere", with(ghcr, func(c *sidecar.UpstreamCheck) { c.Error = "GET https://ghcr.io/token: DENIED: requested access to the resource is denied" }), statusOK, "reachable"},
+		{"user refused", with(hub, func(c *sidecar.UpstreamCheck) {
+			c.Status, c.Identity, c.Error = 0, "ci-bot", "UNAUTHORIZED: incorrect username or password"
+		}), statusFail, "credentials refused"},
+		{"anonymous probe elsewhere", with(ghcr, func(c *sidecar.UpstreamCheck) {
+			c.Error = "GET https://ghcr.io/token: DENIED: requested access to the resource is denied"
+		}), statusOK, "reachable"},
 		{"probe missing", with(ghcr, func(c *sidecar.UpstreamCheck) { c.Status = 404 }), statusOK, "reachable"},
-		{"throttled", with(hub, func(c *sidecar.UpstreamCheck) { c.Status, c.Throttle = 429, "abuse-limit; dialect=docker-hub; status=429" }), statusFail, "abuse-limit"},
+		{"throttled", with(hub, func(c *sidecar.UpstreamCheck) {
+			c.Status, c.Throttle = 429, "abuse-limit; dialect=docker-hub; status=429"
+		}), statusFail, "abuse-limit"},
 	} {
 		status, detail, fix := judgeUpstream(tc.c, 0, false)
 		if status != tc.want || !strings.Contains(detail, tc.in) || (status != statusOK && fix == "") {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
 	"github.com/pullcache/pullcache/sidecar/hubfake"
@@ -120,5 +121,32 @@ func TestE2EWarmStopsAtTheBudget(t *testing.T) {
 	}
 	if code != 0 {
 		t.Errorf("exit status %d: staying within the budget is not a failure", code)
+	}
+}
+
+// When the budget refills within --max-wait, warm waits for it (plain lines
+// when not on a terminal) and fetches everything, still without an upstream
+// 429.
+func TestE2EWarmWaitsForTheBudget(t *testing.T) {
+	realenv.RequireE2E(t)
+	t.Parallel()
+	hub, reg := startHub(t, hubfake.Options{Quota: 4, Window: 20 * time.Second})
+	var refs []string
+	for i := range 4 {
+		realenv.SeedImage(t, reg.Host(), fmt.Sprintf("library/wait%d", i), "1", 1, 2048)
+		refs = append(refs, fmt.Sprintf("wait%d:1", i))
+	}
+	pc := startHubMirror(t, hub, "--queue-timeout", "1s")
+	out, stderr, code := runPullcacheCmd(t, append([]string{"warm", "--addr", pc.Host, "--max-wait", "1m"}, refs...)...)
+	c := hub.Counts()
+	t.Logf("warm of 4 images, upstream quota 4 per 20s (exit %d); upstream counted %d, answered %d 429s:\n%s%s", code, c.Counted, c.TooMany, out, stderr)
+	if code != 0 || !strings.Contains(out, "0 partial, 0 skipped, 0 failed") {
+		t.Errorf("warm did not fetch every image")
+	}
+	if !strings.Contains(out, "waiting ") {
+		t.Errorf("warm never waited for the budget")
+	}
+	if c.TooMany != 0 {
+		t.Errorf("the upstream had to answer %d 429s", c.TooMany)
 	}
 }
