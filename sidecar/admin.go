@@ -39,6 +39,10 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	op := strings.TrimPrefix(r.URL.Path, AdminPath)
 	body := io.LimitReader(r.Body, 1<<20)
 	switch {
+	case op == "about" && r.Method == http.MethodGet:
+		s.serveAbout(w)
+	case op == "upstream" && r.Method == http.MethodGet:
+		s.serveUpstreamCheck(w, r)
 	case op == "pins" && r.Method == http.MethodGet:
 		list, err := s.store.Pins()
 		adminReply(w, list, err)

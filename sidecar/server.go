@@ -73,6 +73,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock (tests).
 	Now func() time.Time
+	// Version and MaxSize are reported to `pullcache doctor`
+	// (/_pullcache/admin/about); they change nothing else.
+	Version string
+	MaxSize int64
 }
 
 // Server serves /v2/ and pullcache's own endpoints. Create it with New.
@@ -85,6 +89,7 @@ type Server struct {
 	admit     *admit.Admitter
 	negative  *negativeCache
 	clients   *clientTracker
+	throttles throttleLog
 
 	manifestFlight singleflight.Group
 

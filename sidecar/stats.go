@@ -102,6 +102,8 @@ type Snapshot struct {
 	Traffic []TrafficSnapshot `json:"traffic,omitempty"`
 	// Clients are the busiest clients.
 	Clients []ClientStats `json:"top_clients,omitempty"`
+	// Throttles are the latest upstream throttles, classified, oldest first.
+	Throttles []ThrottleEvent `json:"recent_throttles,omitempty"`
 }
 
 // QuotaSnapshot is one upstream+identity quota in the stats JSON.
@@ -220,6 +222,7 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
 	}
 	snap.Quota, snap.Traffic = admissionSnapshot(s.admit)
 	snap.Clients = s.clients.top(10)
+	snap.Throttles = s.throttles.list()
 	w.Header().Set("Content-Type", "application/json")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

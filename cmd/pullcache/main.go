@@ -5,6 +5,8 @@
 //
 //	pullcache serve [flags]     run the mirror (defaults need no flags)
 //	pullcache stats [--addr]    print a running mirror's counters
+//	pullcache doctor            diagnose the mirror, its clients and upstreams
+//	pullcache warm REF...       pre-pull images into the mirror within its budget
 //	pullcache config KIND       print client config for docker, containerd, buildkit
 //	pullcache version           print the version
 package main
@@ -27,6 +29,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		var ec exitCode
+		if errors.As(err, &ec) {
+			os.Exit(int(ec)) // the command printed its findings itself
+		}
 		if !errors.Is(err, errUsage) {
 			fmt.Fprintln(os.Stderr, "pullcache:", err)
 		}
@@ -36,11 +42,19 @@ func main() {
 
 var errUsage = errors.New("usage")
 
+// exitCode ends the process with that status and no further message: the
+// command has said everything (doctor's failed checks exit 1).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 const usage = `pullcache: a registry mirror sidecar for CI runners
 
 Usage:
   pullcache serve [flags]   run the mirror (see 'pullcache serve -h')
   pullcache stats [flags]   print a running mirror's counters
+  pullcache doctor [--addr HOST:PORT] [--dir PATH] [--json]   diagnose the mirror, its clients and upstreams
+  pullcache warm [--addr HOST:PORT] [--platform os/arch|all] [-f FILE] REF...   pre-pull images into the mirror within its budget
   pullcache config KIND     print client config (docker, containerd, buildkit)
   pullcache gc --max-size SIZE      evict least recently used content now
   pullcache pin|unpin REF...        keep images from eviction (or stop keeping)
@@ -65,6 +79,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return stats(ctx, args[1:], stdout, stderr)
 	case "config":
 		return config(args[1:], stdout, stderr)
+	case "doctor":
+		return doctor(ctx, args[1:], stdout, stderr)
+	case "warm":
+		return warm(ctx, args[1:], stdout, stderr)
 	case "gc":
 		return gc(args[1:], stdout, stderr)
 	case "pin", "unpin":

@@ -155,6 +155,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		TagTTL:          tagTTL(cfg.tagTTL),
 		MaxManifestSize: int64(cfg.maxManifest),
 		Logger:          log,
+		Version:         versionString(),
+		MaxSize:         int64(cfg.maxSize),
 	}
 	vol, err := startVolume(cfg, mirrorOpts, log)
 	if err != nil {

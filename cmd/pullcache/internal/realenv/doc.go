@@ -36,6 +36,7 @@
 //	SeedImage(t, host, repo, tag, layers, layerSize) v1.Hash
 //	SeedIndex(t, host, repo, tag, platforms...) v1.Hash
 //	StartDockerd(t, mirrorURL) *Dockerd             // Pull, RepoDigest, RemoveImage, Docker
+//	StartDockerdNoMirror(t) *Dockerd                // the same without registry-mirrors
 //	StartContainerd(t) *Containerd                  // Pull (error), ImageDigest, RemoveImage, Ctr
 //	WriteHostsToml(t, dir, registryName, mirrorURL)
 //	StartBuildkitd(t, mirrorHost, insecureHosts...) *Buildkitd // Build, BuildErr, Prune, Buildctl

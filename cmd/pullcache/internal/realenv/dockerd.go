@@ -30,18 +30,31 @@ type Dockerd struct {
 // mirror fails.
 func StartDockerd(t testing.TB, mirrorURL string) *Dockerd {
 	t.Helper()
+	return startDockerd(t, mirrorURL)
+}
+
+// StartDockerdNoMirror starts dockerd without registry-mirrors, as a
+// machine nobody pointed at a mirror (pullcache doctor's failing case).
+func StartDockerdNoMirror(t testing.TB) *Dockerd {
+	t.Helper()
+	return startDockerd(t, "")
+}
+
+func startDockerd(t testing.TB, mirrorURL string) *Dockerd {
+	t.Helper()
 	bin := lookTool(t, "dockerd", "/usr/sbin/dockerd", "/usr/bin/dockerd")
 	dir := t.TempDir()
 	// The exec root holds dockerd's managed containerd socket; it needs a
 	// short path.
 	run := shortTempDir(t)
-	cfg, err := json.Marshal(map[string]any{
-		"registry-mirrors": []string{mirrorURL},
+	daemon := map[string]any{"max-concurrent-downloads": 3}
+	if mirrorURL != "" {
+		daemon["registry-mirrors"] = []string{mirrorURL}
 		// Loopback registries are insecure (plain HTTP) by default; saying
 		// so keeps the mirror working if it is given by another address.
-		"insecure-registries":      []string{strings.TrimPrefix(strings.TrimPrefix(mirrorURL, "http://"), "https://")},
-		"max-concurrent-downloads": 3,
-	})
+		daemon["insecure-registries"] = []string{strings.TrimPrefix(strings.TrimPrefix(mirrorURL, "http://"), "https://")}
+	}
+	cfg, err := json.Marshal(daemon)
 	if err != nil {
 		t.Fatal(err)
 	}
