@@ -12,9 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/connlimit"
+	"github.com/pullcache/pullcache/internal/stall"
 	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/upstream"
@@ -46,7 +49,18 @@ type serveConfig struct {
 	maxSize    sizeFlag
 	pins       listFlag
 	gcInterval time.Duration
+
+	// What one client may hold of the server (connlimit, stall).
+	maxConns          int
+	maxConnsPerClient int
+	idleTimeout       time.Duration
+	slowClientTimeout time.Duration
+	uploadTimeout     time.Duration
 }
+
+// maxHeaderBytes caps a request's header block: registry requests carry a
+// few hundred bytes (a bearer token is the largest part).
+const maxHeaderBytes = 64 << 10
 
 func defaultDir() string {
 	if d, err := os.UserCacheDir(); err == nil {
@@ -75,6 +89,11 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.Var(&cfg.maxSize, "max-size", "cap on the cache's blob bytes (e.g. 20GiB); least recently used images are evicted between 95% and 85% of it; 0 = no cap")
 	fs.DurationVar(&cfg.gcInterval, "gc-interval", 30*time.Second, "how often the cache size is checked against --max-size")
 	fs.Var(&cfg.pins, "pin", "image never evicted, e.g. docker.io/library/alpine:3.20 (repeatable); see also 'pullcache pin'")
+	fs.IntVar(&cfg.maxConns, "max-conns", 4096, "most client connections held at once; beyond it the longest-idle connection is closed, or the new one refused with 503 if none is idle (0: no limit)")
+	fs.IntVar(&cfg.maxConnsPerClient, "max-conns-per-client", 512, "most connections held from one client IP address, enforced the same way (0: no limit)")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 90*time.Second, "close a keep-alive connection idle this long")
+	fs.DurationVar(&cfg.slowClientTimeout, "slow-client-timeout", time.Minute, "cut a response whose client takes less than 128KiB in this long (a stalled or crawling reader), so it stops holding its blob (0: never)")
+	fs.DurationVar(&cfg.uploadTimeout, "upload-timeout", time.Hour, "remove a push upload session untouched this long (checked every --gc-interval)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
@@ -148,14 +167,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if !isLoopback(ln.Addr()) {
 		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror", "addr", ln.Addr().String())
 	}
+	limited := connlimit.Wrap(ln, connlimit.Options{
+		Max:       cfg.maxConns,
+		PerClient: cfg.maxConnsPerClient,
+		OnReject:  rejectLogger(log),
+	})
 	hs := &http.Server{
-		Handler:           vol.Handler(),
+		Handler:           stall.Guard(vol.Handler(), cfg.slowClientTimeout),
 		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       cfg.idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         limited.ConnState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() { errc <- hs.Serve(limited) }()
 	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", upstreamNames(clients), "role", vol.Role().String(), "default", cfg.defaultUpstream, "version", versionString())
 
 	select {
@@ -198,6 +224,23 @@ func upstreamRegistries(values []string) ([]upstream.Registry, error) {
 		out = append(out, reg)
 	}
 	return out, nil
+}
+
+// rejectLogger logs refused connections at most once a second, with how
+// many were refused meanwhile: a flood must not become a flood of log lines.
+func rejectLogger(log *slog.Logger) func(net.Addr, string) {
+	var mu sync.Mutex
+	var last time.Time
+	var since int
+	return func(addr net.Addr, limit string) {
+		mu.Lock()
+		defer mu.Unlock()
+		since++
+		if now := time.Now(); now.Sub(last) >= time.Second {
+			log.Warn("connection refused: limit reached", "limit", limit, "client", addr.String(), "refused_since_last_report", since)
+			last, since = now, 0
+		}
+	}
 }
 
 func isLoopback(a net.Addr) bool {
