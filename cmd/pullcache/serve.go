@@ -93,7 +93,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&cfg.maxConnsPerClient, "max-conns-per-client", 512, "most connections held from one client IP address, enforced the same way (0: no limit)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 90*time.Second, "close a keep-alive connection idle this long")
 	fs.DurationVar(&cfg.slowClientTimeout, "slow-client-timeout", time.Minute, "cut a response whose client takes less than 128KiB in this long (a stalled or crawling reader), so it stops holding its blob (0: never)")
-	fs.DurationVar(&cfg.uploadTimeout, "upload-timeout", time.Hour, "remove a push upload session untouched this long (checked every --gc-interval)")
+	fs.DurationVar(&cfg.uploadTimeout, "upload-timeout", cachestore.DefaultUploadTimeout, "remove a push upload session untouched this long (checked every --gc-interval); its bytes count toward --max-size meanwhile, and one idle for a minute may be removed sooner to stay under it")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
