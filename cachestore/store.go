@@ -144,10 +144,10 @@ func Open(opts Options) (*Store, error) {
 		dir:           dir,
 		noSync:        opts.NoSync,
 		uploadTimeout: uploadTimeout,
-		db:          db,
-		stop:        make(chan struct{}),
-		accessQueue: make(map[string]time.Time),
-		createTemp:  osCreateTemp,
+		db:            db,
+		stop:          make(chan struct{}),
+		accessQueue:   make(map[string]time.Time),
+		createTemp:    osCreateTemp,
 	}
 	if err := s.initSchema(); err != nil {
 		db.Close()
