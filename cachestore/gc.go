@@ -377,7 +377,8 @@ func (s *Store) RunEviction(ctx context.Context, opts EvictOptions, interval tim
 
 // RunJanitor is the owner's janitor: at once and then every interval until
 // ctx is done or the Store is closed, it removes upload sessions untouched
-// for Options.UploadTimeout (ExpireUploads) and, if evict is not nil, calls
+// for Options.UploadTimeout (ExpireUploads) and partial downloads of dead
+// fills too old to resume (partial.go), and, if evict is not nil, calls
 // Evict(*evict). It logs what it freed (Info) and failures (Warn) to log
 // (nil: slog.Default()). It returns nil when ctx ends, ErrClosed if the
 // Store was closed, or an error if evict is invalid. Start it from serve
@@ -409,6 +410,9 @@ func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, evict *E
 			log.Warn("removing expired upload sessions failed", "err", err)
 		case n > 0:
 			log.Info("removed expired upload sessions", "sessions", n, "timeout", s.uploadTimeout)
+		}
+		if err := s.removeStalePartials(wallNow()); err != nil {
+			log.Warn("removing stale partial downloads failed", "err", err)
 		}
 		if evict != nil {
 			if err := s.evictOnce(*evict, log); errors.Is(err, ErrClosed) {
