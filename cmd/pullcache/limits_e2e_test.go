@@ -406,13 +406,20 @@ func floodSize(t testing.TB) int {
 	return int(min(20000, int64(lim.Cur)-2000))
 }
 
+// serverFileLimit is the open-file limit the idle-flood test gives the
+// server, as a container runtime or systemd unit might: the landed code,
+// with no connection limit, ran out of descriptors and stopped accepting
+// anyone.
+const serverFileLimit = 4096
+
 // ~20,000 idle connections from 40 addresses (the landed code became
-// unreachable): the per-client and global limits shed idle connections, so
-// a normal client is still served and memory stays bounded. Not parallel:
-// it needs most of the test process's file descriptors.
+// unreachable): the per-client and global limits (the latter fitted to the
+// server's open-file limit) shed idle connections, so a normal client is
+// still served and memory stays bounded. Not parallel: it needs most of the
+// test process's file descriptors.
 func TestE2EIdleConnectionFloodKeepsMirrorReachable(t *testing.T) {
 	realenv.RequireE2E(t)
-	pc := realenv.StartPullcache(t, "")
+	pc := realenv.StartPullcacheWithFileLimit(t, "", serverFileLimit)
 	n := floodSize(t)
 	if n < 5000 {
 		t.Fatalf("the test process may open only %d more files; raise ulimit -n", n+2000)

@@ -168,7 +168,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror", "addr", ln.Addr().String())
 	}
 	limited := connlimit.Wrap(ln, connlimit.Options{
-		Max:       cfg.maxConns,
+		Max:       connectionCap(cfg.maxConns, openFileLimit(), log),
 		PerClient: cfg.maxConnsPerClient,
 		OnReject:  rejectLogger(log),
 	})
@@ -224,6 +224,23 @@ func upstreamRegistries(values []string) ([]upstream.Registry, error) {
 		out = append(out, reg)
 	}
 	return out, nil
+}
+
+// connectionCap is --max-conns, lowered to fit the open-file limit with
+// room to spare for the volume's files, upstream connections and the owner
+// socket: a server out of file descriptors cannot accept anyone, which is
+// exactly what the limit is there to prevent.
+func connectionCap(maxConns, fileLimit int, log *slog.Logger) int {
+	if maxConns <= 0 || fileLimit <= 0 {
+		return maxConns
+	}
+	spare := max(128, fileLimit/8)
+	if fit := fileLimit - spare; fit < maxConns {
+		fit = max(fit, 16)
+		log.Info("--max-conns lowered to fit the open-file limit", "max_conns", fit, "asked", maxConns, "open_file_limit", fileLimit)
+		return fit
+	}
+	return maxConns
 }
 
 // rejectLogger logs refused connections at most once a second, with how

@@ -64,6 +64,21 @@ func (p *Pullcache) Log(t testing.TB) string {
 // temporary one.
 func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 	t.Helper()
+	return startPullcache(t, dir, nil, args)
+}
+
+// StartPullcacheWithFileLimit is StartPullcache with the server's open-file
+// limit (RLIMIT_NOFILE, soft and hard) set to nofile, as a container or a
+// systemd unit would set it: prlimit(1) sets it and execs the server, so
+// PID is still the server's.
+func StartPullcacheWithFileLimit(t testing.TB, dir string, nofile int, args ...string) *Pullcache {
+	t.Helper()
+	prlimit := lookTool(t, "prlimit")
+	return startPullcache(t, dir, []string{prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--"}, args)
+}
+
+func startPullcache(t testing.TB, dir string, wrapper, args []string) *Pullcache {
+	t.Helper()
 	bin := PullcacheBinary(t)
 	if dir == "" {
 		dir = t.TempDir()
@@ -72,6 +87,10 @@ func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 	logPath := filepath.Join(t.TempDir(), "pullcache.log")
 	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
 	p := &Pullcache{Dir: dir, Host: host, logPath: logPath}
+	if len(wrapper) > 0 {
+		all = append(append(wrapper[1:], bin), all...)
+		bin = wrapper[0]
+	}
 	p.proc = startProcess(t, "pullcache", logPath, logPath, nil, bin, all...)
 	p.proc.waitReady(t, func() error {
 		resp, err := http.Get("http://" + host + "/healthz")
