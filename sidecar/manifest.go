@@ -127,7 +127,9 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 			s.stats.ManifestHits.Add(1)
 		}
 		var m manifest
-		if head {
+		// A record over the cap (from an older version, or a cap lowered
+		// since) is answered as a GET would be: from the store, or not.
+		if head && tr.Size <= s.opts.MaxManifestSize {
 			m = manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}
 		} else if m, err = s.manifestByDigest(ctx, up, repo, tr.Digest); err != nil {
 			return manifest{}, err
