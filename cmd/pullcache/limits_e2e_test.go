@@ -446,11 +446,14 @@ func TestE2EIdleConnectionFloodKeepsMirrorReachable(t *testing.T) {
 }
 
 // A client that requests a blob and stops reading is cut after
-// --slow-client-timeout instead of being held forever.
+// --slow-client-timeout instead of being held forever (the landed code held
+// a 1 byte/s reader indefinitely), and the blob it held stops counting as
+// in use: eviction (`pullcache gc`, done by the running owner) keeps it
+// while the reader stalls and removes it once the reader was cut.
 func TestE2EStalledReaderIsCut(t *testing.T) {
 	realenv.RequireE2E(t)
 	t.Parallel()
-	pc := realenv.StartPullcache(t, "", "--slow-client-timeout", "1s")
+	pc := realenv.StartPullcache(t, "", "--slow-client-timeout", "2s")
 	blob := make([]byte, 64<<20) // more than loopback socket buffers hold
 	rand.Read(blob)
 	d := digestOf(blob)
@@ -474,6 +477,7 @@ func TestE2EStalledReaderIsCut(t *testing.T) {
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("push: %s", resp.Status)
 	}
+	blobFile := filepath.Join(pc.Dir, "blobs", "sha256", d[7:9], d[7:])
 
 	c, err := net.Dial("tcp", pc.Host)
 	if err != nil {
@@ -481,12 +485,22 @@ func TestE2EStalledReaderIsCut(t *testing.T) {
 	}
 	defer c.Close()
 	fmt.Fprintf(c, "GET /v2/cache/slow/app/blobs/%s HTTP/1.1\r\nHost: mirror\r\n\r\n", d)
-	time.Sleep(4 * time.Second) // read nothing for four timeouts
+	time.Sleep(300 * time.Millisecond) // the response is under way, then stalls
+	out, err := realenv.RunPullcache(t, "gc", "--dir", pc.Dir, "--max-size", "1KiB")
+	if _, statErr := os.Stat(blobFile); err != nil || statErr != nil || !strings.Contains(out, "1 in use were kept") {
+		t.Errorf("gc while the reader stalls: %v, blob file: %v\n%s", err, statErr, out)
+	}
+
+	time.Sleep(4 * time.Second) // read nothing for two timeouts
+	out, err = realenv.RunPullcache(t, "gc", "--dir", pc.Dir, "--max-size", "1KiB")
+	if _, statErr := os.Stat(blobFile); err != nil || statErr == nil {
+		t.Errorf("gc after the stalled reader was cut: %v, blob file still there: %v\n%s", err, statErr == nil, out)
+	}
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReader(c)
 	status, _ := br.ReadString('\n')
 	n, err := io.Copy(io.Discard, br)
-	t.Logf("after stalling 4s: %q, then %d body bytes until %v", strings.TrimSpace(status), n, err)
+	t.Logf("after stalling 4s: %q, then %d body bytes until %v; gc: %s", strings.TrimSpace(status), n, err, strings.TrimSpace(out))
 	if n >= int64(len(blob)) {
 		t.Errorf("the stalled reader got the whole blob (%d bytes): it was never cut", n)
 	}
