@@ -132,6 +132,9 @@ func TestE2EAbandonedUploadsStayUnderCap(t *testing.T) {
 	if n, b := uploadSessions(t, dir), treeBytes(t, filepath.Join(dir, "uploads")); n != 24 || b != 24*4<<20 {
 		t.Fatalf("setup: %d sessions, %d bytes; want 24 sessions of 4 MiB", n, b)
 	}
+	if st, _ := pc.Stats(t)["store"].(map[string]any); st["uploads"] != 24.0 || st["upload_bytes"] != float64(24*4<<20) {
+		t.Errorf("stats show uploads %v, %v bytes; want 24 sessions, %d bytes", st["uploads"], st["upload_bytes"], 24*4<<20)
+	}
 	// Sessions pushed to just now are busy: none is dropped for the cap
 	// yet. Make them look abandoned two minutes ago (the janitor considers
 	// a session idle after a minute untouched) and one fresh push begin.
