@@ -29,7 +29,8 @@ import (
 type Options struct {
 	// Max is the most connections held at once.
 	Max int
-	// PerClient is the most connections held from one client IP address.
+	// PerClient is the most connections held from one client: one IPv4
+	// address, or one IPv6 /64.
 	PerClient int
 	// OnReject, if set, is called (synchronously, from Accept) with the
 	// address of each refused connection and the limit it hit ("global" or
@@ -194,10 +195,14 @@ func (l *Listener) ConnState(nc net.Conn, st http.ConnState) {
 	}
 }
 
-// clientKey is the client's IP address: its port changes with every
-// connection.
+// clientKey is the client's IP address (its port changes with every
+// connection); for IPv6 beyond loopback its /64, which one host is
+// usually given whole.
 func clientKey(a net.Addr) string {
 	if ta, ok := a.(*net.TCPAddr); ok {
+		if ta.IP.To4() == nil && !ta.IP.IsLoopback() {
+			return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+		}
 		return ta.IP.String()
 	}
 	host, _, err := net.SplitHostPort(a.String())
