@@ -90,7 +90,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.gcInterval, "gc-interval", 30*time.Second, "how often the cache size is checked against --max-size")
 	fs.Var(&cfg.pins, "pin", "image never evicted, e.g. docker.io/library/alpine:3.20 (repeatable); see also 'pullcache pin'")
 	fs.IntVar(&cfg.maxConns, "max-conns", 4096, "most client connections held at once; beyond it the longest-idle connection is closed, or the new one refused with 503 if none is idle (0: no limit)")
-	fs.IntVar(&cfg.maxConnsPerClient, "max-conns-per-client", 512, "most connections held from one client IP address, enforced the same way (0: no limit)")
+	fs.IntVar(&cfg.maxConnsPerClient, "max-conns-per-client", 512, "most connections held from one client (an IPv4 address, an IPv6 /64), enforced the same way (0: no limit)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 90*time.Second, "close a keep-alive connection idle this long")
 	fs.DurationVar(&cfg.slowClientTimeout, "slow-client-timeout", time.Minute, "cut a response whose client takes less than 128KiB in this long (a stalled or crawling reader), so it stops holding its blob (0: never)")
 	fs.DurationVar(&cfg.uploadTimeout, "upload-timeout", cachestore.DefaultUploadTimeout, "remove a push upload session untouched this long (checked every --gc-interval); its bytes count toward --max-size meanwhile, and one idle for a minute may be removed sooner to stay under it")
