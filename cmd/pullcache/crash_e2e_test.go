@@ -133,6 +133,19 @@ func TestE2EKillDuringMixedLoad(t *testing.T) {
 				}
 			}()
 		}
+		if trial%2 == 1 {
+			// Every other kill comes just after a push was acknowledged
+			// (however slow a loaded machine makes pushes), so there are
+			// always acknowledged pushes to check.
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+				mu.Lock()
+				n := len(trialTags)
+				mu.Unlock()
+				if n > 0 {
+					break
+				}
+			}
+		}
 		time.Sleep(time.Duration(30+rand.IntN(400)) * time.Millisecond)
 		pc.Kill(t)
 		cancel()
@@ -146,7 +159,7 @@ func TestE2EKillDuringMixedLoad(t *testing.T) {
 	}
 	t.Logf("%d SIGKILLs in %v: %d acknowledged pushes, %d acknowledged pulls, %d operations cut by kills, %d corrupt serves",
 		crashTrials, time.Since(began).Round(time.Millisecond), len(pushed), pulls, failedOps, corrupt)
-	if len(pushed) == 0 || pulls == 0 {
+	if len(pushed) < crashTrials/4 || pulls == 0 {
 		t.Errorf("the load made %d pushes and %d pulls: the kills were not exercised against both", len(pushed), pulls)
 	}
 
