@@ -16,9 +16,13 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// Eviction keeps the store under a size cap. Between a high and a low
-// watermark it drops the least recently used content, in this order:
+// Eviction keeps the store under a size cap: the bytes of blobs plus those
+// of push upload sessions. Between a high and a low watermark it drops, in
+// this order:
 //
+//  0. upload sessions untouched for UploadIdle, least recently touched
+//     first: a push that went quiet that long has most likely been
+//     abandoned (a client that comes back restarts the blob's upload);
 //  1. blobs no manifest references (orphans), oldest use first — except
 //     orphans younger than OrphanGrace: a push uploads its blobs before
 //     its manifest, and evicting them would break the push;
@@ -33,6 +37,7 @@ const (
 	defaultHighWater   = 0.95
 	defaultLowWater    = 0.85
 	defaultOrphanGrace = time.Hour
+	defaultUploadIdle  = time.Minute
 	// maxEvictRounds bounds how often one Evict re-reads a graph that
 	// concurrent manifest puts keep invalidating.
 	maxEvictRounds = 8
@@ -57,6 +62,11 @@ type EvictOptions struct {
 	// with the images, by recency, if nothing else is left.
 	OrphanGrace time.Duration
 
+	// UploadIdle is how long an upload session must be untouched before
+	// eviction may remove it; zero means one minute. Sessions expire anyway
+	// after Options.UploadTimeout.
+	UploadIdle time.Duration
+
 	// Logger receives RunEviction's reports; nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -77,13 +87,19 @@ func (o EvictOptions) withDefaults() (EvictOptions, error) {
 	if o.OrphanGrace == 0 {
 		o.OrphanGrace = defaultOrphanGrace
 	}
+	if o.UploadIdle == 0 {
+		o.UploadIdle = defaultUploadIdle
+	}
 	return o, nil
 }
 
 // EvictResult reports one Evict call.
 type EvictResult struct {
-	Before, After int64 // bytes of blobs in the store before and after
+	Before, After int64 // bytes of blobs and upload sessions before and after
 	Target        int64 // LowWater × MaxSize; 0 if eviction did not start
+
+	Uploads     int   // idle upload sessions removed
+	UploadBytes int64 // bytes they held
 
 	Blobs     int   // blob files removed (manifests included)
 	Bytes     int64 // bytes freed
@@ -124,11 +140,32 @@ func (s *Store) Evict(opts EvictOptions) (EvictResult, error) {
 	if err != nil {
 		return EvictResult{}, err
 	}
+	ups, err := s.Uploads()
+	if err != nil {
+		return EvictResult{}, err
+	}
+	for _, u := range ups {
+		used += u.Size
+	}
 	res := EvictResult{Before: used, After: used}
 	if !opts.Force && float64(used) < opts.HighWater*float64(opts.MaxSize) {
 		return res, nil
 	}
 	res.Target = int64(opts.LowWater * float64(opts.MaxSize))
+	idleCutoff := time.Now().Add(-opts.UploadIdle)
+	for _, u := range ups { // least recently touched first
+		if res.After <= res.Target || !u.Touched.Before(idleCutoff) {
+			break
+		}
+		if n, ok := s.removeIdleUpload(u.ID, idleCutoff); ok {
+			res.Uploads++
+			res.UploadBytes += n
+			res.After -= n
+		}
+	}
+	if res.After <= res.Target {
+		return res, nil
+	}
 	// Recency comes from the index: write the queued access times first.
 	if err := s.flushAccess(); err != nil {
 		return res, noSpace(err)
@@ -332,42 +369,59 @@ func (s *Store) evictUnit(g *graph, c candidate, doomed []string) (EvictedUnit, 
 	return unit, true, err
 }
 
-// RunEviction is the janitor: it calls Evict(opts) at once and then every
-// interval until ctx is done or the Store is closed, logging what it freed
-// (Info) and failures (Warn) to opts.Logger. It returns nil when ctx ends,
-// ErrClosed if the Store was closed, or an error if opts are invalid.
-// Start it from serve next to the HTTP server:
-//
-//	go store.RunEviction(ctx, cachestore.EvictOptions{MaxSize: max, Logger: log}, time.Minute)
-//
-// Safe for concurrent use (passes are serialized with other Evict calls).
+// RunEviction runs the janitor with eviction under opts every interval:
+// RunJanitor(ctx, interval, &opts). It returns an error at once if opts
+// are invalid.
 func (s *Store) RunEviction(ctx context.Context, opts EvictOptions, interval time.Duration) error {
 	if _, err := opts.withDefaults(); err != nil {
 		return err
 	}
+	return s.RunJanitor(ctx, interval, &opts, opts.Logger)
+}
+
+// RunJanitor is the owner's janitor: at once and then every interval until
+// ctx is done or the Store is closed, it removes upload sessions untouched
+// for Options.UploadTimeout (ExpireUploads) and partial downloads of dead
+// fills too old to resume (partial.go), and, if evict is not nil, calls
+// Evict(*evict). It logs what it freed (Info) and failures (Warn) to log
+// (nil: slog.Default()). It returns nil when ctx ends, ErrClosed if the
+// Store was closed, or an error if evict is invalid. Start it from serve
+// next to the HTTP server:
+//
+//	go store.RunJanitor(ctx, time.Minute, &cachestore.EvictOptions{MaxSize: max}, log)
+//
+// Safe for concurrent use (passes are serialized with other Evict calls).
+func (s *Store) RunJanitor(ctx context.Context, interval time.Duration, evict *EvictOptions, log *slog.Logger) error {
+	if evict != nil {
+		if _, err := evict.withDefaults(); err != nil {
+			return err
+		}
+	}
 	if interval <= 0 {
 		interval = time.Minute
 	}
-	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		res, err := s.Evict(opts)
+		n, err := s.ExpireUploads()
 		switch {
-		case errors.Is(err, ErrClosed):
-			return err
+		case s.closed.Load():
+			return ErrClosed
 		case err != nil:
-			log.Warn("cache eviction failed", "err", err)
-		case res.Blobs > 0:
-			log.Info("cache eviction", "freed_bytes", res.Bytes, "blobs", res.Blobs, "images", res.images(),
-				"tags", res.Tags, "before", res.Before, "after", res.After, "max", opts.MaxSize)
+			log.Warn("removing expired upload sessions failed", "err", err)
+		case n > 0:
+			log.Info("removed expired upload sessions", "sessions", n, "timeout", s.uploadTimeout)
 		}
-		if err == nil && res.After > opts.MaxSize {
-			log.Warn("cache over its size cap after eviction: the rest is pinned or being read",
-				"bytes", res.After, "max", opts.MaxSize, "pinned_units", res.SkippedPinned, "in_use", res.SkippedInUse)
+		if err := s.removeStalePartials(wallNow()); err != nil {
+			log.Warn("removing stale partial downloads failed", "err", err)
+		}
+		if evict != nil {
+			if err := s.evictOnce(*evict, log); errors.Is(err, ErrClosed) {
+				return err
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -377,6 +431,26 @@ func (s *Store) RunEviction(ctx context.Context, opts EvictOptions, interval tim
 		case <-t.C:
 		}
 	}
+}
+
+// evictOnce is one janitor eviction pass, logged.
+func (s *Store) evictOnce(opts EvictOptions, log *slog.Logger) error {
+	res, err := s.Evict(opts)
+	switch {
+	case errors.Is(err, ErrClosed):
+		return err
+	case err != nil:
+		log.Warn("cache eviction failed", "err", err)
+		return err
+	case res.Blobs > 0 || res.Uploads > 0:
+		log.Info("cache eviction", "freed_bytes", res.Bytes+res.UploadBytes, "blobs", res.Blobs, "images", res.images(),
+			"tags", res.Tags, "idle_uploads", res.Uploads, "before", res.Before, "after", res.After, "max", opts.MaxSize)
+	}
+	if res.After > opts.MaxSize {
+		log.Warn("cache over its size cap after eviction: the rest is pinned, being read or being uploaded",
+			"bytes", res.After, "max", opts.MaxSize, "pinned_units", res.SkippedPinned, "in_use", res.SkippedInUse)
+	}
+	return nil
 }
 
 func (r EvictResult) images() int {

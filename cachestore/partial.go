@@ -61,10 +61,19 @@ func (s *Store) keepPartials(now time.Time) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, removeChildren(s.partialDir(), func(fi fs.FileInfo) bool {
-		return now.Sub(fi.ModTime()) > partialMaxAge || !isBlobHex(fi.Name())
-	}))
+	errs = append(errs, s.removeStalePartials(now))
 	return errors.Join(errs...)
+}
+
+// removeStalePartials removes partials too old to be adopted. Recovery and
+// the janitor (RunJanitor) call it, so a dead fill's bytes do not outlive
+// partialMaxAge however long the next owner runs. Racing an adoption is
+// harmless: adoption renames the file first, and a removed partial is only
+// a download started over.
+func (s *Store) removeStalePartials(now time.Time) error {
+	return removeChildren(s.partialDir(), func(fi fs.FileInfo) bool {
+		return now.Sub(fi.ModTime()) > partialMaxAge || !isBlobHex(fi.Name())
+	})
 }
 
 // PartialSize reports how many bytes of blob d a dead fill left for

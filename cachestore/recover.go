@@ -18,14 +18,14 @@ import (
 //   - tmp/ is emptied: the recent fills a dead owner never committed are
 //     kept as partial/<hex> for the next writer to resume (partial.go), the
 //     rest removed;
-//   - upload sessions untouched since now-staleUploadAge are removed;
+//   - upload sessions untouched for the upload timeout are removed;
 //   - blob files are reconciled with the index (reconcileBlobs);
 //   - manifest records whose blob is gone are dropped.
 func (s *Store) recover(now time.Time) error {
 	if err := s.keepPartials(now); err != nil {
 		return fmt.Errorf("cachestore: clean tmp: %w", err)
 	}
-	if _, err := s.removeStaleUploads(now.Add(-staleUploadAge)); err != nil {
+	if _, err := s.removeStaleUploads(now.Add(-s.uploadTimeout)); err != nil {
 		return fmt.Errorf("cachestore: clean uploads: %w", err)
 	}
 	if err := s.reconcileBlobs(now); err != nil {

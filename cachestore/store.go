@@ -41,8 +41,6 @@ var (
 
 const (
 	defaultLockTimeout = time.Second
-	// staleUploadAge is how long an untouched upload session survives.
-	staleUploadAge = 24 * time.Hour
 	// accessGranularity: OpenBlob queues a LastAccess update only when the
 	// indexed value is at least this old, and queued updates are flushed
 	// once per accessGranularity, so each blob costs at most one index
@@ -61,6 +59,11 @@ type Options struct {
 	// ErrLocked.
 	LockTimeout time.Duration
 
+	// UploadTimeout is how long an upload session may stay untouched
+	// before Open, ExpireUploads and RunJanitor remove it. Zero means
+	// DefaultUploadTimeout.
+	UploadTimeout time.Duration
+
 	// NoSync skips fsync of blob files, directories and the index. A crash
 	// may then lose recent writes (recovery still never exposes unverified
 	// content). For tests and benchmarks only.
@@ -71,9 +74,10 @@ type Options struct {
 // for concurrent use by many goroutines. A Store must be closed with Close
 // to release the index lock and flush queued access times.
 type Store struct {
-	dir    string
-	noSync bool
-	db     *bolt.DB
+	dir           string
+	noSync        bool
+	uploadTimeout time.Duration
+	db            *bolt.DB
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -103,7 +107,7 @@ type Store struct {
 
 // Open opens (creating if needed) the store under opts.Dir, takes the
 // exclusive index lock, and repairs what a crash may have left: it removes
-// temp files, expired upload sessions, blob files that are unindexed and do
+// temp files, expired upload sessions (Options.UploadTimeout), blob files that are unindexed and do
 // not hash to their name, and index entries whose file is missing.
 //
 // Only one Store may be open on a directory at a time; a second Open (from
@@ -142,13 +146,18 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cachestore: open index: %w", err)
 	}
+	uploadTimeout := opts.UploadTimeout
+	if uploadTimeout <= 0 {
+		uploadTimeout = DefaultUploadTimeout
+	}
 	s := &Store{
-		dir:         dir,
-		noSync:      opts.NoSync,
-		db:          db,
-		stop:        make(chan struct{}),
-		accessQueue: make(map[string]time.Time),
-		createTemp:  osCreateTemp,
+		dir:           dir,
+		noSync:        opts.NoSync,
+		uploadTimeout: uploadTimeout,
+		db:            db,
+		stop:          make(chan struct{}),
+		accessQueue:   make(map[string]time.Time),
+		createTemp:    osCreateTemp,
 	}
 	if err := s.initSchema(); err != nil {
 		db.Close()

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -23,6 +24,11 @@ import (
 // uploadIDLen is the length of an upload id: 16 random bytes, hex.
 const uploadIDLen = 32
 
+// DefaultUploadTimeout is how long an untouched upload session survives
+// when Options.UploadTimeout is zero. A client pushing a layer touches its
+// session with every chunk; one that went quiet for an hour has gone.
+const DefaultUploadTimeout = time.Hour
+
 func (s *Store) uploadPath(id string) (string, error) {
 	// Ids come from clients (the URL); anything but our own format could
 	// be a path traversal.
@@ -33,8 +39,10 @@ func (s *Store) uploadPath(id string) (string, error) {
 }
 
 // NewUpload creates an empty upload session and returns its random id.
-// The session must end with CommitUpload or CancelUpload, else Open removes
-// it once untouched for 24 hours. Safe for concurrent use.
+// The session must end with CommitUpload or CancelUpload, else it is
+// removed once untouched for Options.UploadTimeout (by Open, ExpireUploads,
+// RunJanitor), or earlier by Evict when the store is over its cap. Its bytes
+// count toward the cap meanwhile (UploadUsage). Safe for concurrent use.
 func (s *Store) NewUpload() (id string, err error) {
 	if s.closed.Load() {
 		return "", ErrClosed
@@ -210,8 +218,8 @@ func (s *Store) CancelUpload(id string) error {
 }
 
 // RemoveStaleUploads removes upload sessions untouched for longer than
-// maxAge and returns how many it removed. Open does this with 24 hours; a
-// long-running owner may call it periodically. Safe for concurrent use.
+// maxAge and returns how many it removed. Open and ExpireUploads do this
+// with Options.UploadTimeout. Safe for concurrent use.
 func (s *Store) RemoveStaleUploads(maxAge time.Duration) (int, error) {
 	return s.removeStaleUploads(time.Now().Add(-maxAge))
 }
@@ -246,4 +254,65 @@ func (s *Store) removeStaleUploads(cutoff time.Time) (int, error) {
 		unlock()
 	}
 	return removed, errors.Join(errs...)
+}
+
+// ExpireUploads removes the upload sessions untouched for longer than
+// Options.UploadTimeout and returns how many it removed. RunJanitor calls it
+// every interval. Safe for concurrent use.
+func (s *Store) ExpireUploads() (int, error) {
+	return s.RemoveStaleUploads(s.uploadTimeout)
+}
+
+// UploadSession describes one upload session on the volume.
+type UploadSession struct {
+	ID      string
+	Size    int64     // bytes received
+	Touched time.Time // last append (or creation)
+}
+
+// Uploads lists the upload sessions, least recently touched first.
+// Safe for concurrent use.
+func (s *Store) Uploads() ([]UploadSession, error) {
+	entries, err := os.ReadDir(s.uploadsDir())
+	if err != nil {
+		return nil, err
+	}
+	out := make([]UploadSession, 0, len(entries))
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || !fi.Mode().IsRegular() {
+			continue // ended meanwhile, or junk the next expiry removes
+		}
+		out = append(out, UploadSession{ID: e.Name(), Size: fi.Size(), Touched: fi.ModTime()})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Touched.Before(out[j].Touched) })
+	return out, nil
+}
+
+// UploadUsage returns the number of upload sessions and the bytes they
+// hold, which count toward an eviction cap like blobs do.
+// Safe for concurrent use.
+func (s *Store) UploadUsage() (sessions int, bytes int64, err error) {
+	ups, err := s.Uploads()
+	for _, u := range ups {
+		bytes += u.Size
+	}
+	return len(ups), bytes, err
+}
+
+// removeIdleUpload removes session id if it is still untouched since
+// before cutoff, returning the bytes freed; ok is false if it was touched
+// meanwhile or is gone.
+func (s *Store) removeIdleUpload(id string, cutoff time.Time) (freed int64, ok bool) {
+	path := filepath.Join(s.uploadsDir(), filepath.Base(id))
+	unlock := s.uploadLocks.lock(id)
+	defer unlock()
+	fi, err := os.Stat(path)
+	if err != nil || !fi.ModTime().Before(cutoff) {
+		return 0, false
+	}
+	if os.Remove(path) != nil {
+		return 0, false
+	}
+	return fi.Size(), true
 }

@@ -167,7 +167,7 @@ func TestStaleUploadsRemovedAtOpen(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	old := time.Now().Add(-staleUploadAge - time.Hour)
+	old := time.Now().Add(-DefaultUploadTimeout - time.Hour)
 	if err := os.Chtimes(filepath.Join(dir, "uploads", stale), old, old); err != nil {
 		t.Fatal(err)
 	}

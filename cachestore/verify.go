@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/pullcache/pullcache/cachestore/digest"
@@ -25,9 +26,20 @@ type VerifyReport struct {
 	TempFiles []string  // tmp/ files no running fill of this Store owns
 	Dangling  []v1.Hash // manifest records whose blob is not in the store
 
+	// ExpiredUploads are upload sessions untouched for longer than
+	// Options.UploadTimeout that nothing removed yet (a problem: the
+	// janitor of a running owner removes them).
+	ExpiredUploads []UploadSession
+
 	// Incomplete lists manifests that reference blobs not in the store
 	// (a mirror fetches those on demand: information, not a problem).
 	Incomplete []IncompleteImage
+
+	// Uploads lists the live upload sessions (pushes in progress or
+	// abandoned less than the upload timeout ago: information; their bytes
+	// count toward an eviction cap) and UploadBytes what they hold.
+	Uploads     []UploadSession
+	UploadBytes int64
 
 	Repaired bool // repair was requested and every problem above was fixed
 }
@@ -41,13 +53,13 @@ type IncompleteImage struct {
 
 // Problems returns how many problems the report lists.
 func (r VerifyReport) Problems() int {
-	return len(r.Corrupt) + len(r.Missing) + len(r.Unindexed) + len(r.TempFiles) + len(r.Dangling)
+	return len(r.Corrupt) + len(r.Missing) + len(r.Unindexed) + len(r.TempFiles) + len(r.Dangling) + len(r.ExpiredUploads)
 }
 
 // Verify re-hashes every indexed blob and checks the index against the
 // files: entries without files, files without entries, temp files left by
-// dead fills, manifest records without their blob, and images with absent
-// blobs. With repair it removes corrupt files and their entries, drops
+// dead fills, manifest records without their blob, expired upload sessions,
+// and images with absent blobs; it lists live upload sessions. With repair it removes corrupt files and their entries, drops
 // dangling entries, adopts unindexed files that hash to their name (and
 // removes the rest) and removes orphan temp files; Repaired then reports
 // whether all of it worked.
@@ -93,6 +105,9 @@ func (s *Store) Verify(repair bool) (VerifyReport, error) {
 		return rep, err
 	}
 	if err := s.verifyTemps(repair, &rep, &repairErrs); err != nil {
+		return rep, err
+	}
+	if err := s.verifyUploads(repair, &rep, &repairErrs); err != nil {
 		return rep, err
 	}
 	bad := make(map[string]bool)
@@ -197,6 +212,32 @@ func (s *Store) verifyTemps(repair bool, rep *VerifyReport, errs *[]error) error
 		if repair {
 			if err := os.RemoveAll(path); err != nil {
 				*errs = append(*errs, err)
+			}
+		}
+	}
+	return nil
+}
+
+// verifyUploads lists upload sessions; expired ones are problems, removed
+// with repair.
+func (s *Store) verifyUploads(repair bool, rep *VerifyReport, errs *[]error) error {
+	ups, err := s.Uploads()
+	if err != nil {
+		return err
+	}
+	cutoff := time.Now().Add(-s.uploadTimeout)
+	for _, u := range ups {
+		if !u.Touched.Before(cutoff) {
+			rep.Uploads = append(rep.Uploads, u)
+			rep.UploadBytes += u.Size
+			continue
+		}
+		rep.ExpiredUploads = append(rep.ExpiredUploads, u)
+		if repair {
+			if _, ok := s.removeIdleUpload(u.ID, cutoff); !ok {
+				if _, err := os.Stat(filepath.Join(s.uploadsDir(), u.ID)); err == nil {
+					*errs = append(*errs, fmt.Errorf("cachestore: could not remove expired upload %s", u.ID))
+				}
 			}
 		}
 	}

@@ -155,7 +155,8 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req ro
 // released only after the store verified the digest, so a client never
 // receives a complete-looking body whose digest is wrong; any failure after
 // the headers went out aborts the connection, so it cannot mistake a short
-// body for a whole one either.
+// body for a whole one either. A Range request waits for the commit
+// (serveRangeAfterCommit).
 func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client, f *blobFill) {
 	select {
 	case <-f.ready:
@@ -168,6 +169,15 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 			return
 		}
 		s.fail(w, r, f.err)
+		return
+	}
+	if rng := r.Header.Get("Range"); rng != "" {
+		if _, _, _, ok := parseRange(rng, f.size); f.size >= 0 && !ok {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
+			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", rng, f.size))
+			return
+		}
+		s.serveRangeAfterCommit(w, r, req, f)
 		return
 	}
 	rc, err := f.writer.Follow()
@@ -183,29 +193,11 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 	h.Set("Accept-Ranges", "bytes")
 
 	var body io.Reader = rc
-	status := http.StatusOK
 	if f.size >= 0 {
-		start, end, partial, ok := parseRange(r.Header.Get("Range"), f.size)
-		if !ok {
-			h.Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
-			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", r.Header.Get("Range"), f.size))
-			return
-		}
 		body = &verifiedTail{r: rc, remaining: f.size}
-		if partial {
-			if _, err := io.CopyN(io.Discard, body, start); err != nil {
-				s.fail(w, r, apierr.Wrap(apierr.Unavailable, err, "fill of %s failed", req.Digest))
-				return
-			}
-			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, f.size))
-			body = io.LimitReader(body, end-start+1)
-			status = http.StatusPartialContent
-			h.Set("Content-Length", strconv.FormatInt(end-start+1, 10))
-		} else {
-			h.Set("Content-Length", strconv.FormatInt(f.size, 10))
-		}
+		h.Set("Content-Length", strconv.FormatInt(f.size, 10))
 	}
-	w.WriteHeader(status)
+	w.WriteHeader(http.StatusOK)
 	cw := &countingWriter{ResponseWriter: w}
 	_, err = copyFlushing(cw, body)
 	s.stats.BytesServed.Add(cw.n)
@@ -213,7 +205,7 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		if r.Context().Err() != nil {
 			return // the client left; the fill goes on for the others
 		}
-		if diskFull(err) && status == http.StatusOK {
+		if diskFull(err) {
 			// The disk filled mid-fill: finish this response from the
 			// upstream, from the first byte the client has not had.
 			if perr := s.passThrough(r.Context(), w, r, req, up, cw.n, true); perr == nil {
@@ -224,6 +216,25 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		}
 		s.log.Warn("aborting blob response: fill failed", "digest", req.Digest, "err", err)
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// serveRangeAfterCommit answers a Range request for a blob being filled
+// once the fill has committed: a range's bytes can only be verified with the
+// whole blob, and a client cannot check a range against the digest itself,
+// so none of them is sent before.
+func (s *Server) serveRangeAfterCommit(w http.ResponseWriter, r *http.Request, req route.Request, f *blobFill) {
+	select {
+	case <-f.done:
+	case <-r.Context().Done():
+		return
+	}
+	if f.result != nil {
+		s.fail(w, r, f.result)
+		return
+	}
+	if !s.serveStoredBlob(w, r, req) {
+		s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s vanished from the store", req.Digest))
 	}
 }
 

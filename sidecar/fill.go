@@ -33,8 +33,10 @@ type blobFill struct {
 	size   int64 // -1 if the upstream did not say
 	err    error
 
-	// done is closed when the fill has committed or failed for good.
-	done chan struct{}
+	// done is closed when the fill has committed or failed for good;
+	// result is its outcome (nil: the blob is in the store), set before.
+	done   chan struct{}
+	result error
 }
 
 // maxFillAttempts bounds how often one fill resumes after upstream drops.
@@ -85,6 +87,7 @@ func (s *Server) runFill(ctx context.Context, f *blobFill, up *upstream.Client, 
 		f.err = err
 		close(f.ready)
 	}
+	f.result = err
 	close(f.done)
 }
 

@@ -150,7 +150,9 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 			s.stats.ManifestHits.Add(1)
 		}
 		var m manifest
-		if head {
+		// A record over the cap (from an older version, or a cap lowered
+		// since) is answered as a GET would be: from the store, or not.
+		if head && tr.Size <= s.opts.MaxManifestSize {
 			m = manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}
 		} else if m, err = s.manifestByDigest(ctx, up, repo, tr.Digest); err != nil {
 			return manifest{}, err
@@ -305,6 +307,9 @@ func (s *Server) headTag(ctx context.Context, up *upstream.Client, repo, tag str
 		return cachestore.TagRecord{}, s.upstreamStatus(ns, resp, apierr.ManifestUnknown, repo+":"+tag)
 	}
 	tr, ok := tagFromHead(resp, s.opts.Now())
+	if ok && tr.Size > s.opts.MaxManifestSize {
+		return cachestore.TagRecord{}, s.manifestTooLarge(tag, nil)
+	}
 	if !ok {
 		// An upstream that does not describe the manifest in a HEAD
 		// answer: only a GET can tell.
@@ -352,6 +357,9 @@ func (s *Server) revalidate(ctx context.Context, up *upstream.Client, repo, tag 
 	}
 	now := s.opts.Now()
 	tr, ok := tagFromHead(resp, now)
+	if ok && tr.Size > s.opts.MaxManifestSize {
+		return cachestore.TagRecord{}, s.manifestTooLarge(tag, nil)
+	}
 	if !ok {
 		if _, err := s.fetchManifest(ctx, up, repo, tag, nil); err != nil {
 			return cachestore.TagRecord{}, err
@@ -380,7 +388,7 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, r
 	body, err := readLimited(resp.Body, s.opts.MaxManifestSize)
 	if err != nil {
 		if errors.Is(err, errTooLarge) {
-			return manifest{}, apierr.Wrap(apierr.ManifestInvalid, err, "upstream manifest %s exceeds %d bytes", ref, s.opts.MaxManifestSize).WithStatus(http.StatusBadGateway)
+			return manifest{}, s.manifestTooLarge(ref, err)
 		}
 		return manifest{}, upstreamFailure(ns, err)
 	}
@@ -416,6 +424,17 @@ func (s *Server) fetchManifest(ctx context.Context, up *upstream.Client, repo, r
 		}
 	}
 	return manifest{rec: rec, body: body}, nil
+}
+
+// manifestTooLarge is the answer for an upstream manifest over
+// MaxManifestSize: the same to a HEAD, which learns the size from the
+// upstream's Content-Length, as to a GET, which reads past the cap.
+func (s *Server) manifestTooLarge(ref string, cause error) error {
+	const msg = "upstream manifest %s exceeds %d bytes"
+	if cause == nil {
+		return apierr.New(apierr.ManifestInvalid, msg, ref, s.opts.MaxManifestSize).WithStatus(http.StatusBadGateway)
+	}
+	return apierr.Wrap(apierr.ManifestInvalid, cause, msg, ref, s.opts.MaxManifestSize).WithStatus(http.StatusBadGateway)
 }
 
 func (s *Server) putTag(ns, repo, tag string, rec cachestore.ManifestRecord) error {

@@ -94,6 +94,10 @@ type Snapshot struct {
 	Store    struct {
 		Blobs int   `json:"blobs"`
 		Bytes int64 `json:"bytes"`
+		// Upload sessions (pushes in progress or abandoned, until
+		// --upload-timeout) and their bytes, which count toward the cap.
+		Uploads     int   `json:"uploads"`
+		UploadBytes int64 `json:"upload_bytes"`
 	} `json:"store"`
 	// Quota is each upstream quota as pullcache knows it: configured or
 	// learned limit, what the upstream last reported, tokens left, blocks.
@@ -219,6 +223,9 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
 	snap := s.stats.Snapshot()
 	if n, b, err := s.store.Usage(); err == nil {
 		snap.Store.Blobs, snap.Store.Bytes = n, b
+	}
+	if n, b, err := s.store.UploadUsage(); err == nil {
+		snap.Store.Uploads, snap.Store.UploadBytes = n, b
 	}
 	snap.Quota, snap.Traffic = admissionSnapshot(s.admit)
 	snap.Clients = s.clients.top(10)

@@ -12,9 +12,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/connlimit"
+	"github.com/pullcache/pullcache/internal/stall"
 	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/upstream"
@@ -53,7 +56,18 @@ type serveConfig struct {
 	maxSize    sizeFlag
 	pins       listFlag
 	gcInterval time.Duration
+
+	// What one client may hold of the server (connlimit, stall).
+	maxConns          int
+	maxConnsPerClient int
+	idleTimeout       time.Duration
+	slowClientTimeout time.Duration
+	uploadTimeout     time.Duration
 }
+
+// maxHeaderBytes caps a request's header block: registry requests carry a
+// few hundred bytes (a bearer token is the largest part).
+const maxHeaderBytes = 64 << 10
 
 func defaultDir() string {
 	if d, err := os.UserCacheDir(); err == nil {
@@ -86,6 +100,11 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.Var(&cfg.localPrefixes, "local-prefix", "repository prefix of the local namespace, the only names that take pushes and deletes and are never looked up upstream (repeatable; default cache/)")
 	fs.StringVar(&cfg.htpasswd, "htpasswd", "", "htpasswd file of bcrypt entries (htpasswd -B) whose users may write from beyond loopback (HTTP Basic auth); without it such writes are refused")
 	fs.StringVar(&cfg.writeAuth, "write-auth", "loopback", "loopback: writes from loopback need no credentials; always: every write needs --htpasswd credentials")
+	fs.IntVar(&cfg.maxConns, "max-conns", 4096, "most client connections held at once; beyond it the longest-idle connection is closed, or the new one refused with 503 if none is idle (0: no limit)")
+	fs.IntVar(&cfg.maxConnsPerClient, "max-conns-per-client", 512, "most connections held from one client (an IPv4 address, an IPv6 /64), enforced the same way (0: no limit)")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 90*time.Second, "close a keep-alive connection idle this long")
+	fs.DurationVar(&cfg.slowClientTimeout, "slow-client-timeout", time.Minute, "cut a response whose client takes less than 128KiB in this long (a stalled or crawling reader), so it stops holding its blob (0: never)")
+	fs.DurationVar(&cfg.uploadTimeout, "upload-timeout", cachestore.DefaultUploadTimeout, "remove a push upload session untouched this long (checked every --gc-interval); its bytes count toward --max-size meanwhile, and one idle for a minute may be removed sooner to stay under it")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
@@ -175,14 +194,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		log.Warn("listening beyond loopback: any host that can reach this address can pull through this mirror; "+writes, "addr", ln.Addr().String())
 	}
+	limited := connlimit.Wrap(ln, connlimit.Options{
+		Max:       connectionCap(cfg.maxConns, openFileLimit(), log),
+		PerClient: cfg.maxConnsPerClient,
+		OnReject:  rejectLogger(log),
+	})
 	hs := &http.Server{
-		Handler:           gate.Wrap(vol.Handler()),
+		Handler:           stall.Guard(gate.Wrap(vol.Handler()), cfg.slowClientTimeout),
 		ReadHeaderTimeout: 30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		IdleTimeout:       cfg.idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ConnState:         limited.ConnState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	go func() { errc <- hs.Serve(limited) }()
 	log.Info("pullcache serving", "addr", ln.Addr().String(), "dir", cfg.dir, "upstreams", upstreamNames(clients), "role", vol.Role().String(), "default", cfg.defaultUpstream, "local_prefixes", strings.Join(localPrefixes, ","), "write_auth", cfg.writeAuth, "version", versionString())
 
 	select {
@@ -241,6 +267,40 @@ func upstreamRegistries(values []string) ([]upstream.Registry, error) {
 		out = append(out, reg)
 	}
 	return out, nil
+}
+
+// connectionCap is --max-conns, lowered to fit the open-file limit with
+// room to spare for the volume's files, upstream connections and the owner
+// socket: a server out of file descriptors cannot accept anyone, which is
+// exactly what the limit is there to prevent.
+func connectionCap(maxConns, fileLimit int, log *slog.Logger) int {
+	if maxConns <= 0 || fileLimit <= 0 {
+		return maxConns
+	}
+	spare := max(128, fileLimit/8)
+	if fit := fileLimit - spare; fit < maxConns {
+		fit = max(fit, 16)
+		log.Info("--max-conns lowered to fit the open-file limit", "max_conns", fit, "asked", maxConns, "open_file_limit", fileLimit)
+		return fit
+	}
+	return maxConns
+}
+
+// rejectLogger logs refused connections at most once a second, with how
+// many were refused meanwhile: a flood must not become a flood of log lines.
+func rejectLogger(log *slog.Logger) func(net.Addr, string) {
+	var mu sync.Mutex
+	var last time.Time
+	var since int
+	return func(addr net.Addr, limit string) {
+		mu.Lock()
+		defer mu.Unlock()
+		since++
+		if now := time.Now(); now.Sub(last) >= time.Second {
+			log.Warn("connection refused: limit reached", "limit", limit, "client", addr.String(), "refused_since_last_report", since)
+			last, since = now, 0
+		}
+	}
 }
 
 func isLoopback(a net.Addr) bool {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
 )
@@ -53,6 +54,17 @@ func printReport(w io.Writer, rep cachestore.VerifyReport, repair bool) {
 	}
 	for _, d := range rep.Dangling {
 		fmt.Fprintf(w, "%s: manifest record %s without its blob\n", verb, d)
+	}
+	for _, u := range rep.ExpiredUploads {
+		fmt.Fprintf(w, "%s: expired upload session %s (%s, untouched since %s)\n", verb, u.ID, human(u.Size), u.Touched.UTC().Format(time.RFC3339))
+	}
+	if len(rep.Uploads) > 0 {
+		// Not a problem: pushes in progress, or abandoned ones the
+		// janitor removes after --upload-timeout.
+		fmt.Fprintf(w, "note: %d upload sessions hold %s (counted toward --max-size; expire after --upload-timeout)\n", len(rep.Uploads), human(rep.UploadBytes))
+		for _, u := range rep.Uploads {
+			fmt.Fprintf(w, "note: upload session %s: %s, last touched %s\n", u.ID, human(u.Size), u.Touched.UTC().Format(time.RFC3339))
+		}
 	}
 	for _, img := range rep.Incomplete {
 		// Not a problem: a mirror fetches the rest on the next pull.

@@ -34,6 +34,7 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 		Dir:           cfg.dir,
 		Logger:        log,
 		LocalPrefixes: mirrorOpts.LocalPrefixes,
+		Store:         cachestore.Options{UploadTimeout: cfg.uploadTimeout},
 		Build: func(store *cachestore.Store) (owner.Service, error) {
 			for _, ref := range cfg.pins {
 				ns, repo, id, err := parsePinRef(ref)
@@ -57,12 +58,21 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 				return nil, err
 			}
 			ctx, stopJanitor := context.WithCancel(context.Background())
+			var evict *cachestore.EvictOptions
 			if cfg.maxSize > 0 {
-				go store.RunEviction(ctx, cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), Logger: log}, cfg.gcInterval)
+				evict = &cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), UploadIdle: uploadIdle(cfg.uploadTimeout)}
 			}
+			go store.RunJanitor(ctx, cfg.gcInterval, evict, log)
 			return mirror{srv, admitter, stopJanitor}, nil
 		},
 	})
+}
+
+// uploadIdle is how long an upload session must be untouched before
+// eviction may remove it to stay under --max-size: a minute, or the upload
+// timeout if that is shorter.
+func uploadIdle(timeout time.Duration) time.Duration {
+	return min(time.Minute, timeout)
 }
 
 // mirror is the owner's service: the server plus the admitter whose state

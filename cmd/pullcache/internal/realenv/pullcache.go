@@ -71,7 +71,7 @@ func StartPullcache(t testing.TB, dir string, args ...string) *Pullcache {
 // ("PULLCACHE_AUTH_DOCKER_IO=user:password").
 func StartPullcacheEnv(t testing.TB, dir string, env []string, args ...string) *Pullcache {
 	t.Helper()
-	return startPullcache(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dir, env, args...)
+	return startPullcache(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dir, env, nil, args)
 }
 
 // StartPullcacheOn is StartPullcache listening on host (IP:PORT), e.g. the
@@ -79,10 +79,23 @@ func StartPullcacheEnv(t testing.TB, dir string, env []string, args ...string) *
 // remote clients.
 func StartPullcacheOn(t testing.TB, host, dir string, args ...string) *Pullcache {
 	t.Helper()
-	return startPullcache(t, host, dir, nil, args...)
+	return startPullcache(t, host, dir, nil, nil, args)
 }
 
-func startPullcache(t testing.TB, host, dir string, env []string, args ...string) *Pullcache {
+// StartPullcacheWithFileLimit is StartPullcache with the server's open-file
+// limit (RLIMIT_NOFILE, soft and hard) set to nofile, as a container or a
+// systemd unit would set it: prlimit(1) sets it and execs the server, so
+// PID is still the server's.
+func StartPullcacheWithFileLimit(t testing.TB, dir string, nofile int, args ...string) *Pullcache {
+	t.Helper()
+	prlimit := lookTool(t, "prlimit")
+	wrapper := []string{prlimit, fmt.Sprintf("--nofile=%d:%d", nofile, nofile), "--"}
+	return startPullcache(t, fmt.Sprintf("127.0.0.1:%d", freePort(t)), dir, nil, wrapper, args)
+}
+
+// startPullcache runs the server on host with extra environment env,
+// exec'd through wrapper (a command and its arguments) when one is given.
+func startPullcache(t testing.TB, host, dir string, env, wrapper, args []string) *Pullcache {
 	t.Helper()
 	bin := PullcacheBinary(t)
 	if dir == "" {
@@ -91,6 +104,10 @@ func startPullcache(t testing.TB, host, dir string, env []string, args ...string
 	logPath := filepath.Join(t.TempDir(), "pullcache.log")
 	all := append([]string{"serve", "--listen", host, "--dir", dir, "--log-level", "debug"}, args...)
 	p := &Pullcache{Dir: dir, Host: host, logPath: logPath}
+	if len(wrapper) > 0 {
+		all = append(append(wrapper[1:], bin), all...)
+		bin = wrapper[0]
+	}
 	p.proc = startProcess(t, "pullcache", logPath, logPath, env, bin, all...)
 	p.proc.waitReady(t, func() error {
 		resp, err := http.Get("http://" + host + "/healthz")

@@ -1,0 +1,101 @@
+// Package stall cuts HTTP responses whose client stopped reading. Guard
+// wraps a handler so that every write to the client must make progress
+// within a timeout: the connection's write deadline is pushed forward
+// before each write (and before each chunk of a zero-copy file send), so
+// a client that reads, however slowly, keeps its response, while one that
+// stalls for the timeout gets its connection closed. The handler then sees
+// a write error and returns, releasing what it held (an open blob, which
+// thereby stops counting as in use).
+//
+// The floor this sets is Chunk bytes per timeout: a client slower than that
+// (1 byte/s, say) is cut even if it never stops entirely.
+package stall
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Chunk is the most a single deadline covers when a file is sent with
+// the connection's ReadFrom (sendfile).
+const Chunk = 128 << 10
+
+// Guard returns h with the stall timeout d applied to its responses; d <= 0
+// returns h unchanged.
+func Guard(h http.Handler, d time.Duration) http.Handler {
+	if d <= 0 {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gw := &writer{ResponseWriter: w, rc: http.NewResponseController(w), d: d}
+		defer gw.arm() // the final flush happens after the handler returns
+		h.ServeHTTP(gw, r)
+	})
+}
+
+type writer struct {
+	http.ResponseWriter
+	rc *http.ResponseController
+	d  time.Duration
+}
+
+func (w *writer) arm() { _ = w.rc.SetWriteDeadline(time.Now().Add(w.d)) }
+
+func (w *writer) Write(p []byte) (int, error) {
+	w.arm()
+	return w.ResponseWriter.Write(p)
+}
+
+// FlushError flushes under a fresh deadline (http.ResponseController uses
+// it for Flush).
+func (w *writer) FlushError() error {
+	w.arm()
+	return w.rc.Flush()
+}
+
+// Flush is http.Flusher for callers that assert it.
+func (w *writer) Flush() { _ = w.FlushError() }
+
+// ReadFrom sends r in chunks of at most Chunk bytes, each under a fresh
+// deadline, through the response's own ReadFrom, which keeps sendfile for
+// files (also behind an io.LimitedReader, as http.ServeContent sends
+// ranges).
+func (w *writer) ReadFrom(r io.Reader) (int64, error) {
+	src, remaining := r, int64(-1)
+	if lr, ok := r.(*io.LimitedReader); ok {
+		src, remaining = lr.R, lr.N
+		defer func() { lr.N = remaining }()
+	}
+	var total int64
+	for remaining != 0 {
+		n := int64(Chunk)
+		if remaining > 0 && remaining < n {
+			n = remaining
+		}
+		w.arm()
+		m, err := io.Copy(w.ResponseWriter, &io.LimitedReader{R: src, N: n})
+		total += m
+		if remaining > 0 {
+			remaining -= m
+		}
+		if err != nil {
+			return total, err
+		}
+		if m < n {
+			return total, nil // src is at EOF
+		}
+	}
+	return total, nil
+}
+
+// Hijack is passed through (nothing here uses it, but a wrapper must not
+// take it away).
+func (w *writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return w.rc.Hijack()
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *writer) Unwrap() http.ResponseWriter { return w.ResponseWriter }
