@@ -113,7 +113,7 @@ func TestE2EActionFromRelease(t *testing.T) {
 		if out, err := e.run(stateEnv(state), node, filepath.Join(repoRoot, "scripts/action/post.js")); err != nil || !strings.Contains(out, "stopped") {
 			t.Errorf("%s: post.js: %v\n%s", what, err, out)
 		}
-		t.Logf("%s: step start to mirror answering: %d ms", what, took.Milliseconds())
+		t.Logf("%s: step start to mirror answering: %d ms (main.js: %s)", what, took.Milliseconds(), answeringLine(out))
 		return took
 	}
 
@@ -142,4 +142,15 @@ func countRequests(n *atomic.Int64, h http.Handler) http.Handler {
 		n.Add(1)
 		h.ServeHTTP(w, r)
 	})
+}
+
+// answeringLine is main.js's own figure ("mirror answering N ms after the
+// step started"), or "" when it printed none.
+func answeringLine(out string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "mirror answering") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
 }
