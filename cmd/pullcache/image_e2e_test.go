@@ -7,9 +7,12 @@ package main_test
 
 import (
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -90,6 +93,26 @@ func TestE2EReleasedImageOwnerAndFollower(t *testing.T) {
 	d.Pull(t, "svcapp:2")
 	if got := d.RepoDigest(t, "svcapp:2"); got != want2.String() {
 		t.Fatalf("pulled %s after the kill, upstream has %s", got, want2)
+	}
+
+	// Everything on the volume was written by the image's user.
+	files := 0
+	filepath.WalkDir(cache, func(p string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := de.Info()
+		if err != nil {
+			return err
+		}
+		files++
+		if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Uid != 65532 {
+			t.Errorf("%s is owned by uid %d, want 65532 (the image's user)", p, st.Uid)
+		}
+		return nil
+	})
+	if files < 5 {
+		t.Errorf("only %d entries on the volume", files)
 	}
 }
 
