@@ -67,4 +67,3 @@ func CopyFiles(t testing.TB, from, to string, files ...string) {
 		}
 	}
 }
-
