@@ -6,18 +6,25 @@ import (
 	"debug/elf"
 	"errors"
 	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // scripts/release run twice, once from a job environment that sets GOOS,
 // GOARCH, GOFLAGS and CGO_ENABLED to values that would break or change the
 // build: the same checksums.txt both times, `sha256sum -c` accepts it, and
 // each archive holds a static binary of its own architecture.
-// It builds two platforms, so it runs with the end-to-end tests only.
+// Then --push sends the image index to a registry. It builds two
+// platforms, so it runs with the end-to-end tests only.
 func TestE2EReleaseReproducible(t *testing.T) {
 	if os.Getenv("PULLCACHE_E2E") != "1" {
 		t.Skip("PULLCACHE_E2E=1 runs it (scripts/test)")
@@ -51,6 +58,23 @@ func TestE2EReleaseReproducible(t *testing.T) {
 	check.Dir = a
 	if out, err := check.CombinedOutput(); err != nil {
 		t.Fatalf("sha256sum -c: %v\n%s", err, out)
+	}
+	// --push sends the multi-arch index already in dist to a registry.
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/tools/pullcache:" + version
+	push := exec.Command("../release", "--dist", a, "--push", ref)
+	push.Env = append(os.Environ(), "PULLCACHE_RELEASE_INSECURE=1")
+	if out, err := push.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/release --push: %v\n%s", err, out)
+	}
+	r, _ := name.ParseReference(ref, name.Insecure)
+	idx, err := remote.Index(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im, err := idx.IndexManifest(); err != nil || len(im.Manifests) != 2 {
+		t.Fatalf("pushed index: %v, %+v", err, im)
 	}
 	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
 		bin := extractBinary(t, filepath.Join(a, ArchiveName(version, "linux", arch)))
