@@ -1,7 +1,8 @@
 // Main step of the pullcache GitHub Action (action.yml): get the binary,
 // then run `pullcache action start`, which does everything else.
 //
-// The binary: for a release (the action's ref is a tag vX.Y.Z, or
+// The binary: for a release (the action's ref is a tag vX.Y.Z, a moving
+// tag vX whose commit names vX.Y.Z in scripts/action/release-version, or
 // PULLCACHE_VERSION is set) the platform's archive is downloaded from
 // PULLCACHE_RELEASE_URL (default: the action repository's GitHub
 // releases), verified against the release's checksums.txt and kept in the
@@ -17,7 +18,7 @@ const path = require('path');
 
 const { buildFromSource } = require('./build');
 const { checkInputs } = require('./inputs');
-const { goArch, installRelease, releaseBase, releaseVersion } = require('./release');
+const { goArch, installRelease, pinnedVersion, releaseBase, releaseVersion } = require('./release');
 
 const env = process.env;
 // The action's checkout: the runner sets GITHUB_ACTION_PATH; running the
@@ -38,7 +39,7 @@ async function binary() {
     console.log(`using ${bin}`);
     return bin;
   }
-  const version = releaseVersion(env);
+  const version = releaseVersion(env, pinnedVersion(actionPath));
   fs.mkdirSync(path.dirname(bin), { recursive: true });
   if (!version) {
     return buildFromSource({ actionPath, version: env.GITHUB_ACTION_REF || 'action', bin });

@@ -24,10 +24,16 @@ function archiveName(version, arch) {
   return `pullcache_${version}_linux_${arch}.tar.gz`;
 }
 
+// A moving major or minor tag (uses: org/pullcache@v1).
+const MOVING_TAG = /^v\d+(\.\d+)?$/;
+
 // releaseVersion is the release the action should run, or '' to build
 // from source: PULLCACHE_VERSION wins ('source' forces a build), else the
-// action's own ref when it is a release tag (uses: org/pullcache@v1.2.3).
-function releaseVersion(env) {
+// action's own ref when it is a release tag (uses: org/pullcache@v1.2.3),
+// else, on a moving tag (@v1), the release its commit names in
+// scripts/action/release-version (written by the release commit), if that
+// release is one of the tag's.
+function releaseVersion(env, pinned = '') {
   const v = env.PULLCACHE_VERSION || '';
   if (v === 'source') return '';
   if (v) {
@@ -37,7 +43,20 @@ function releaseVersion(env) {
     return v;
   }
   const ref = env.GITHUB_ACTION_REF || '';
-  return RELEASE_VERSION.test(ref) ? ref : '';
+  if (RELEASE_VERSION.test(ref)) return ref;
+  pinned = pinned.trim();
+  if (MOVING_TAG.test(ref) && RELEASE_VERSION.test(pinned) && pinned.startsWith(`${ref}.`)) return pinned;
+  return '';
+}
+
+// pinnedVersion reads scripts/action/release-version of the action's
+// checkout; '' when there is none.
+function pinnedVersion(actionPath) {
+  try {
+    return fs.readFileSync(path.join(actionPath, 'scripts', 'action', 'release-version'), 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 // releaseBase is where VERSION/ARCHIVE lives: PULLCACHE_RELEASE_URL, else
@@ -144,6 +163,6 @@ async function installRelease({ version, arch, base, toolCache, fetchImpl = fetc
 }
 
 module.exports = {
-  RELEASE_VERSION, goArch, archiveName, releaseVersion, releaseBase, toolDir,
+  RELEASE_VERSION, goArch, archiveName, releaseVersion, pinnedVersion, releaseBase, toolDir,
   cachedBinary, expectedSum, untarFile, installRelease,
 };

@@ -112,6 +112,12 @@ test('which version: PULLCACHE_VERSION, a release tag ref, or a source build', (
   assert.equal(release.releaseVersion({ GITHUB_ACTION_REF: 'v1', PULLCACHE_VERSION: 'v1.4.0' }), 'v1.4.0');
   assert.equal(release.releaseVersion({ GITHUB_ACTION_REF: 'v1.2.3', PULLCACHE_VERSION: 'source' }), '');
   assert.throws(() => release.releaseVersion({ PULLCACHE_VERSION: 'latest' }), /not a release version/);
+  // A moving tag runs the release its commit names, if it is one of the tag's.
+  assert.equal(release.releaseVersion({ GITHUB_ACTION_REF: 'v1' }, 'v1.4.2\n'), 'v1.4.2');
+  assert.equal(release.releaseVersion({ GITHUB_ACTION_REF: 'v1.4' }, 'v1.4.2'), 'v1.4.2');
+  assert.equal(release.releaseVersion({ GITHUB_ACTION_REF: 'v2' }, 'v1.4.2'), '');
+  assert.equal(release.releaseVersion({ GITHUB_ACTION_REF: 'main' }, 'v1.4.2'), '');
+  assert.equal(release.pinnedVersion('/nonexistent'), '');
   assert.equal(release.releaseBase({ GITHUB_ACTION_REPOSITORY: 'acme/pullcache' }), 'https://github.com/acme/pullcache/releases/download');
   assert.equal(release.releaseBase({ PULLCACHE_RELEASE_URL: 'http://127.0.0.1:1/r/' }), 'http://127.0.0.1:1/r');
   assert.equal(release.goArch('x64'), 'amd64');
