@@ -48,6 +48,7 @@ async function binary() {
   const installed = await installRelease({
     version, arch: goArch(process.arch), base: releaseBase(env), toolCache, log: console.log,
   });
+  fs.rmSync(bin, { force: true }); // a dangling link of an earlier step
   fs.symlinkSync(installed, bin);
   return bin;
 }

@@ -154,12 +154,25 @@ async function installRelease({ version, arch, base, toolCache, fetchImpl = fetc
   // marked complete: a job killed halfway leaves nothing that counts.
   const dir = toolDir(toolCache, version, arch);
   fs.mkdirSync(path.dirname(dir), { recursive: true });
+  // Another job on this runner may install the same version meanwhile: a
+  // complete install is never replaced (its binary may be running).
+  const finished = () => cachedBinary(toolCache, version, arch);
   const tmp = fs.mkdtempSync(`${dir}.tmp-`);
   fs.writeFileSync(path.join(tmp, 'pullcache'), bin.data, { mode: 0o755 });
-  fs.rmSync(dir, { recursive: true, force: true });
-  fs.renameSync(tmp, dir);
-  fs.writeFileSync(`${dir}.complete`, '');
-  return path.join(dir, 'pullcache');
+  let done = finished();
+  if (!done) {
+    fs.rmSync(dir, { recursive: true, force: true }); // an interrupted install
+    try {
+      fs.renameSync(tmp, dir);
+      fs.writeFileSync(`${dir}.complete`, '');
+      return path.join(dir, 'pullcache');
+    } catch (err) {
+      done = finished();
+      if (!done) throw err;
+    }
+  }
+  fs.rmSync(tmp, { recursive: true, force: true });
+  return done;
 }
 
 module.exports = {

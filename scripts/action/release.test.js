@@ -73,6 +73,26 @@ test('downloads, verifies and caches the release; the next job uses the tool cac
   assert.equal(Object.values(hits).reduce((a, b) => a + b, 0), before, 'warm tool cache: no request');
 });
 
+test('an install finished by another job meanwhile is kept, not replaced', async (t) => {
+  const root = tmpdir();
+  makeRelease(root, 'amd64');
+  const { base } = await serve(t, root);
+  const toolCache = tmpdir();
+  const dir = release.toolDir(toolCache, VERSION, 'amd64');
+  // The other job completes while this one downloads.
+  const slowFetch = async (url, opts) => {
+    if (!fs.existsSync(`${dir}.complete`)) {
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'pullcache'), 'theirs', { mode: 0o755 });
+      fs.writeFileSync(`${dir}.complete`, '');
+    }
+    return fetch(url, opts);
+  };
+  const bin = await release.installRelease({ version: VERSION, arch: 'amd64', base, toolCache, fetchImpl: slowFetch });
+  assert.equal(fs.readFileSync(bin, 'utf8'), 'theirs');
+  assert.deepEqual(fs.readdirSync(path.dirname(dir)).sort(), ['amd64', 'amd64.complete']);
+});
+
 test('a tampered archive is refused and nothing is cached', async (t) => {
   const root = tmpdir();
   makeRelease(root, 'arm64');
