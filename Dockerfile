@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
 #
 # pullcache as a container: a GitLab CI service, a Kubernetes sidecar, a
-# compose service next to dockerd. Build:
+# compose service next to dockerd. Releases do not use this file:
+# scripts/release assembles the same image (static binary, CA bundle,
+# /cache owned by 65532, user 65532, entrypoint serve) offline from the
+# release binaries, with no base image (README, "Releases"). This file is
+# for building with Docker:
 #
 #   docker build -t pullcache --build-arg VERSION=v1.0.0 .
 #

@@ -87,9 +87,16 @@ func action(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 		}
 	}()
 	if args[0] == "start" {
-		return actionStart(ctx, r)
+		err = actionStart(ctx, r)
+	} else {
+		err = actionStop(ctx, r, stderr)
 	}
-	return actionStop(ctx, r, stderr)
+	if err != nil {
+		// An annotation, so the runner shows the cause on the step
+		// rather than only in its log.
+		r.Errorf("pullcache action %s: %v", args[0], err)
+	}
+	return err
 }
 
 // runner is the action's side of the runner protocol. Outside a runner (a

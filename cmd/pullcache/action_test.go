@@ -532,6 +532,9 @@ func TestActionStartFailureAndStopWithoutState(t *testing.T) {
 	if err == nil {
 		t.Fatalf("start succeeded:\n%s", out)
 	}
+	if !strings.Contains(out, "::error::pullcache action start: ") {
+		t.Errorf("start error is no ::error annotation:\n%s", out)
+	}
 	if !strings.Contains(out, "exited during startup") || !strings.Contains(out, "ftp") {
 		t.Errorf("start error lacks the reason and the log tail:\n%s", out)
 	}

@@ -51,6 +51,9 @@
 //	NewPodman(t, mirrors ...RegistryMirror) *Podman // Pull (error), ImageDigest, RemoveImage, Podman
 //	WriteRegistriesConf(t, path, mirrors...)
 //	RunConformance(t, host, repo1, repo2) ConformanceResult // the OCI distribution-spec suite
+//	BuildRelease(t) *Release                        // scripts/release once per test binary: ImageTar, ImageRef
+//	(*Dockerd).Load(t, tarball), RunDetached(t, name, args...) // containers, removed at cleanup
+//	FreePort(t), HostPort(port)
 //
 // What the clients send to a mirror (seen with distribution's proxy):
 // dockerd (20.10) pings /v2/, HEADs the tag's manifest, GETs the manifest by
