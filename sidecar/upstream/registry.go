@@ -1,6 +1,12 @@
 // Package upstream is pullcache's client for the registries it mirrors: which
 // registries may be reached at all, where they live, how to authenticate to
 // them, and the few raw Distribution API requests a pull-through cache makes.
+// It follows the redirects every public registry sends (redirect.go) without
+// carrying credentials beyond the registry (credentials.go) and only to
+// addresses the dial guard allows (netguard.go), and rewrites each
+// registry's throttling dialect into one canonical 429 (throttle.go).
+//
+// A Client is safe for concurrent use; responses' bodies must be closed.
 //
 // It deliberately returns raw *http.Response values: the caller needs the
 // status, Docker-Content-Digest, ratelimit-* headers and a streaming body, and
