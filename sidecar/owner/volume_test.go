@@ -21,8 +21,8 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/cachestore/digest"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
 )
 
 func TestFirstIsOwnerOthersFollow(t *testing.T) {
