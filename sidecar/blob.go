@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/httpx"
@@ -156,7 +155,7 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		return
 	}
 	if rng := r.Header.Get("Range"); rng != "" {
-		if _, _, _, ok := parseRange(rng, f.size); f.size >= 0 && !ok {
+		if _, _, _, ok := httpx.ParseRange(rng, f.size); f.size >= 0 && !ok {
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
 			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", rng, f.size))
 			return
@@ -258,50 +257,6 @@ func (v *verifiedTail) Read(p []byte) (int, error) {
 		return n, io.ErrUnexpectedEOF
 	}
 	return n, err
-}
-
-// parseRange handles the single-range form clients use ("bytes=N-",
-// "bytes=N-M", "bytes=-N"). No header: the whole body. ok is false for a
-// malformed or unsatisfiable range.
-func parseRange(v string, size int64) (start, end int64, partial, ok bool) {
-	if v == "" {
-		return 0, size - 1, false, true
-	}
-	spec, found := strings.CutPrefix(v, "bytes=")
-	if !found || strings.Contains(spec, ",") {
-		return 0, 0, false, false
-	}
-	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
-	if !found {
-		return 0, 0, false, false
-	}
-	switch {
-	case a == "": // suffix: last b bytes
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 {
-			return 0, 0, false, false
-		}
-		if n > size {
-			n = size
-		}
-		return size - n, size - 1, true, size > 0
-	default:
-		s, err := strconv.ParseInt(a, 10, 64)
-		if err != nil || s < 0 || s >= size {
-			return 0, 0, false, false
-		}
-		e := size - 1
-		if b != "" {
-			e, err = strconv.ParseInt(b, 10, 64)
-			if err != nil || e < s {
-				return 0, 0, false, false
-			}
-			if e >= size {
-				e = size - 1
-			}
-		}
-		return s, e, true, true
-	}
 }
 
 // copyFlushing copies and flushes after each chunk so clients see bytes as
