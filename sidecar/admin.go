@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 // While a server owns the volume, the index is its alone (bbolt's lock):
@@ -15,28 +16,12 @@ import (
 // its socket, through these endpoints. Only local peers (the unix socket,
 // loopback) may use them.
 
-// AdminPath prefixes the owner's store-maintenance endpoints.
-const AdminPath = "/_pullcache/admin/"
-
-// PinRequest names a pin for POST AdminPath+"pin" and +"unpin".
-type PinRequest struct {
-	Namespace string `json:"ns"`
-	Repo      string `json:"repo"`
-	Ref       string `json:"ref"`
-}
-
-// GCRequest is the body of POST AdminPath+"gc": evict down to the low
-// watermark of MaxSize now.
-type GCRequest struct {
-	MaxSize int64 `json:"max_size"`
-}
-
 func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 	if !isLocalPeer(r.RemoteAddr) {
 		http.Error(w, "store maintenance is for local clients only", http.StatusForbidden)
 		return
 	}
-	op := strings.TrimPrefix(r.URL.Path, AdminPath)
+	op := strings.TrimPrefix(r.URL.Path, ctlapi.AdminPath)
 	body := io.LimitReader(r.Body, 1<<20)
 	switch {
 	case op == "about" && r.Method == http.MethodGet:
@@ -47,7 +32,7 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		list, err := s.store.Pins()
 		adminReply(w, list, err)
 	case (op == "pin" || op == "unpin") && r.Method == http.MethodPost:
-		var p PinRequest
+		var p ctlapi.PinRequest
 		if err := json.NewDecoder(body).Decode(&p); err != nil {
 			http.Error(w, "malformed pin request", http.StatusBadRequest)
 			return
@@ -60,7 +45,7 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		}
 		adminReply(w, nil, err)
 	case op == "gc" && r.Method == http.MethodPost:
-		var g GCRequest
+		var g ctlapi.GCRequest
 		if err := json.NewDecoder(body).Decode(&g); err != nil || g.MaxSize <= 0 {
 			http.Error(w, "gc needs a positive max_size", http.StatusBadRequest)
 			return

@@ -15,8 +15,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
 

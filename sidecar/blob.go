@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
-	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 	"github.com/pullcache/pullcache/sidecar/upstream"
@@ -39,28 +37,13 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 	s.getBlobMiss(w, r, req)
 }
 
-// ServeBlobContent serves a verified blob's content with the headers every
-// pullcache process sends for one (Range and HEAD via http.ServeContent),
-// and returns the bytes written. Owner and followers share it so that a
-// client cannot tell which of them answered.
-func ServeBlobContent(w http.ResponseWriter, r *http.Request, d v1.Hash, content io.ReadSeeker) int64 {
-	h := w.Header()
-	h.Set("Docker-Content-Digest", d.String())
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Etag", `"`+d.String()+`"`)
-	h.Set("Cache-Control", "max-age=31536000, immutable")
-	cw := &countingWriter{ResponseWriter: w}
-	http.ServeContent(cw, r, "", time.Time{}, content)
-	return cw.n
-}
-
 // serveStoredBlob serves the blob from the store if it is there.
 func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req route.Request) bool {
 	f, _, err := s.store.OpenBlob(req.Digest)
 	if err == nil {
 		defer f.Close()
 		s.stats.BlobHits.Add(1)
-		s.stats.BytesServed.Add(ServeBlobContent(w, r, req.Digest, f.File()))
+		s.stats.BytesServed.Add(httpx.ServeBlobContent(w, r, req.Digest, f.File()))
 		return true
 	}
 	if !errors.Is(err, cachestore.ErrNotFound) {
@@ -172,7 +155,7 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		return
 	}
 	if rng := r.Header.Get("Range"); rng != "" {
-		if _, _, _, ok := parseRange(rng, f.size); f.size >= 0 && !ok {
+		if _, _, _, ok := httpx.ParseRange(rng, f.size); f.size >= 0 && !ok {
 			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
 			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", rng, f.size))
 			return
@@ -198,9 +181,9 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		h.Set("Content-Length", strconv.FormatInt(f.size, 10))
 	}
 	w.WriteHeader(http.StatusOK)
-	cw := &countingWriter{ResponseWriter: w}
+	cw := &httpx.CountingWriter{ResponseWriter: w}
 	_, err = copyFlushing(cw, body)
-	s.stats.BytesServed.Add(cw.n)
+	s.stats.BytesServed.Add(cw.N)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the client left; the fill goes on for the others
@@ -208,7 +191,7 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		if diskFull(err) {
 			// The disk filled mid-fill: finish this response from the
 			// upstream, from the first byte the client has not had.
-			if perr := s.passThrough(r.Context(), w, r, req, up, cw.n, true); perr == nil {
+			if perr := s.passThrough(r.Context(), w, r, req, up, cw.N, true); perr == nil {
 				return
 			} else {
 				err = perr
@@ -276,76 +259,9 @@ func (v *verifiedTail) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// parseRange handles the single-range form clients use ("bytes=N-",
-// "bytes=N-M", "bytes=-N"). No header: the whole body. ok is false for a
-// malformed or unsatisfiable range.
-func parseRange(v string, size int64) (start, end int64, partial, ok bool) {
-	if v == "" {
-		return 0, size - 1, false, true
-	}
-	spec, found := strings.CutPrefix(v, "bytes=")
-	if !found || strings.Contains(spec, ",") {
-		return 0, 0, false, false
-	}
-	a, b, found := strings.Cut(strings.TrimSpace(spec), "-")
-	if !found {
-		return 0, 0, false, false
-	}
-	switch {
-	case a == "": // suffix: last b bytes
-		n, err := strconv.ParseInt(b, 10, 64)
-		if err != nil || n <= 0 {
-			return 0, 0, false, false
-		}
-		if n > size {
-			n = size
-		}
-		return size - n, size - 1, true, size > 0
-	default:
-		s, err := strconv.ParseInt(a, 10, 64)
-		if err != nil || s < 0 || s >= size {
-			return 0, 0, false, false
-		}
-		e := size - 1
-		if b != "" {
-			e, err = strconv.ParseInt(b, 10, 64)
-			if err != nil || e < s {
-				return 0, 0, false, false
-			}
-			if e >= size {
-				e = size - 1
-			}
-		}
-		return s, e, true, true
-	}
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// ReadFrom keeps net/http's zero-copy path: the response's own ReadFrom
-// sends an *os.File with sendfile(2) instead of copying it through user
-// space, which a plain Write wrapper would force.
-func (c *countingWriter) ReadFrom(r io.Reader) (int64, error) {
-	n, err := io.Copy(c.ResponseWriter, r)
-	c.n += n
-	return n, err
-}
-
-// Unwrap lets http.ResponseController reach the real writer (Flush).
-func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
-
 // copyFlushing copies and flushes after each chunk so clients see bytes as
 // the upstream delivers them, not when a buffer fills.
-func copyFlushing(w *countingWriter, r io.Reader) (int64, error) {
+func copyFlushing(w *httpx.CountingWriter, r io.Reader) (int64, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 	"github.com/pullcache/pullcache/sidecar/upstream"
@@ -77,10 +78,10 @@ func (s *Server) passThrough(ctx context.Context, w http.ResponseWriter, r *http
 		h.Set("X-Pullcache-Passthrough", "disk-full")
 		w.WriteHeader(http.StatusOK)
 	}
-	cw := &countingWriter{ResponseWriter: w}
+	cw := &httpx.CountingWriter{ResponseWriter: w}
 	n, err := copyFlushing(cw, body)
 	s.stats.BytesUpstream.Add(n)
-	s.stats.BytesServed.Add(cw.n)
+	s.stats.BytesServed.Add(cw.N)
 	return err
 }
 

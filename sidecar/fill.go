@@ -7,14 +7,13 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
@@ -130,7 +129,7 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		if f.writer == nil {
 			size := resp.ContentLength
 			if resp.StatusCode == http.StatusPartialContent {
-				size = contentRangeTotal(resp.Header.Get("Content-Range"))
+				_, _, size, _ = httpx.ParseContentRange(resp.Header.Get("Content-Range"))
 			}
 			w, err := s.store.NewBlobWriter(f.digest, size)
 			if err != nil {
@@ -240,7 +239,7 @@ func (s *Server) positionBody(ns string, resp *http.Response, offset int64) (io.
 		}
 		return resp.Body, nil
 	case http.StatusPartialContent:
-		if start := contentRangeStart(resp.Header.Get("Content-Range")); start != offset {
+		if start, _, _, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range")); !ok || start != offset {
 			return nil, apierr.New(apierr.UpstreamError, "upstream resumed at byte %d, asked for %d", start, offset)
 		}
 		return resp.Body, nil
@@ -262,30 +261,6 @@ func retryable(err error) bool {
 	}
 	var ae *apierr.Error
 	return !errors.As(err, &ae)
-}
-
-// contentRangeTotal reads the complete length from "bytes a-b/total"; -1
-// if it is not given ("*") or malformed.
-func contentRangeTotal(v string) int64 {
-	_, total, ok := strings.Cut(v, "/")
-	if !ok {
-		return -1
-	}
-	n, err := strconv.ParseInt(total, 10, 64)
-	if err != nil || n < 0 {
-		return -1
-	}
-	return n
-}
-
-func contentRangeStart(v string) int64 {
-	v = strings.TrimPrefix(v, "bytes ")
-	start, _, _ := strings.Cut(v, "-")
-	n, err := strconv.ParseInt(start, 10, 64)
-	if err != nil {
-		return -1
-	}
-	return n
 }
 
 // writeError marks a failure on the store side of a copy.

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 // pushBlob uploads content monolithically and returns its digest.
@@ -138,10 +140,10 @@ func TestMaintenanceIsLocalOnly(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
 	for _, tc := range []struct{ method, path, body string }{
-		{"POST", AdminPath + "pin", `{"ns":"docker.io","repo":"library/a","ref":"1"}`},
-		{"POST", AdminPath + "gc", `{"max_size":1}`},
-		{"GET", AdminPath + "pins", ``},
-		{"POST", TouchPath, `{"digests":[]}`},
+		{"POST", ctlapi.AdminPath + "pin", `{"ns":"docker.io","repo":"library/a","ref":"1"}`},
+		{"POST", ctlapi.AdminPath + "gc", `{"max_size":1}`},
+		{"GET", ctlapi.AdminPath + "pins", ``},
+		{"POST", ctlapi.TouchPath, `{"digests":[]}`},
 	} {
 		req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
 		req.RemoteAddr = "192.0.2.7:40000"
@@ -155,7 +157,7 @@ func TestMaintenanceIsLocalOnly(t *testing.T) {
 		t.Fatalf("a remote peer pinned %v", pins)
 	}
 	// Locally it works.
-	resp, _ := do(t, "POST", e.mirror.URL+AdminPath+"pin", nil, []byte(`{"ns":"docker.io","repo":"library/a","ref":"1"}`))
+	resp, _ := do(t, "POST", e.mirror.URL+ctlapi.AdminPath+"pin", nil, []byte(`{"ns":"docker.io","repo":"library/a","ref":"1"}`))
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("local pin: %s", resp.Status)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
@@ -189,11 +190,11 @@ func (s *Server) Handler() http.Handler {
 		case p == "/healthz":
 			w.Header().Set("Content-Type", "text/plain")
 			fmt.Fprintln(w, "ok")
-		case p == "/_pullcache/stats":
+		case p == ctlapi.StatsPath:
 			s.serveStats(w, r)
-		case p == TouchPath:
+		case p == ctlapi.TouchPath:
 			s.serveTouch(w, r)
-		case strings.HasPrefix(p, AdminPath):
+		case strings.HasPrefix(p, ctlapi.AdminPath):
 			s.serveAdmin(w, r)
 		case p == "/metrics":
 			metrics.ServeHTTP(w, r)

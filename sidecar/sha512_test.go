@@ -12,7 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore/digest"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
 )
 
 func sha512Hash(b []byte) v1.Hash { return digest.Sum(digest.SHA512, b) }

@@ -6,19 +6,12 @@ import (
 	"net/http"
 
 	"github.com/pullcache/pullcache/cachestore/digest"
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 // Followers on the same volume serve blobs straight from their files, which
 // the index never sees; they report those reads here so that LRU eviction
 // does not take the blobs every job is using for cold ones.
-
-// TouchPath is where followers report blobs they served.
-const TouchPath = "/_pullcache/touch"
-
-// TouchRequest is the body of a POST to TouchPath.
-type TouchRequest struct {
-	Digests []string `json:"digests"`
-}
 
 const maxTouchBody = 1 << 20
 
@@ -32,7 +25,7 @@ func (s *Server) serveTouch(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "only local followers may report reads", http.StatusForbidden)
 		return
 	}
-	var req TouchRequest
+	var req ctlapi.TouchRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, maxTouchBody)).Decode(&req); err != nil {
 		http.Error(w, "malformed touch request", http.StatusBadRequest)
 		return

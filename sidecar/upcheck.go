@@ -6,69 +6,27 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar/admit"
 )
 
 // `pullcache doctor` asks the owner two things no counter answers: what this
-// mirror is (About), and how an upstream is doing right now (UpstreamCheck):
+// mirror is (ctlapi.About), and how an upstream is doing right now (ctlapi.UpstreamCheck):
 // reachable, credentials accepted, quota left, its clock. The quota is read
 // without spending a pull: a manifest HEAD, which Docker Hub does not count
 // and answers with its ratelimit headers, sent through the mirror's own
 // upstream client and admission like any other HEAD. Both are maintenance
-// endpoints: local peers only, like the rest of AdminPath.
-
-// About is the answer of GET AdminPath+"about".
-type About struct {
-	Version         string          `json:"version"`
-	Dir             string          `json:"dir"`
-	MaxSize         int64           `json:"max_size"` // 0: no cap
-	DefaultUpstream string          `json:"default_upstream,omitempty"`
-	LocalPrefixes   []string        `json:"local_prefixes"`
-	Upstreams       []AboutUpstream `json:"upstreams"`
-}
-
-// AboutUpstream is one configured upstream in About.
-type AboutUpstream struct {
-	Name     string `json:"name"`
-	Endpoint string `json:"endpoint"`
-	Identity string `json:"identity"` // the credential used; never a secret
-}
-
-// UpstreamCheck is the answer of GET AdminPath+"upstream?ns=NAME[&repo=R&ref=T]".
-type UpstreamCheck struct {
-	Upstream string `json:"upstream"`
-	Endpoint string `json:"endpoint"`
-	Identity string `json:"identity"`
-	// Probe is the manifest HEADed: ratelimitpreview/test:latest on Docker
-	// Hub (the repository Docker documents for reading the limit), the
-	// caller's repo and ref elsewhere.
-	Probe  string `json:"probe"`
-	Status int    `json:"status"` // the upstream's status; 0 when no answer came
-	Error  string `json:"error,omitempty"`
-	// Reported is true when the answer carried rate-limit headers; without
-	// them Docker Hub does not limit the identity.
-	Reported      bool   `json:"reported"`
-	Limit         int    `json:"limit,omitempty"`
-	Remaining     int    `json:"remaining"`
-	WindowSeconds int    `json:"window_seconds,omitempty"`
-	Source        string `json:"source,omitempty"` // docker-ratelimit-source: the identity charged (IPv4, IPv6 /64, account)
-	// Throttle is the Pullcache-Throttle marker when the HEAD itself was
-	// throttled.
-	Throttle     string     `json:"throttle,omitempty"`
-	UpstreamDate *time.Time `json:"upstream_date,omitempty"` // the answer's Date header
-	MirrorTime   time.Time  `json:"mirror_time"`             // the mirror's clock when the answer came
-	RTTMillis    int64      `json:"rtt_ms"`
-}
+// endpoints: local peers only, like the rest of ctlapi.AdminPath.
 
 // dockerHubProbe is the repository Docker documents for checking the pull
 // limit: a HEAD of its manifest costs nothing and carries the headers.
 const dockerHubProbe = "ratelimitpreview/test"
 
 func (s *Server) serveAbout(w http.ResponseWriter) {
-	a := About{Version: s.opts.Version, Dir: s.store.Dir(), MaxSize: s.opts.MaxSize, DefaultUpstream: s.opts.DefaultUpstream, LocalPrefixes: s.opts.LocalPrefixes}
+	a := ctlapi.About{Version: s.opts.Version, Dir: s.store.Dir(), MaxSize: s.opts.MaxSize, DefaultUpstream: s.opts.DefaultUpstream, LocalPrefixes: s.opts.LocalPrefixes}
 	for _, n := range s.UpstreamNames() {
 		u := s.upstreams[n]
-		a.Upstreams = append(a.Upstreams, AboutUpstream{Name: n, Endpoint: u.Registry().Endpoint.String(), Identity: u.Identity()})
+		a.Upstreams = append(a.Upstreams, ctlapi.AboutUpstream{Name: n, Endpoint: u.Registry().Endpoint.String(), Identity: u.Identity()})
 	}
 	adminReply(w, a, nil)
 }
@@ -96,7 +54,7 @@ func (s *Server) serveUpstreamCheck(w http.ResponseWriter, r *http.Request) {
 	if ref == "" {
 		ref = "latest"
 	}
-	c := UpstreamCheck{Upstream: ns, Endpoint: up.Registry().Endpoint.String(), Identity: up.Identity(), Probe: repo + ":" + ref}
+	c := ctlapi.UpstreamCheck{Upstream: ns, Endpoint: up.Registry().Endpoint.String(), Identity: up.Identity(), Probe: repo + ":" + ref}
 	ctx, cancel := context.WithTimeout(withClient(r.Context(), "doctor"), 30*time.Second)
 	defer cancel()
 	start := time.Now()

@@ -12,8 +12,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
 
@@ -47,11 +48,11 @@ func TestUpstreamCheckReadsQuotaWithAHead(t *testing.T) {
 		t.Fatalf("pull: %s", resp.Status)
 	}
 	before := hub.Counts()
-	resp, body := do(t, "GET", mirror.URL+AdminPath+"upstream?ns=docker.io", nil, nil)
+	resp, body := do(t, "GET", mirror.URL+ctlapi.AdminPath+"upstream?ns=docker.io", nil, nil)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("upstream check: %s %s", resp.Status, body)
 	}
-	var c UpstreamCheck
+	var c ctlapi.UpstreamCheck
 	if err := json.Unmarshal(body, &c); err != nil {
 		t.Fatal(err)
 	}
@@ -63,12 +64,12 @@ func TestUpstreamCheckReadsQuotaWithAHead(t *testing.T) {
 		t.Errorf("check %+v", c)
 	}
 
-	var about About
-	resp, body = do(t, "GET", mirror.URL+AdminPath+"about", nil, nil)
+	var about ctlapi.About
+	resp, body = do(t, "GET", mirror.URL+ctlapi.AdminPath+"about", nil, nil)
 	if err := json.Unmarshal(body, &about); err != nil || resp.StatusCode != 200 || about.Version != "v9.9.9" || about.MaxSize != 1<<30 || len(about.Upstreams) != 1 || about.Upstreams[0].Identity != "anonymous" {
 		t.Errorf("about: %s %s", resp.Status, body)
 	}
-	if resp, _ := do(t, "GET", mirror.URL+AdminPath+"upstream?ns=quay.io", nil, nil); resp.StatusCode != http.StatusNotFound {
+	if resp, _ := do(t, "GET", mirror.URL+ctlapi.AdminPath+"upstream?ns=quay.io", nil, nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("check of an unconfigured upstream: %s, want 404", resp.Status)
 	}
 

@@ -32,7 +32,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/sethvargo/go-githubactions"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 	"github.com/pullcache/pullcache/sidecar"
 )
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/buildkit"
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // A managed buildkitd with its state on pullcache's volume: a Dockerfile

@@ -3,7 +3,7 @@ package main_test
 import (
 	"testing"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // The OCI distribution-spec conformance suite, at its defaults (pull, push,

@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // crashTrials is how many times the crash test kills the server.

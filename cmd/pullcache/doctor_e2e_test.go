@@ -16,8 +16,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 type doctorFinding struct {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar"
 )
 
@@ -70,7 +71,7 @@ type mirrorStats struct {
 type mirrorInfo struct {
 	up    bool
 	role  string
-	about *sidecar.About
+	about *ctlapi.About
 	stats *mirrorStats
 }
 
@@ -98,12 +99,12 @@ func checkMirror(ctx context.Context, m *mirrorProbe, cfg doctorConfig, rep *doc
 	}
 	info.up = true
 	info.role = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(body)), "ok"))
-	var about sidecar.About
-	if err := m.getJSON(ctx, sidecar.AdminPath+"about", &about); err == nil {
+	var about ctlapi.About
+	if err := m.getJSON(ctx, ctlapi.AdminPath+"about", &about); err == nil {
 		info.about = &about
 	}
 	var st mirrorStats
-	if err := m.getJSON(ctx, "/_pullcache/stats", &st); err == nil {
+	if err := m.getJSON(ctx, ctlapi.StatsPath, &st); err == nil {
 		info.stats = &st
 		if st.Role != "" {
 			info.role = st.Role
@@ -127,7 +128,7 @@ func checkMirror(ctx context.Context, m *mirrorProbe, cfg doctorConfig, rep *doc
 }
 
 // checkVolume compares the volume's free space with --max-size.
-func checkVolume(cfg doctorConfig, about sidecar.About, st mirrorStats, rep *doctorReport) {
+func checkVolume(cfg doctorConfig, about ctlapi.About, st mirrorStats, rep *doctorReport) {
 	dir := cfg.dir
 	if dir == "" {
 		dir = about.Dir
@@ -166,7 +167,7 @@ func suggestMaxSize(used, free int64) int64 {
 
 // upstreamCheckResult pairs an upstream check with the time doctor asked.
 type upstreamCheckResult struct {
-	sidecar.UpstreamCheck
+	ctlapi.UpstreamCheck
 	askedAt time.Time
 }
 
@@ -180,7 +181,7 @@ func checkUpstreams(ctx context.Context, m *mirrorProbe, info mirrorInfo, rep *d
 	// One HEAD per upstream, all at once: an unreachable one costs its
 	// timeout, not everyone's.
 	ups := info.about.Upstreams
-	checks := make([]sidecar.UpstreamCheck, len(ups))
+	checks := make([]ctlapi.UpstreamCheck, len(ups))
 	errs := make([]error, len(ups))
 	asked := time.Now()
 	var wg sync.WaitGroup
@@ -188,7 +189,7 @@ func checkUpstreams(ctx context.Context, m *mirrorProbe, info mirrorInfo, rep *d
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.getJSON(ctx, sidecar.AdminPath+"upstream?ns="+url.QueryEscape(u.Name), &checks[i])
+			errs[i] = m.getJSON(ctx, ctlapi.AdminPath+"upstream?ns="+url.QueryEscape(u.Name), &checks[i])
 		}()
 	}
 	wg.Wait()
@@ -229,7 +230,7 @@ func bucketTokens(st *mirrorStats, upstream string) (float64, bool) {
 	return tokens, found
 }
 
-func judgeUpstream(c sidecar.UpstreamCheck, tokens float64, hasBucket bool) (status, detail, fix string) {
+func judgeUpstream(c ctlapi.UpstreamCheck, tokens float64, hasBucket bool) (status, detail, fix string) {
 	authFix := fmt.Sprintf("give the mirror working credentials: PULLCACHE_AUTH_%s=user:token (or a Docker config file), then restart it", envRegistry(c.Upstream))
 	head := fmt.Sprintf("%s (%s) as %s: HEAD %s", c.Upstream, c.Endpoint, c.Identity, c.Probe)
 	switch {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar"
 )
 
@@ -156,29 +157,29 @@ func TestShortDuration(t *testing.T) {
 
 func TestJudgeUpstream(t *testing.T) {
 	t.Parallel()
-	hub := sidecar.UpstreamCheck{Upstream: "docker.io", Endpoint: "https://registry-1.docker.io", Identity: "anonymous", Probe: "ratelimitpreview/test:latest", Status: 200}
-	ghcr := sidecar.UpstreamCheck{Upstream: "ghcr.io", Endpoint: "https://ghcr.io", Identity: "anonymous", Probe: "library/pullcache-doctor-probe:latest"}
-	with := func(c sidecar.UpstreamCheck, f func(*sidecar.UpstreamCheck)) sidecar.UpstreamCheck { f(&c); return c }
+	hub := ctlapi.UpstreamCheck{Upstream: "docker.io", Endpoint: "https://registry-1.docker.io", Identity: "anonymous", Probe: "ratelimitpreview/test:latest", Status: 200}
+	ghcr := ctlapi.UpstreamCheck{Upstream: "ghcr.io", Endpoint: "https://ghcr.io", Identity: "anonymous", Probe: "library/pullcache-doctor-probe:latest"}
+	with := func(c ctlapi.UpstreamCheck, f func(*ctlapi.UpstreamCheck)) ctlapi.UpstreamCheck { f(&c); return c }
 	for _, tc := range []struct {
 		name string
-		c    sidecar.UpstreamCheck
+		c    ctlapi.UpstreamCheck
 		want string
 		in   string
 	}{
-		{"quota", with(hub, func(c *sidecar.UpstreamCheck) {
+		{"quota", with(hub, func(c *ctlapi.UpstreamCheck) {
 			c.Reported, c.Limit, c.Remaining, c.WindowSeconds = true, 100, 76, 21600
 		}), statusOK, "76 of 100 pulls left per 6h"},
-		{"almost spent", with(hub, func(c *sidecar.UpstreamCheck) { c.Reported, c.Limit, c.Remaining = true, 100, 3 }), statusWarn, "almost used up"},
+		{"almost spent", with(hub, func(c *ctlapi.UpstreamCheck) { c.Reported, c.Limit, c.Remaining = true, 100, 3 }), statusWarn, "almost used up"},
 		{"unlimited", hub, statusOK, "not limited"},
-		{"down", with(hub, func(c *sidecar.UpstreamCheck) { c.Status, c.Error = 0, "dial tcp: connection refused" }), statusFail, "connection refused"},
-		{"user refused", with(hub, func(c *sidecar.UpstreamCheck) {
+		{"down", with(hub, func(c *ctlapi.UpstreamCheck) { c.Status, c.Error = 0, "dial tcp: connection refused" }), statusFail, "connection refused"},
+		{"user refused", with(hub, func(c *ctlapi.UpstreamCheck) {
 			c.Status, c.Identity, c.Error = 0, "ci-bot", "UNAUTHORIZED: incorrect username or password"
 		}), statusFail, "credentials refused"},
-		{"anonymous probe elsewhere", with(ghcr, func(c *sidecar.UpstreamCheck) {
+		{"anonymous probe elsewhere", with(ghcr, func(c *ctlapi.UpstreamCheck) {
 			c.Error = "GET https://ghcr.io/token: DENIED: requested access to the resource is denied"
 		}), statusOK, "reachable"},
-		{"probe missing", with(ghcr, func(c *sidecar.UpstreamCheck) { c.Status = 404 }), statusOK, "reachable"},
-		{"throttled", with(hub, func(c *sidecar.UpstreamCheck) {
+		{"probe missing", with(ghcr, func(c *ctlapi.UpstreamCheck) { c.Status = 404 }), statusOK, "reachable"},
+		{"throttled", with(hub, func(c *ctlapi.UpstreamCheck) {
 			c.Status, c.Throttle = 429, "abuse-limit; dialect=docker-hub; status=429"
 		}), statusFail, "abuse-limit"},
 	} {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // startMirror starts pullcache with up as its docker.io.

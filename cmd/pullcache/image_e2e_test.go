@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 func TestE2EReleasedImageOwnerAndFollower(t *testing.T) {

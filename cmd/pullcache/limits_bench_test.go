@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // BenchmarkE2EConnectionFlood measures what a flood of hostile connections

@@ -26,7 +26,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // procMemory reads a process's resident set (VmRSS) and its peak (VmHWM)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
-	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar/owner"
 )
 
@@ -61,11 +61,11 @@ func (c *ownerClient) Close() error {
 }
 
 func (c *ownerClient) Pin(ns, repo, ref string) error {
-	return c.call(http.MethodPost, "pin", sidecar.PinRequest{Namespace: ns, Repo: repo, Ref: ref}, nil)
+	return c.call(http.MethodPost, "pin", ctlapi.PinRequest{Namespace: ns, Repo: repo, Ref: ref}, nil)
 }
 
 func (c *ownerClient) Unpin(ns, repo, ref string) error {
-	return c.call(http.MethodPost, "unpin", sidecar.PinRequest{Namespace: ns, Repo: repo, Ref: ref}, nil)
+	return c.call(http.MethodPost, "unpin", ctlapi.PinRequest{Namespace: ns, Repo: repo, Ref: ref}, nil)
 }
 
 func (c *ownerClient) Pins() ([]cachestore.Pin, error) {
@@ -76,7 +76,7 @@ func (c *ownerClient) Pins() ([]cachestore.Pin, error) {
 
 func (c *ownerClient) Evict(o cachestore.EvictOptions) (cachestore.EvictResult, error) {
 	var res cachestore.EvictResult
-	err := c.call(http.MethodPost, "gc", sidecar.GCRequest{MaxSize: o.MaxSize}, &res)
+	err := c.call(http.MethodPost, "gc", ctlapi.GCRequest{MaxSize: o.MaxSize}, &res)
 	return res, err
 }
 
@@ -91,7 +91,7 @@ func (c *ownerClient) call(method, op string, in, out any) error {
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, "http://owner"+sidecar.AdminPath+op, body)
+	req, err := http.NewRequest(method, "http://owner"+ctlapi.AdminPath+op, body)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,7 @@
 package main_test
 
 // Issue 3 end to end: the real binary between real clients and a
-// Docker-Hub-like upstream (sidecar/hubfake: token flow, counted manifest
+// Docker-Hub-like upstream (internal/testing/hubfake: token flow, counted manifest
 // GETs, ratelimit-* headers, 429 bodies, outages) fronting a real
 // docker-registry.
 
@@ -13,8 +13,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // startHub starts the Docker-Hub-like fake in front of a real registry.

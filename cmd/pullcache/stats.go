@@ -11,6 +11,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar"
 )
 
@@ -31,7 +32,7 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/_pullcache/stats", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+ctlapi.StatsPath, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("is pullcache running at %s? %w", *addr, err)

@@ -24,8 +24,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // countingHub is the Docker-Hub-like fake behind a wrapper that counts

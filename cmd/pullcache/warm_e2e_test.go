@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // Three images, one of them a multi-arch index, named in a compose file:

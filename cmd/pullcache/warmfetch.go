@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
@@ -145,7 +146,7 @@ func (m manifest) isIndex() bool {
 // ok is false when its stats cannot be read from here.
 func (w *warmer) upstreamCounts(ctx context.Context, ns string) (manifests, blobs int64, ok bool) {
 	var st mirrorStats
-	if err := w.probe.getJSON(ctx, "/_pullcache/stats", &st); err != nil {
+	if err := w.probe.getJSON(ctx, ctlapi.StatsPath, &st); err != nil {
 		return 0, 0, false
 	}
 	for kind, byStatus := range st.Upstream[ns] {

@@ -17,7 +17,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 func httpDo(t *testing.T, method, url, contentType string, body []byte) (int, string) {

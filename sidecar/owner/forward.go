@@ -10,12 +10,13 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
+	"github.com/pullcache/pullcache/sidecar/route"
 )
 
 const (
@@ -162,7 +163,10 @@ func (g *guardedBody) Close() error { return nil }
 // Nothing is sent twice and the response that started is never restarted.
 func (f *forwarder) resumable(resp *http.Response) error {
 	req := resp.Request
-	if req.Method != http.MethodGet || !(strings.Contains(req.URL.Path, "/blobs/sha256:") || strings.Contains(req.URL.Path, "/blobs/sha512:")) {
+	if req.Method != http.MethodGet {
+		return nil
+	}
+	if r, err := route.Parse(req); err != nil || r.Kind != route.KindBlob {
 		return nil
 	}
 	digest := resp.Header.Get("Docker-Content-Digest")
@@ -177,7 +181,7 @@ func (f *forwarder) resumable(resp *http.Response) error {
 		}
 		start, end = 0, resp.ContentLength-1
 	case http.StatusPartialContent:
-		s, e, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		s, e, _, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok {
 			return nil
 		}
@@ -234,7 +238,7 @@ func (b *resumingBody) resume(cause error) error {
 	if err != nil {
 		return fmt.Errorf("resuming blob at %d after %v: %w", b.next, cause, err)
 	}
-	s, e, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	s, e, _, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range"))
 	if resp.StatusCode != http.StatusPartialContent || !ok || s != b.next || e != b.end || resp.Header.Get("Docker-Content-Digest") != b.digest {
 		resp.Body.Close()
 		return fmt.Errorf("resuming blob at %d after %v: owner answered %s %q", b.next, cause, resp.Status, resp.Header.Get("Content-Range"))
@@ -246,25 +250,6 @@ func (b *resumingBody) resume(cause error) error {
 }
 
 func (b *resumingBody) Close() error { return b.body.Close() }
-
-// parseContentRange reads "bytes S-E/T" (T may be "*").
-func parseContentRange(v string) (start, end int64, ok bool) {
-	spec, found := strings.CutPrefix(v, "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	spec, _, _ = strings.Cut(spec, "/")
-	a, z, found := strings.Cut(spec, "-")
-	if !found {
-		return 0, 0, false
-	}
-	s, err1 := strconv.ParseInt(a, 10, 64)
-	e, err2 := strconv.ParseInt(z, 10, 64)
-	if err1 != nil || err2 != nil || s < 0 || e < s {
-		return 0, 0, false
-	}
-	return s, e, true
-}
 
 // forwardedClient names the client of a request a follower forwards: a
 // name a local job wrapper already put in X-Pullcache-Client, else the

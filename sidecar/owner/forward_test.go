@@ -63,28 +63,6 @@ func TestRetryable(t *testing.T) {
 	}
 }
 
-func TestParseContentRange(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		in         string
-		start, end int64
-		ok         bool
-	}{
-		{"bytes 0-9/10", 0, 9, true},
-		{"bytes 100-199/*", 100, 199, true},
-		{"bytes */10", 0, 0, false},
-		{"bytes 9-1/10", 0, 0, false},
-		{"items 0-9/10", 0, 0, false},
-		{"", 0, 0, false},
-	}
-	for _, tc := range tests {
-		s, e, ok := parseContentRange(tc.in)
-		if s != tc.start || e != tc.end || ok != tc.ok {
-			t.Errorf("parseContentRange(%q) = %d, %d, %v; want %d, %d, %v", tc.in, s, e, ok, tc.start, tc.end, tc.ok)
-		}
-	}
-}
-
 // fakeOwner serves a blob on a unix socket and cuts the first full GET
 // after half of it, as a SIGKILLed owner would; Range requests are served
 // whole.

@@ -11,7 +11,8 @@ import (
 	"sync/atomic"
 
 	"github.com/pullcache/pullcache/cachestore"
-	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
 )
@@ -55,7 +56,7 @@ func (v *Volume) ownerHandler(mirror http.Handler) http.Handler {
 		switch r.URL.Path {
 		case "/healthz":
 			healthz(w, Owner)
-		case "/_pullcache/stats":
+		case ctlapi.StatsPath:
 			rec := newRecorder()
 			mirror.ServeHTTP(rec, r)
 			// An owner that was elected keeps showing what it did as a
@@ -80,7 +81,7 @@ func (v *Volume) followerHandler() http.Handler {
 		case "/healthz":
 			healthz(w, Follower)
 			return
-		case "/_pullcache/stats":
+		case ctlapi.StatsPath:
 			rec := newRecorder()
 			v.local.forwarded.Add(1)
 			v.fwd.ServeHTTP(rec, r)
@@ -88,7 +89,7 @@ func (v *Volume) followerHandler() http.Handler {
 			v.writeStats(w, rec, Follower, &local)
 			return
 		}
-		if strings.HasPrefix(r.URL.Path, sidecar.AdminPath) || r.URL.Path == sidecar.TouchPath {
+		if strings.HasPrefix(r.URL.Path, ctlapi.AdminPath) || r.URL.Path == ctlapi.TouchPath {
 			// Over the socket every request looks local to the owner: the
 			// follower must keep remote clients away from maintenance.
 			if !loopbackPeer(r.RemoteAddr) {
@@ -115,7 +116,7 @@ func loopbackPeer(remoteAddr string) bool {
 }
 
 // serveLocalBlob answers a blob GET/HEAD from the volume's file if there is
-// one, with the headers the owner would send (sidecar.getBlob). It reports
+// one, with the headers the owner would send (the sidecar's getBlob). It reports
 // false, having written nothing, when the owner must answer instead —
 // including for requests it cannot parse, so that the error the client sees
 // is the owner's, exactly as if it had asked the owner.
@@ -141,7 +142,7 @@ func (v *Volume) serveLocalBlob(w http.ResponseWriter, r *http.Request) bool {
 	v.local.blobHits.Add(1)
 	v.touched.note(req.Digest.String())
 	w.Header().Set(apierr.APIVersionHeader, apierr.APIVersion)
-	v.local.bytesServed.Add(sidecar.ServeBlobContent(w, r, req.Digest, f))
+	v.local.bytesServed.Add(httpx.ServeBlobContent(w, r, req.Digest, f))
 	return true
 }
 

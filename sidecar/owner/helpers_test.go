@@ -18,8 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
 	"github.com/pullcache/pullcache/sidecar/upstream"
 )
 

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 // A follower serves blobs straight from the volume, so the owner's index
@@ -73,10 +73,10 @@ func (v *Volume) flushTouches() {
 	if len(digests) == 0 || v.Role() == Owner {
 		return
 	}
-	body, _ := json.Marshal(sidecar.TouchRequest{Digests: digests})
+	body, _ := json.Marshal(ctlapi.TouchRequest{Digests: digests})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://owner"+sidecar.TouchPath, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://owner"+ctlapi.TouchPath, bytes.NewReader(body))
 	if err != nil {
 		return
 	}

@@ -21,8 +21,8 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/cachestore/digest"
-	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/hubfake"
+	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
 )
 
 func TestFirstIsOwnerOthersFollow(t *testing.T) {
@@ -374,7 +374,7 @@ func TestFollowerRefusesRemoteMaintenance(t *testing.T) {
 	dir := shortDir(t)
 	startNode(t, dir, "")
 	fol := startNode(t, dir, "")
-	req := httptest.NewRequest(http.MethodPost, sidecar.AdminPath+"gc", strings.NewReader(`{"max_size":1}`))
+	req := httptest.NewRequest(http.MethodPost, ctlapi.AdminPath+"gc", strings.NewReader(`{"max_size":1}`))
 	req.RemoteAddr = "192.0.2.7:40000"
 	rec := httptest.NewRecorder()
 	fol.vol.Handler().ServeHTTP(rec, req)

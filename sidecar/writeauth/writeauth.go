@@ -24,6 +24,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 )
 
@@ -53,10 +54,6 @@ func ParseMode(s string) (Mode, error) {
 
 // Realm is the Basic auth realm of every challenge.
 const Realm = "pullcache"
-
-// StatsPath is the detailed stats endpoint, shown to loopback peers and to
-// authenticated ones only: it names clients and failed paths.
-const StatsPath = "/_pullcache/stats"
 
 // Options configure a Gate.
 type Options struct {
@@ -111,7 +108,7 @@ func (g *Gate) check(r *http.Request) error {
 	p := r.URL.EscapedPath()
 	local := IsLoopback(r.RemoteAddr)
 	switch {
-	case p == StatsPath:
+	case p == ctlapi.StatsPath:
 		if local || g.authenticated(r) {
 			return nil
 		}

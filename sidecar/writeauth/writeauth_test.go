@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 func hash(t *testing.T, pass string) string {
@@ -94,10 +96,10 @@ func TestGate(t *testing.T) {
 		{"local push, always, none sent", Always, users, local, "POST", push, nil, http.StatusUnauthorized},
 		{"local push, always, good", Always, users, local, "POST", push, good, 0},
 		{"local read, always", Always, users, local, "GET", "/v2/cache/app/tags/list", nil, 0},
-		{"remote stats, no htpasswd", Loopback, nil, remote, "GET", StatsPath, nil, http.StatusForbidden},
-		{"remote stats, htpasswd, none sent", Loopback, users, remote, "GET", StatsPath, nil, http.StatusUnauthorized},
-		{"remote stats, htpasswd, good", Loopback, users, remote, "GET", StatsPath, good, 0},
-		{"local stats", Loopback, nil, local, "GET", StatsPath, nil, 0},
+		{"remote stats, no htpasswd", Loopback, nil, remote, "GET", ctlapi.StatsPath, nil, http.StatusForbidden},
+		{"remote stats, htpasswd, none sent", Loopback, users, remote, "GET", ctlapi.StatsPath, nil, http.StatusUnauthorized},
+		{"remote stats, htpasswd, good", Loopback, users, remote, "GET", ctlapi.StatsPath, good, 0},
+		{"local stats", Loopback, nil, local, "GET", ctlapi.StatsPath, nil, 0},
 		{"remote metrics", Loopback, nil, remote, "GET", "/metrics", nil, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 var (
@@ -162,7 +164,7 @@ func RunPullcache(t testing.TB, args ...string) (string, error) {
 // Stats fetches /_pullcache/stats as a generic JSON object.
 func (p *Pullcache) Stats(t testing.TB) map[string]any {
 	t.Helper()
-	resp, err := http.Get(p.URL() + "/_pullcache/stats")
+	resp, err := http.Get(p.URL() + ctlapi.StatsPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,219 @@
+package depcheck
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/pullcache/pullcache"
+
+// pkg is the part of `go list -json` the rules read. Imports and Deps are
+// those of the package's non-test files: what a binary links.
+type pkg struct {
+	ImportPath string
+	Standard   bool
+	Imports    []string // direct
+	Deps       []string // transitive
+}
+
+// graph is every package the module's packages link, theirs included,
+// by import path.
+type graph map[string]pkg
+
+func (g graph) modulePackages() []pkg {
+	var out []pkg
+	for _, p := range g {
+		if inModule(p.ImportPath) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b pkg) int { return strings.Compare(a.ImportPath, b.ImportPath) })
+	return out
+}
+
+func inModule(path string) bool { return within(path, module) }
+
+// within reports whether path is root or below it.
+func within(path, root string) bool {
+	return path == root || strings.HasPrefix(path, root+"/")
+}
+
+func rel(path string) string { return strings.TrimPrefix(strings.TrimPrefix(path, module), "/") }
+
+// rule is one constraint on the graph; it returns one message per breach.
+type rule struct {
+	name  string
+	check func(g graph) []string
+}
+
+var rules = []rule{
+	{"no package imports its parent (or any ancestor)", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			for _, imp := range p.Imports {
+				if inModule(imp) && strings.HasPrefix(p.ImportPath, imp+"/") {
+					bad = append(bad, fmt.Sprintf("%s imports its ancestor %s", rel(p.ImportPath), rel(imp)))
+				}
+			}
+		}
+		return bad
+	}},
+	{"cachestore links no other package of the module", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/cachestore") {
+				continue
+			}
+			for _, d := range p.Deps {
+				if inModule(d) && !within(d, module+"/cachestore") {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+				}
+			}
+		}
+		return bad
+	}},
+	{"sidecar/admit links only the standard library and golang.org/x/time", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/sidecar/admit") {
+				continue
+			}
+			for _, d := range p.Deps {
+				if !g[d].Standard && !within(d, "golang.org/x/time") {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), d))
+				}
+			}
+		}
+		return bad
+	}},
+	{"sidecar links neither sidecar/owner, volume nor internal/cli", func(g graph) []string {
+		forbidden := []string{module + "/sidecar/owner", module + "/volume", module + "/internal/cli"}
+		var bad []string
+		p, ok := g[module+"/sidecar"]
+		if !ok {
+			return []string{"package sidecar is missing from the graph"}
+		}
+		for _, d := range p.Deps {
+			for _, f := range forbidden {
+				if within(d, f) {
+					bad = append(bad, fmt.Sprintf("sidecar links %s", rel(d)))
+				}
+			}
+		}
+		return bad
+	}},
+	{"only internal/testing/... links testing or internal/testing", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if within(p.ImportPath, module+"/internal/testing") {
+				continue
+			}
+			for _, d := range p.Deps {
+				if d == "testing" || within(d, "testing") || within(d, module+"/internal/testing") {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+				}
+			}
+		}
+		return bad
+	}},
+}
+
+// loadGraph asks the go command for the module's packages and everything
+// they link, with their non-test imports.
+func loadGraph(t *testing.T) graph {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-deps", "-json=ImportPath,Standard,Imports,Deps", module+"/...")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.Bytes())
+	}
+	g := graph{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p pkg
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("decoding go list: %v", err)
+		}
+		g[p.ImportPath] = p
+	}
+	if len(g.modulePackages()) < 10 {
+		t.Fatalf("go list found only %d packages of the module", len(g.modulePackages()))
+	}
+	return g
+}
+
+func TestImportGraph(t *testing.T) {
+	g := loadGraph(t)
+	for _, r := range rules {
+		t.Run(r.name, func(t *testing.T) {
+			for _, msg := range r.check(g) {
+				t.Error(msg)
+			}
+		})
+	}
+}
+
+// TestRulesBite breaks each rule on a small synthetic graph: a rule that
+// lets its own violation through is broken itself.
+func TestRulesBite(t *testing.T) {
+	t.Parallel()
+	m := func(s string) string { return module + "/" + s }
+	std := func(paths ...string) graph {
+		g := graph{}
+		for _, p := range paths {
+			g[p] = pkg{ImportPath: p, Standard: true}
+		}
+		return g
+	}
+	with := func(g graph, ps ...pkg) graph {
+		for _, p := range ps {
+			g[p.ImportPath] = p
+		}
+		return g
+	}
+	clean := func() graph {
+		return with(std("fmt", "testing", "net/http"),
+			pkg{ImportPath: m("sidecar"), Imports: []string{m("sidecar/admit"), "net/http"}, Deps: []string{m("sidecar/admit"), "net/http"}},
+			pkg{ImportPath: m("sidecar/admit"), Imports: []string{"fmt", "golang.org/x/time/rate"}, Deps: []string{"fmt", "golang.org/x/time/rate"}},
+			pkg{ImportPath: "golang.org/x/time/rate", Imports: []string{"fmt"}, Deps: []string{"fmt"}},
+			pkg{ImportPath: m("cachestore"), Imports: []string{m("cachestore/digest")}, Deps: []string{m("cachestore/digest")}},
+			pkg{ImportPath: m("cachestore/digest")},
+			pkg{ImportPath: m("internal/testing/hubfake"), Imports: []string{"testing"}, Deps: []string{"testing"}},
+		)
+	}
+	for _, r := range rules {
+		if msgs := r.check(clean()); len(msgs) > 0 {
+			t.Errorf("rule %q refuses the clean graph: %v", r.name, msgs)
+		}
+	}
+	breaches := []struct {
+		rule string
+		pkg  pkg
+	}{
+		{rules[0].name, pkg{ImportPath: m("sidecar/owner"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
+		{rules[1].name, pkg{ImportPath: m("cachestore/digest"), Imports: []string{m("sidecar/route")}, Deps: []string{m("sidecar/route")}}},
+		{rules[2].name, pkg{ImportPath: m("sidecar/admit"), Imports: []string{"golang.org/x/sync/singleflight"}, Deps: []string{"golang.org/x/sync/singleflight"}}},
+		{rules[3].name, pkg{ImportPath: m("sidecar"), Imports: []string{m("sidecar/owner")}, Deps: []string{m("sidecar/owner")}}},
+		{rules[4].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/testing/hubfake")}, Deps: []string{m("internal/testing/hubfake"), "testing"}}},
+		{rules[4].name, pkg{ImportPath: m("buildkit"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
+	}
+	for _, b := range breaches {
+		g := with(clean(), b.pkg)
+		for _, r := range rules {
+			if r.name == b.rule && len(r.check(g)) == 0 {
+				t.Errorf("rule %q lets %s (imports %v) through", r.name, rel(b.pkg.ImportPath), b.pkg.Imports)
+			}
+		}
+	}
+}

@@ -1,0 +1,5 @@
+// Package httpx holds the small HTTP helpers every pullcache process shares,
+// so that a client cannot tell which process answered: how a verified blob is
+// served and how the bytes written are counted. Its functions are safe for
+// concurrent use; its writers belong to one response each.
+package httpx
