@@ -53,17 +53,16 @@ const chunk = 32 << 20
 // FromEnv picks the protocol the runner offers: v2 when
 // ACTIONS_CACHE_SERVICE_V2 is true and ACTIONS_RESULTS_URL is set (GitHub
 // today), else v1 at ACTIONS_CACHE_URL (act, older GHES). nil, nil when the
-// runner offers neither.
+// runner offers neither. v1 goes without ACTIONS_RUNTIME_TOKEN: act sets
+// that only with an artifact server, and its cache server checks none.
 func FromEnv(getenv func(string) string, client *http.Client) (Cache, error) {
 	if client == nil {
-		client = &http.Client{Timeout: 30 * time.Minute}
+		client = HTTPClient()
 	}
 	token := getenv("ACTIONS_RUNTIME_TOKEN")
 	v2, _ := strconv.ParseBool(getenv("ACTIONS_CACHE_SERVICE_V2"))
 	switch {
-	case token == "":
-		return nil, nil
-	case v2 && getenv("ACTIONS_RESULTS_URL") != "":
+	case v2 && token != "" && getenv("ACTIONS_RESULTS_URL") != "":
 		return &V2{Base: getenv("ACTIONS_RESULTS_URL"), Token: token, Client: client}, nil
 	case getenv("ACTIONS_CACHE_URL") != "":
 		return &V1{Base: getenv("ACTIONS_CACHE_URL"), Token: token, Client: client}, nil
@@ -123,3 +122,7 @@ func httpError(what string, resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	return fmt.Errorf("cache service %s: %s: %s", what, resp.Status, strings.TrimSpace(string(b)))
 }
+
+// HTTPClient is the client for the cache service and its blob URLs:
+// generous for large archives, but never unbounded.
+func HTTPClient() *http.Client { return &http.Client{Timeout: 30 * time.Minute} }

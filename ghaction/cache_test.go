@@ -226,7 +226,8 @@ func TestFromEnv(t *testing.T) {
 		want string
 	}{
 		{map[string]string{}, ""},
-		{map[string]string{"ACTIONS_CACHE_URL": "http://c/"}, ""}, // no token
+		{map[string]string{"ACTIONS_CACHE_URL": "http://c/"}, "v1"},                                                                   // act without an artifact server: no token
+		{map[string]string{"ACTIONS_CACHE_SERVICE_V2": "true", "ACTIONS_RESULTS_URL": "http://r/"}, ""},                               // v2 needs the token
 		{map[string]string{"ACTIONS_RUNTIME_TOKEN": "t", "ACTIONS_CACHE_URL": "http://c/", "ACTIONS_RESULTS_URL": "http://r/"}, "v1"}, // act
 		{map[string]string{"ACTIONS_RUNTIME_TOKEN": "t", "ACTIONS_CACHE_SERVICE_V2": "true", "ACTIONS_RESULTS_URL": "http://r/"}, "v2"},
 		{map[string]string{"ACTIONS_RUNTIME_TOKEN": "t", "ACTIONS_CACHE_SERVICE_V2": "true", "ACTIONS_CACHE_URL": "http://c/"}, "v1"},

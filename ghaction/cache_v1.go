@@ -26,7 +26,9 @@ func (c *V1) do(ctx context.Context, method, path, ctype string, body io.Reader,
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.Token)
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
 	req.Header.Set("Accept", "application/json;api-version=6.0-preview.1")
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)

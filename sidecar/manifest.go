@@ -146,6 +146,9 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 			if err != nil {
 				return manifest{}, err
 			}
+			if !stale { // a stale answer counts in StaleServed
+				s.stats.ManifestRevalidated.Add(1)
+			}
 		} else {
 			s.stats.ManifestHits.Add(1)
 		}

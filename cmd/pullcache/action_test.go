@@ -177,7 +177,7 @@ func TestRedactArgs(t *testing.T) {
 func TestRenderSummary(t *testing.T) {
 	t.Parallel()
 	var s sidecar.Snapshot
-	s.Manifests.Hits, s.Manifests.Misses = 3, 1
+	s.Manifests.Hits, s.Manifests.Misses, s.Manifests.Revalidated = 3, 1, 4
 	s.Blobs.Hits, s.Blobs.Misses = 9, 1
 	s.StaleServed, s.Throttled = 2, 4
 	s.Upstream = map[string]map[string]map[string]int64{
@@ -185,14 +185,29 @@ func TestRenderSummary(t *testing.T) {
 	}
 	md := renderSummary("127.0.0.1:5000", &s, nil)
 	for _, want := range []string{
-		"| manifests | 3 | 1 | 75% |",
-		"| blobs | 9 | 1 | 90% |",
+		"| manifests | 3 | 4 | 2 | 1 | 90% |", // every answer: hit, revalidated, stale, miss
+		"| blobs | 9 | – | – | 1 | 90% |",
 		"| 6 | 2 | 4 | 0 |", // upstream total, stale, throttled, absorbed
 		"| docker.io | manifest | 429 | 4 |",
 		"Throttled requests",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("summary lacks %q:\n%s", want, md)
+		}
+	}
+	s.BytesServed, s.BytesUpstream = 30<<20, 10<<20
+	st := map[string]string{"STATE_" + stateReadyMillis: "41", "STATE_" + stateCache: "true",
+		"STATE_" + stateCacheRestored: "pullcache-linux-amd64-aa", "STATE_" + stateCacheBytes: "2048"}
+	r := runner{Action: githubactions.New(githubactions.WithGetenv(func(k string) string { return st[k] }))}
+	next := renderNextJob(r, &s, &cacheResult{key: "pullcache-linux-amd64-bb", size: 4096, saved: true})
+	for _, want := range []string{
+		"20.0 MiB not downloaded, 9 counted pulls not sent upstream",
+		"time to ready: 41 ms",
+		"archive restored: `pullcache-linux-amd64-aa` (2.0 KiB)",
+		"archive saved: `pullcache-linux-amd64-bb` (4.0 KiB)",
+	} {
+		if !strings.Contains(next, want) {
+			t.Errorf("next-job summary lacks %q:\n%s", want, next)
 		}
 	}
 	if md := renderSummary("127.0.0.1:5000", nil, errors.New("connection refused")); !strings.Contains(md, "connection refused") {
@@ -491,7 +506,7 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 		t.Errorf("stop printed no stats or no stop:\n%s", stopOut)
 	}
 	summary, _ := os.ReadFile(e.summary)
-	for _, want := range []string{"### pullcache", "| manifests | 0 | 1 |", "| upstream requests |", "| docker.io | manifest_get | 404 | 1 |"} {
+	for _, want := range []string{"### pullcache", "| manifests | 0 | 0 | 0 | 1 |", "#### What the cache gives", "- time to ready: ", "| upstream requests |", "| docker.io | manifest_get | 404 | 1 |"} {
 		if !strings.Contains(string(summary), want) {
 			t.Errorf("summary lacks %q:\n%s", want, summary)
 		}
