@@ -164,7 +164,7 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		startTimeout:    60 * time.Second,
 	}
 	if in.listen == "" {
-		in.listen = "127.0.0.1:5000"
+		in.listen = "127.0.0.1:5055"
 	}
 	if _, port, err := net.SplitHostPort(in.listen); err != nil || port == "0" || port == "" {
 		return in, fmt.Errorf("input listen=%q: want host:port with a fixed port", in.listen)
@@ -325,6 +325,9 @@ func actionStart(ctx context.Context, r runner) error {
 	// kinds of runner; stop will then leave it running.
 	pid, logPath := 0, ""
 	if healthz(ctx, mirror) == nil {
+		if err := checkReusable(ctx, mirror, in, r.GetInput("dir") != ""); err != nil {
+			return err
+		}
 		r.Noticef("pullcache already serves at %s; using it (this step will not stop it)", mirror)
 	} else {
 		logPath = filepath.Join(runDir, "pullcache.log")

@@ -14,7 +14,7 @@ function checkInputs(env) {
   if (listen) {
     const m = /^(\[[^\]]*\]|[^:]*):(\d+)$/.exec(listen);
     if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
-      problems.push(`input listen=${JSON.stringify(listen)}: want host:port with a fixed port, e.g. 127.0.0.1:5000`);
+      problems.push(`input listen=${JSON.stringify(listen)}: want host:port with a fixed port, e.g. 127.0.0.1:5055`);
     }
   }
   for (const name of ['cache', 'configure-docker', 'configure-buildkit']) {
