@@ -176,3 +176,8 @@ func (d *Dockerd) RemoveImage(t testing.TB, ref string) {
 		t.Fatal(err)
 	}
 }
+
+// CLI is the docker client talking to this daemon and the environment it
+// needs (DOCKER_HOST, a private DOCKER_CONFIG), for scripts that run docker
+// themselves.
+func (d *Dockerd) CLI() (path string, env []string) { return d.cli, d.cliEnv }
