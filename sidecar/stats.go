@@ -22,8 +22,8 @@ type Stats struct {
 	ManifestHits   atomic.Int64 // manifests served from the store
 	ManifestMisses atomic.Int64 // manifests that needed the upstream
 	// ManifestRevalidated counts tag answers from the store after a HEAD
-	// found them current (or changed); with hits, misses and StaleServed
-	// every manifest answer counts once.
+	// (a tag that moved to a manifest not yet held is a miss); with hits,
+	// misses and StaleServed every manifest answer counts once.
 	ManifestRevalidated atomic.Int64
 	BlobHits            atomic.Int64
 	BlobMisses          atomic.Int64
