@@ -11,13 +11,13 @@
 #
 # Run (the cache is the volume; keep it on a path that outlives the job):
 #
-#   docker run -d -p 127.0.0.1:5000:5000 -v /srv/pullcache:/cache pullcache
+#   docker run -d -p 127.0.0.1:5055:5055 -v /srv/pullcache:/cache pullcache
 #
-# In a container the mirror listens on 0.0.0.0:5000, because loopback
+# In a container the mirror listens on 0.0.0.0:5055, because loopback
 # inside the container reaches nothing outside it. Publish the port to
 # loopback only (as above), or publish nothing and let the job's own
 # containers reach it on the job network (GitLab: the service alias,
-# http://pullcache:5000). Anything that can reach the port can pull through
+# http://pullcache:5055). Anything that can reach the port can pull through
 # the mirror, but only from the configured upstreams: it is never an open
 # proxy.
 
@@ -40,14 +40,14 @@ COPY --from=build /out/pullcache /pullcache
 # 65532 (install -d -o 65532 -g 65532 /srv/pullcache), or run the
 # container with --user 0.
 COPY --from=build --chown=65532:65532 /out/cache /cache
-ENV PULLCACHE_LISTEN=0.0.0.0:5000 \
+ENV PULLCACHE_LISTEN=0.0.0.0:5055 \
     PULLCACHE_DIR=/cache
 VOLUME /cache
-EXPOSE 5000
+EXPOSE 5055
 USER 65532:65532
 # distroless has no shell and no curl, but the exec form needs neither:
 # the binary probes itself. `pullcache stats` fails unless the mirror
-# answers on 127.0.0.1:5000 (set PULLCACHE_ADDR if you move the port).
+# answers on 127.0.0.1:5055 (set PULLCACHE_ADDR if you move the port).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/pullcache", "stats"]
 ENTRYPOINT ["/pullcache", "serve"]

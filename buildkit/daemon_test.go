@@ -1,3 +1,5 @@
+//go:build !nobuildkit
+
 package buildkit
 
 import (
@@ -33,7 +35,7 @@ func fakeOptions(t *testing.T, mode string) DaemonOptions {
 	return DaemonOptions{
 		Binary:       fakeBinary(t),
 		Dir:          shortDir(t),
-		Mirror:       "127.0.0.1:5000",
+		Mirror:       "127.0.0.1:5055",
 		Registries:   []string{"docker.io"},
 		ExtraArgs:    []string{"--fake-mode=" + mode},
 		StartTimeout: 30 * time.Second,
@@ -68,7 +70,7 @@ func TestBuildkitDaemonLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(string(cfg), `mirrors = ["127.0.0.1:5000"]`) {
+	if !strings.Contains(string(cfg), `mirrors = ["127.0.0.1:5055"]`) {
 		t.Errorf("config has no mirror:\n%s", cfg)
 	}
 

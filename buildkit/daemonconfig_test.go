@@ -1,3 +1,5 @@
+//go:build !nobuildkit
+
 package buildkit
 
 import (
@@ -30,7 +32,7 @@ func TestBuildkitResolvedOptions(t *testing.T) {
 		{name: "relative socket", opts: DaemonOptions{Dir: "/v", Address: "unix://run/b.sock"}, wantErr: "absolute"},
 		{name: "unknown scheme", opts: DaemonOptions{Dir: "/v", Address: "/run/b.sock"}, wantErr: "unix:///path or tcp://"},
 		{name: "tcp without port", opts: DaemonOptions{Dir: "/v", Address: "tcp://127.0.0.1"}, wantErr: "missing port"},
-		{name: "mirror with scheme", opts: DaemonOptions{Dir: "/v", Mirror: "http://127.0.0.1:5000"}, wantErr: "host:port"},
+		{name: "mirror with scheme", opts: DaemonOptions{Dir: "/v", Mirror: "http://127.0.0.1:5055"}, wantErr: "host:port"},
 		{name: "mirror without port", opts: DaemonOptions{Dir: "/v", Mirror: "127.0.0.1"}, wantErr: "missing port"},
 		{name: "negative gc", opts: DaemonOptions{Dir: "/v", GC: GCOptions{MinFreeSpace: -1}}, wantErr: "MinFreeSpace is negative"},
 		{name: "reserved above max", opts: DaemonOptions{Dir: "/v", GC: GCOptions{MaxUsedSpace: 1 << 30, ReservedSpace: 2 << 30}}, wantErr: "exceeds"},
@@ -88,16 +90,16 @@ func TestBuildkitDaemonTOML(t *testing.T) {
 	}{
 		{
 			name: "mirror and gc bounds",
-			opts: DaemonOptions{Root: "/v/buildkit", Address: "unix:///run/pc.sock", Mirror: "127.0.0.1:5000",
+			opts: DaemonOptions{Root: "/v/buildkit", Address: "unix:///run/pc.sock", Mirror: "127.0.0.1:5055",
 				Registries: []string{"ghcr.io", "docker.io"}, GC: GCOptions{MaxUsedSpace: 10 << 30, ReservedSpace: 1 << 30}},
 			want: []string{
 				"root = \"/v/buildkit\"\n",
 				"[grpc]\n  address = [\"unix:///run/pc.sock\"]\n",
 				"[worker.oci]\n  enabled = true\n  snapshotter = \"auto\"\n  gc = true\n  reservedSpace = \"1073741824\"\n  maxUsedSpace = \"10737418240\"\n",
 				"[worker.containerd]\n  enabled = false\n",
-				"[registry.\"docker.io\"]\n  mirrors = [\"127.0.0.1:5000\"]\n",
-				"[registry.\"ghcr.io\"]\n  mirrors = [\"127.0.0.1:5000\"]\n",
-				"[registry.\"127.0.0.1:5000\"]\n  http = true\n  insecure = true\n",
+				"[registry.\"docker.io\"]\n  mirrors = [\"127.0.0.1:5055\"]\n",
+				"[registry.\"ghcr.io\"]\n  mirrors = [\"127.0.0.1:5055\"]\n",
+				"[registry.\"127.0.0.1:5055\"]\n  http = true\n  insecure = true\n",
 			},
 			wantNot: []string{"minFreeSpace"},
 		},

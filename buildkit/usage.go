@@ -1,3 +1,5 @@
+//go:build !nobuildkit
+
 package buildkit
 
 import (

@@ -46,12 +46,15 @@ package cachestore
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"time"
 
@@ -179,6 +182,11 @@ type ExportStats struct {
 	Tags      int
 	Referrers int
 	Pins      int
+	// Content is "sha256:" and the hash of what the archive holds: its
+	// blob digests and its tag → digest mappings, not when anything was
+	// fetched or used. Two exports of the same hot set have the same
+	// Content, so a CI cache can key by it and skip saving an unchanged one.
+	Content string
 }
 
 // Export writes an archive (format above) of the store, or of its hot set
@@ -253,6 +261,10 @@ func (s *Store) Export(w io.Writer, opts ExportOptions) (ExportStats, error) {
 		aw.json(recManifest, archiveManifest{Digest: h, MediaType: g.manifests[d]})
 		st.Manifests++
 	}
+	content := sha256.New()
+	for _, d := range slices.Sorted(maps.Keys(selected)) {
+		fmt.Fprintf(content, "blob %s\n", d)
+	}
 	for _, d := range sortedKeys(g.tags) {
 		if !selected[d] {
 			continue
@@ -260,8 +272,10 @@ func (s *Store) Export(w io.Writer, opts ExportOptions) (ExportStats, error) {
 		for _, t := range g.tags[d] {
 			aw.json(recTag, archiveTag{NS: t.ns, Repo: t.repo, Tag: t.tag, Record: t.rec})
 			st.Tags++
+			fmt.Fprintf(content, "tag %s/%s:%s %s\n", t.ns, t.repo, t.tag, d)
 		}
 	}
+	st.Content = "sha256:" + hex.EncodeToString(content.Sum(nil))
 	for _, r := range g.referrers {
 		if selected[r.subject] && selected[r.referrer] {
 			sub, _ := digest.Parse(r.subject)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -320,5 +321,37 @@ func TestExportRefusesCorruptBlob(t *testing.T) {
 	// Leave the volume consistent for the cleanup check.
 	if _, err := s.Verify(true); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Content names the hot set, not the moment: the same images exported
+// again (after a round trip, with new use times) give the same Content,
+// a smaller selection another.
+func TestExportContent(t *testing.T) {
+	t.Parallel()
+	src := newTestStore(t)
+	archiveFixture(t, src)
+	var buf bytes.Buffer
+	a, err := src.Export(&buf, ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := newTestStore(t)
+	if _, err := dst.Import(bytes.NewReader(buf.Bytes()), ImportOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := dst.Export(io.Discard, ExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(a.Content, "sha256:") || len(a.Content) != 71 || a.Content != b.Content {
+		t.Errorf("Content %q after a round trip %q; want one sha256", a.Content, b.Content)
+	}
+	c, err := src.Export(io.Discard, ExportOptions{MaxSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Content == a.Content {
+		t.Errorf("a smaller selection has the same Content %s", c.Content)
 	}
 }

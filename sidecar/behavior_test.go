@@ -230,6 +230,11 @@ func TestTagRevalidation(t *testing.T) {
 	if h, g := e.up.count("manifest_head"), e.up.count("manifest_get"); h != 1 || g != 1 {
 		t.Fatalf("moved tag: %d HEAD, %d GET; want 1, 1", h, g)
 	}
+	// Every tag answer counts once: the first pull and the moved tag are
+	// misses (a GET upstream), one hit, one revalidated (a HEAD only).
+	if s := e.srv.Stats().Snapshot(); s.Manifests.Misses != 2 || s.Manifests.Hits != 1 || s.Manifests.Revalidated != 1 || s.StaleServed != 0 {
+		t.Errorf("manifest answers: %+v, stale %d; want 2 misses, 1 hit, 1 revalidated", s.Manifests, s.StaleServed)
+	}
 }
 
 func TestStaleIfErrorWhenUpstreamDown(t *testing.T) {
@@ -254,6 +259,9 @@ func TestStaleIfErrorWhenUpstreamDown(t *testing.T) {
 	resp, _ := do(t, "GET", e.mirror.URL+"/v2/library/app/manifests/1", nil, nil)
 	if resp.StatusCode != 200 || resp.Header.Get("Docker-Content-Digest") != want.String() || resp.Header.Get("X-Pullcache-Stale") == "" {
 		t.Fatalf("stale serve: %d digest=%s stale=%q", resp.StatusCode, resp.Header.Get("Docker-Content-Digest"), resp.Header.Get("X-Pullcache-Stale"))
+	}
+	if s := e.srv.Stats().Snapshot(); s.StaleServed != 1 || s.Manifests.Revalidated != 0 {
+		t.Errorf("a stale answer counts as stale only: stale %d, %+v", s.StaleServed, s.Manifests)
 	}
 	// A tag never seen fails fast with 503 and Retry-After, not 500.
 	resp, body := do(t, "GET", e.mirror.URL+"/v2/library/other/manifests/1", nil, nil)

@@ -140,20 +140,32 @@ func (s *Server) mirrorManifest(ctx context.Context, up *upstream.Client, req ro
 	tr, err := s.store.GetTag(ns, repo, tag)
 	switch {
 	case err == nil:
-		stale := false
+		stale, revalidated := false, false
 		if s.opts.Now().Sub(tr.CheckedAt) >= s.opts.TagTTL {
 			tr, stale, err = s.revalidateOrStale(ctx, up, repo, tag, tr)
 			if err != nil {
 				return manifest{}, err
 			}
+			revalidated = !stale // a stale answer counts in StaleServed
 		} else {
 			s.stats.ManifestHits.Add(1)
 		}
 		var m manifest
 		// A record over the cap (from an older version, or a cap lowered
 		// since) is answered as a GET would be: from the store, or not.
+		// A revalidated tag counts as revalidated when the store holds
+		// what it names; one that moved to a manifest fetched now counts
+		// as the miss manifestByDigest records: every answer counts once.
 		if head && tr.Size <= s.opts.MaxManifestSize {
 			m = manifest{rec: cachestore.ManifestRecord{Digest: tr.Digest, MediaType: tr.MediaType, Size: tr.Size}}
+			if revalidated {
+				s.stats.ManifestRevalidated.Add(1)
+			}
+		} else if sm, serr := s.storedManifest(tr.Digest); serr == nil {
+			m = sm
+			if revalidated {
+				s.stats.ManifestRevalidated.Add(1)
+			}
 		} else if m, err = s.manifestByDigest(ctx, up, repo, tr.Digest); err != nil {
 			return manifest{}, err
 		}

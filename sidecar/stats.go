@@ -19,21 +19,25 @@ import (
 // Stats counts what the mirror did. All methods are safe for concurrent use.
 // The same numbers feed /_pullcache/stats (JSON) and /metrics (Prometheus).
 type Stats struct {
-	ManifestHits     atomic.Int64 // manifests served from the store
-	ManifestMisses   atomic.Int64 // manifests that needed the upstream
-	BlobHits         atomic.Int64
-	BlobMisses       atomic.Int64
-	CoalescedWaiters atomic.Int64 // requests that joined a fetch already in flight
-	StaleServed      atomic.Int64 // tags served from cache because the upstream failed
-	Revalidations    atomic.Int64 // stale tags checked with a HEAD
-	FillResumes      atomic.Int64 // blob downloads resumed after an upstream drop
-	BytesServed      atomic.Int64 // blob bytes written to clients
-	BytesUpstream    atomic.Int64 // blob bytes read from upstreams
-	Pushes           atomic.Int64 // manifests pushed into the local namespace
-	DiskFullEvents   atomic.Int64 // store writes that hit ENOSPC (caching paused)
-	Throttled        atomic.Int64 // upstream requests refused by admission (answered 429)
-	Absorbed         atomic.Int64 // failing requests answered from the negative cache, not forwarded
-	FollowerReads    atomic.Int64 // blob reads followers served from the volume and reported
+	ManifestHits   atomic.Int64 // manifests served from the store
+	ManifestMisses atomic.Int64 // manifests that needed the upstream
+	// ManifestRevalidated counts tag answers from the store after a HEAD
+	// (a tag that moved to a manifest not yet held is a miss); with hits,
+	// misses and StaleServed every manifest answer counts once.
+	ManifestRevalidated atomic.Int64
+	BlobHits            atomic.Int64
+	BlobMisses          atomic.Int64
+	CoalescedWaiters    atomic.Int64 // requests that joined a fetch already in flight
+	StaleServed         atomic.Int64 // tags served from cache because the upstream failed
+	Revalidations       atomic.Int64 // stale tags checked with a HEAD
+	FillResumes         atomic.Int64 // blob downloads resumed after an upstream drop
+	BytesServed         atomic.Int64 // blob bytes written to clients
+	BytesUpstream       atomic.Int64 // blob bytes read from upstreams
+	Pushes              atomic.Int64 // manifests pushed into the local namespace
+	DiskFullEvents      atomic.Int64 // store writes that hit ENOSPC (caching paused)
+	Throttled           atomic.Int64 // upstream requests refused by admission (answered 429)
+	Absorbed            atomic.Int64 // failing requests answered from the negative cache, not forwarded
+	FollowerReads       atomic.Int64 // blob reads followers served from the volume and reported
 
 	mu       sync.Mutex
 	upstream map[upstreamKey]int64
@@ -73,6 +77,8 @@ type Snapshot struct {
 	Manifests struct {
 		Hits   int64 `json:"hits"`
 		Misses int64 `json:"misses"`
+		// Revalidated: answered from the store after a HEAD.
+		Revalidated int64 `json:"revalidated"`
 	} `json:"manifests"`
 	Blobs struct {
 		Hits   int64 `json:"hits"`
@@ -180,6 +186,7 @@ func (s *Stats) Snapshot() Snapshot {
 	var out Snapshot
 	out.Manifests.Hits = s.ManifestHits.Load()
 	out.Manifests.Misses = s.ManifestMisses.Load()
+	out.Manifests.Revalidated = s.ManifestRevalidated.Load()
 	out.Blobs.Hits = s.BlobHits.Load()
 	out.Blobs.Misses = s.BlobMisses.Load()
 	out.CoalescedWaiters = s.CoalescedWaiters.Load()

@@ -144,6 +144,7 @@ type actionInputs struct {
 	maxSize         string // serve's --max-size
 	archive         string
 	archiveMaxSize  string // export's --max-size
+	cache           bool   // keep the archive in the Actions cache service
 	configureDocker bool
 	configureBK     bool
 	startTimeout    time.Duration
@@ -163,7 +164,7 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		startTimeout:    60 * time.Second,
 	}
 	if in.listen == "" {
-		in.listen = "127.0.0.1:5000"
+		in.listen = "127.0.0.1:5055"
 	}
 	if _, port, err := net.SplitHostPort(in.listen); err != nil || port == "0" || port == "" {
 		return in, fmt.Errorf("input listen=%q: want host:port with a fixed port", in.listen)
@@ -197,6 +198,16 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		if _, err := parseSize(in.archiveMaxSize); err != nil {
 			return in, fmt.Errorf("input archive-max-size: %w", err)
 		}
+	}
+	if in.cache, err = inputBool(a, "cache"); err != nil {
+		return in, err
+	}
+	if in.cache && in.archive == "" {
+		tmp := a.Getenv("RUNNER_TEMP")
+		if tmp == "" {
+			tmp = os.TempDir()
+		}
+		in.archive = filepath.Join(tmp, "pullcache-archive", "cache.pcz")
 	}
 	if in.configureDocker, err = inputBool(a, "configure-docker"); err != nil {
 		return in, err
@@ -295,6 +306,7 @@ func mirrorHost(listen string) string {
 }
 
 func actionStart(ctx context.Context, r runner) error {
+	started := time.Now()
 	in, err := readActionInputs(r.Action)
 	if err != nil {
 		return err
@@ -313,11 +325,17 @@ func actionStart(ctx context.Context, r runner) error {
 	// kinds of runner; stop will then leave it running.
 	pid, logPath := 0, ""
 	if healthz(ctx, mirror) == nil {
+		if err := checkReusable(ctx, mirror, in, r.GetInput("dir") != ""); err != nil {
+			return err
+		}
 		r.Noticef("pullcache already serves at %s; using it (this step will not stop it)", mirror)
 	} else {
 		logPath = filepath.Join(runDir, "pullcache.log")
 		if err := os.MkdirAll(in.dir, 0o755); err != nil {
 			return err
+		}
+		if in.cache {
+			restoreCache(ctx, r, in)
 		}
 		if in.archive != "" {
 			importArchiveAtStart(ctx, r, in)
@@ -333,6 +351,7 @@ func actionStart(ctx context.Context, r runner) error {
 			return fmt.Errorf("%w\nlast lines of %s:\n%s", err, logPath, logTail(logPath, 30))
 		}
 		pid = srv.pid
+		r.saveState(stateReadyMillis, strconv.FormatInt(time.Since(started).Milliseconds(), 10))
 		fmt.Fprintf(r.stdout, "pullcache serving at %s (pid %d, cache %s, log %s)\n", mirrorURL, pid, in.dir, logPath)
 	}
 
@@ -723,12 +742,11 @@ func actionStop(ctx context.Context, r runner, stderr io.Writer) error {
 	r.EndGroup()
 	var raw bytes.Buffer
 	var snap *sidecar.Snapshot
-	err := stats(ctx, []string{"--addr", mirror, "--json"}, &raw, io.Discard)
-	if err == nil {
+	statsErr := stats(ctx, []string{"--addr", mirror, "--json"}, &raw, io.Discard)
+	if statsErr == nil {
 		snap = new(sidecar.Snapshot)
-		err = json.Unmarshal(raw.Bytes(), snap)
+		statsErr = json.Unmarshal(raw.Bytes(), snap)
 	}
-	r.summary(renderSummary(mirror, snap, err))
 
 	if pid > 0 {
 		how, err := stopServer(ctx, pid, stopGrace)
@@ -748,21 +766,28 @@ func actionStop(ctx context.Context, r runner, stderr io.Writer) error {
 			fmt.Fprintf(r.stdout, "restored %s (dockerd keeps the mirror until it next reloads)\n", path)
 		}
 	}
+	var cache *cacheResult
 	if archive := r.state(stateArchive); archive != "" && pid > 0 {
 		r.Group("pullcache export " + archive)
+		var out bytes.Buffer
 		err := os.MkdirAll(filepath.Dir(archive), 0o755)
 		if err == nil {
 			args := []string{"export", "--dir", r.state(stateDir)}
 			if max := r.state(stateArchiveMaxSize); max != "" {
 				args = append(args, "--max-size", max)
 			}
-			err = runSelf(ctx, r.stdout, append(args, archive)...)
+			err = runSelf(ctx, io.MultiWriter(r.stdout, &out), append(args, archive)...)
 		}
 		r.EndGroup()
 		if err != nil {
 			r.Warningf("cache archive %s not exported: %v", archive, err)
+		} else if r.state(stateCache) == "true" {
+			res := saveCache(ctx, r, archive, out.String())
+			cache = &res
 		}
 	}
+	r.summary(renderSummary(mirror, snap, statsErr) + renderNextJob(r, snap, cache))
+
 	if logPath != "" {
 		r.Group("pullcache log (last 100 lines)")
 		fmt.Fprintln(r.stdout, logTail(logPath, 100))
@@ -860,9 +885,12 @@ func renderSummary(mirror string, s *sidecar.Snapshot, statsErr error) string {
 		}
 		return fmt.Sprintf("%.0f%%", 100*float64(hits)/float64(hits+misses))
 	}
-	b.WriteString("| | hits | misses | hit rate |\n| --- | ---: | ---: | ---: |\n")
-	fmt.Fprintf(&b, "| manifests | %d | %d | %s |\n", s.Manifests.Hits, s.Manifests.Misses, rate(s.Manifests.Hits, s.Manifests.Misses))
-	fmt.Fprintf(&b, "| blobs | %d | %d | %s |\n\n", s.Blobs.Hits, s.Blobs.Misses, rate(s.Blobs.Hits, s.Blobs.Misses))
+	// Every answer counts: a tag revalidated with a HEAD or served stale
+	// was answered from the cache too.
+	local := s.Manifests.Hits + s.Manifests.Revalidated + s.StaleServed
+	b.WriteString("| | hits | revalidated | stale | misses | from cache |\n| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	fmt.Fprintf(&b, "| manifests | %d | %d | %d | %d | %s |\n", s.Manifests.Hits, s.Manifests.Revalidated, s.StaleServed, s.Manifests.Misses, rate(local, s.Manifests.Misses))
+	fmt.Fprintf(&b, "| blobs | %d | – | – | %d | %s |\n\n", s.Blobs.Hits, s.Blobs.Misses, rate(s.Blobs.Hits, s.Blobs.Misses))
 
 	var upstreamTotal int64
 	for _, kinds := range s.Upstream {

@@ -67,7 +67,7 @@ func TestReadActionInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantArgs := []string{"serve", "--listen", "127.0.0.1:5000", "--dir", "/runner/tmp/pullcache",
+	wantArgs := []string{"serve", "--listen", "127.0.0.1:5055", "--dir", "/runner/tmp/pullcache",
 		"--upstream", "docker.io=https://registry-1.docker.io", "--upstream", "ghcr.io=https://ghcr.io",
 		"--default-upstream=", "--limit", "docker.io=100/6h,burst=20", "--tag-ttl", "5m", "--max-size", "8GiB"}
 	if got := in.serveArgs(); !slices.Equal(got, wantArgs) {
@@ -103,7 +103,7 @@ func TestReadActionInputs(t *testing.T) {
 func TestMirrorHost(t *testing.T) {
 	t.Parallel()
 	for listen, want := range map[string]string{
-		"127.0.0.1:5000": "127.0.0.1:5000",
+		"127.0.0.1:5055": "127.0.0.1:5055",
 		"0.0.0.0:5001":   "127.0.0.1:5001",
 		":5002":          "127.0.0.1:5002",
 		"[::]:5003":      "[::1]:5003",
@@ -117,7 +117,7 @@ func TestMirrorHost(t *testing.T) {
 
 func TestMergeRegistryMirror(t *testing.T) {
 	t.Parallel()
-	const url = "http://127.0.0.1:5000"
+	const url = "http://127.0.0.1:5055"
 	for _, tc := range []struct {
 		name, in    string
 		wantChanged bool
@@ -128,7 +128,7 @@ func TestMergeRegistryMirror(t *testing.T) {
 		{name: "no file", in: "", wantChanged: true, wantMirrors: []string{url}},
 		{name: "other keys", in: `{"exec-opts":["native.cgroupdriver=cgroupfs"],"max-concurrent-downloads":3}`, wantChanged: true, wantMirrors: []string{url}, wantKeep: "max-concurrent-downloads"},
 		{name: "mirror first", in: `{"registry-mirrors":["https://mirror.gcr.io"]}`, wantChanged: true, wantMirrors: []string{url, "https://mirror.gcr.io"}},
-		{name: "already there", in: `{"registry-mirrors":["https://mirror.gcr.io","http://127.0.0.1:5000/"]}`, wantChanged: false},
+		{name: "already there", in: `{"registry-mirrors":["https://mirror.gcr.io","http://127.0.0.1:5055/"]}`, wantChanged: false},
 		{name: "invalid json", in: `{"registry-mirrors":`, wantErr: true},
 		{name: "mirrors not a list", in: `{"registry-mirrors":"http://x"}`, wantErr: true},
 	} {
@@ -177,16 +177,16 @@ func TestRedactArgs(t *testing.T) {
 func TestRenderSummary(t *testing.T) {
 	t.Parallel()
 	var s sidecar.Snapshot
-	s.Manifests.Hits, s.Manifests.Misses = 3, 1
+	s.Manifests.Hits, s.Manifests.Misses, s.Manifests.Revalidated = 3, 1, 4
 	s.Blobs.Hits, s.Blobs.Misses = 9, 1
 	s.StaleServed, s.Throttled = 2, 4
 	s.Upstream = map[string]map[string]map[string]int64{
 		"docker.io": {"manifest": {"200": 1, "429": 4}, "blob": {"200": 1}},
 	}
-	md := renderSummary("127.0.0.1:5000", &s, nil)
+	md := renderSummary("127.0.0.1:5055", &s, nil)
 	for _, want := range []string{
-		"| manifests | 3 | 1 | 75% |",
-		"| blobs | 9 | 1 | 90% |",
+		"| manifests | 3 | 4 | 2 | 1 | 90% |", // every answer: hit, revalidated, stale, miss
+		"| blobs | 9 | – | – | 1 | 90% |",
 		"| 6 | 2 | 4 | 0 |", // upstream total, stale, throttled, absorbed
 		"| docker.io | manifest | 429 | 4 |",
 		"Throttled requests",
@@ -195,7 +195,22 @@ func TestRenderSummary(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, md)
 		}
 	}
-	if md := renderSummary("127.0.0.1:5000", nil, errors.New("connection refused")); !strings.Contains(md, "connection refused") {
+	s.BytesServed, s.BytesUpstream = 30<<20, 10<<20
+	st := map[string]string{"STATE_" + stateReadyMillis: "41", "STATE_" + stateCache: "true",
+		"STATE_" + stateCacheRestored: "pullcache-linux-amd64-aa", "STATE_" + stateCacheBytes: "2048"}
+	r := runner{Action: githubactions.New(githubactions.WithGetenv(func(k string) string { return st[k] }))}
+	next := renderNextJob(r, &s, &cacheResult{key: "pullcache-linux-amd64-bb", size: 4096, saved: true})
+	for _, want := range []string{
+		"20.0 MiB not downloaded, 9 counted pulls not sent upstream",
+		"time to ready: 41 ms",
+		"archive restored: `pullcache-linux-amd64-aa` (2.0 KiB)",
+		"archive saved: `pullcache-linux-amd64-bb` (4.0 KiB)",
+	} {
+		if !strings.Contains(next, want) {
+			t.Errorf("next-job summary lacks %q:\n%s", want, next)
+		}
+	}
+	if md := renderSummary("127.0.0.1:5055", nil, errors.New("connection refused")); !strings.Contains(md, "connection refused") {
 		t.Errorf("summary without stats: %s", md)
 	}
 }
@@ -460,6 +475,7 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 	// running: one workflow for runners with and without a baked-in mirror.
 	reuse := newActionEnv(t)
 	reuse.vars["INPUT_LISTEN"] = mirror
+	reuse.vars["INPUT_DIR"] = e.vars["INPUT_DIR"] // the same configuration
 	reuse.vars["INPUT_CONFIGURE-DOCKER"] = "false"
 	reuse.vars["INPUT_CONFIGURE-BUILDKIT"] = "false"
 	if out, err := reuse.run(nil, e.bin, "action", "start"); err != nil || !strings.Contains(out, "already serves") {
@@ -471,6 +487,29 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 	}
 	if out, err := reuse.run(stateEnv(reuseState), e.bin, "action", "stop"); err != nil || !serverAlive(pid) {
 		t.Fatalf("stop of the reusing step: %v, server alive %v\n%s", err, serverAlive(pid), out)
+	}
+
+	// Reused only when the configuration matches what the job asks for,
+	// and only a pullcache: anything else is an ::error naming the fix.
+	other := newActionEnv(t)
+	other.vars["INPUT_LISTEN"] = mirror
+	other.vars["INPUT_DIR"] = e.vars["INPUT_DIR"]
+	other.vars["INPUT_DEFAULT-UPSTREAM"] = "none"
+	if out, err := other.run(nil, e.bin, "action", "start"); err == nil || !strings.Contains(out, "::error") || !strings.Contains(out, "another configuration (default-upstream") {
+		t.Errorf("start with another configuration on a running mirror: %v\n%s", err, out)
+	}
+	notPC := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			fmt.Fprintln(w, "ok")
+			return
+		}
+		http.NotFound(w, r)
+	}))
+	defer notPC.Close()
+	other.vars["INPUT_LISTEN"] = strings.TrimPrefix(notPC.URL, "http://")
+	other.vars["INPUT_DEFAULT-UPSTREAM"] = ""
+	if out, err := other.run(nil, e.bin, "action", "start"); err == nil || !strings.Contains(out, "::error") || !strings.Contains(out, "not a pullcache") {
+		t.Errorf("start on a port held by something else: %v\n%s", err, out)
 	}
 
 	// One pull through the mirror: a miss, and a request upstream.
@@ -491,7 +530,7 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 		t.Errorf("stop printed no stats or no stop:\n%s", stopOut)
 	}
 	summary, _ := os.ReadFile(e.summary)
-	for _, want := range []string{"### pullcache", "| manifests | 0 | 1 |", "| upstream requests |", "| docker.io | manifest_get | 404 | 1 |"} {
+	for _, want := range []string{"### pullcache", "| manifests | 0 | 0 | 0 | 1 |", "#### What the cache gives", "- time to ready: ", "| upstream requests |", "| docker.io | manifest_get | 404 | 1 |"} {
 		if !strings.Contains(string(summary), want) {
 			t.Errorf("summary lacks %q:\n%s", want, summary)
 		}

@@ -57,6 +57,7 @@ func export(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stderr, "exported %d images, %d blobs (%s), %d manifests, %d tags, %d referrers, %d pins\n",
 		st.Images, st.Blobs, human(st.Bytes), st.Manifests, st.Tags, st.Referrers, st.Pins)
+	fmt.Fprintf(stderr, "content %s\n", st.Content)
 	return nil
 }
 

@@ -1,3 +1,5 @@
+//go:build !nobuildkit
+
 package main
 
 import (
@@ -128,7 +130,7 @@ func parseDaemonFlags(args []string, stderr io.Writer) (daemonConfig, error) {
 	fs := buildkitFlags("daemon", stderr, &c.addr)
 	fs.StringVar(&c.dir, "dir", defaultDir(), "cache directory (the shared volume); the daemon's state goes to <dir>/buildkit")
 	fs.StringVar(&c.root, "root", "", "buildkitd's state directory instead of <dir>/buildkit")
-	fs.StringVar(&c.mirror, "mirror", "127.0.0.1:5000", "the mirror's host:port as buildkitd reaches it; empty for none")
+	fs.StringVar(&c.mirror, "mirror", "127.0.0.1:5055", "the mirror's host:port as buildkitd reaches it; empty for none")
 	fs.Var(&c.registries, "registry", "registry whose pulls go through the mirror (repeatable; default: the built-in upstreams)")
 	fs.StringVar(&c.binary, "buildkitd", "buildkitd", "the buildkitd binary")
 	fs.StringVar(&c.snapshotter, "snapshotter", "", "OCI worker snapshotter (default: buildkitd's auto)")

@@ -1,3 +1,5 @@
+//go:build !nobuildkit
+
 package main
 
 import (
@@ -23,7 +25,7 @@ func TestBuildkitDaemonFlags(t *testing.T) {
 			name: "defaults", wantAddr: defaultBuildkitAddr,
 			check: func(t *testing.T, c daemonConfig) {
 				o := c.options(io.Discard, nil)
-				if o.Dir != defaultDir() || o.Root != "" || o.Mirror != "127.0.0.1:5000" {
+				if o.Dir != defaultDir() || o.Root != "" || o.Mirror != "127.0.0.1:5055" {
 					t.Errorf("options = %+v", o)
 				}
 				var builtin []string
@@ -57,7 +59,7 @@ func TestBuildkitDaemonFlags(t *testing.T) {
 		{
 			// PULLCACHE_ADDR is `stats`' mirror address: never buildkitd's.
 			name:     "environment",
-			env:      map[string]string{"PULLCACHE_ADDR": "127.0.0.1:5000", "PULLCACHE_BUILDKIT_ADDR": "unix:///env.sock", "PULLCACHE_DIR": "/envvol", "PULLCACHE_KEEP_STORAGE": "1GiB"},
+			env:      map[string]string{"PULLCACHE_ADDR": "127.0.0.1:5055", "PULLCACHE_BUILDKIT_ADDR": "unix:///env.sock", "PULLCACHE_DIR": "/envvol", "PULLCACHE_KEEP_STORAGE": "1GiB"},
 			wantAddr: "unix:///env.sock",
 			check: func(t *testing.T, c daemonConfig) {
 				if c.dir != "/envvol" || c.maxUsed != 1<<30 {

@@ -34,7 +34,7 @@ func config(args []string, stdout, stderr io.Writer) error {
 	kind := args[0]
 	fs := flag.NewFlagSet("pullcache config "+kind, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	mirror := fs.String("mirror", "127.0.0.1:5000", "the mirror's host:port as the client reaches it")
+	mirror := fs.String("mirror", "127.0.0.1:5055", "the mirror's host:port as the client reaches it")
 	var registries listFlag
 	fs.Var(&registries, "registry", "registry to route through the mirror (repeatable; default: the built-in upstreams)")
 	hostsDir := fs.String("hosts-dir", "", "containerd: write <dir>/<registry>/hosts.toml instead of printing")

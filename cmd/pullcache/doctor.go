@@ -84,7 +84,7 @@ type doctorConfig struct {
 func doctorFlags(cfg *doctorConfig, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("pullcache doctor", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:5000", "address of the running mirror, as clients reach it")
+	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:5055", "address of the running mirror, as clients reach it")
 	fs.StringVar(&cfg.dir, "dir", "", "the mirror's cache directory, for the disk-space check (default: what the mirror reports)")
 	fs.BoolVar(&cfg.asJSON, "json", false, `print {"checks":[...],"quota":[...]} instead of the table`)
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "bound on each request doctor makes")

@@ -25,8 +25,8 @@ import (
 // with the mirror's address, and names the exact line or command that fixes
 // it. A client that is not installed is reported as such, not failed.
 
-// pointsAt reports whether a configured mirror ("http://127.0.0.1:5000",
-// "127.0.0.1:5000", "127.0.0.1:5000/ghcr.io") is the mirror at addr. Two
+// pointsAt reports whether a configured mirror ("http://127.0.0.1:5055",
+// "127.0.0.1:5055", "127.0.0.1:5055/ghcr.io") is the mirror at addr. Two
 // loopback spellings of the same port are the same mirror.
 func pointsAt(configured, addr string) bool {
 	c := configured

@@ -19,14 +19,14 @@ func TestPointsAt(t *testing.T) {
 		configured, addr string
 		want             bool
 	}{
-		{"http://127.0.0.1:5000", "127.0.0.1:5000", true},
-		{"http://localhost:5000/", "127.0.0.1:5000", true},
-		{"127.0.0.1:5000/ghcr.io", "127.0.0.1:5000", true},
-		{"http://[::1]:5000", "127.0.0.1:5000", true},
-		{"http://127.0.0.1:5001", "127.0.0.1:5000", false},
-		{"https://mirror.gcr.io", "127.0.0.1:5000", false},
-		{"http://10.0.0.5:5000", "127.0.0.1:5000", false},
-		{"http://Mirror.internal:5000", "mirror.internal:5000", true},
+		{"http://127.0.0.1:5055", "127.0.0.1:5055", true},
+		{"http://localhost:5055/", "127.0.0.1:5055", true},
+		{"127.0.0.1:5055/ghcr.io", "127.0.0.1:5055", true},
+		{"http://[::1]:5055", "127.0.0.1:5055", true},
+		{"http://127.0.0.1:5001", "127.0.0.1:5055", false},
+		{"https://mirror.gcr.io", "127.0.0.1:5055", false},
+		{"http://10.0.0.5:5055", "127.0.0.1:5055", false},
+		{"http://Mirror.internal:5055", "mirror.internal:5055", true},
 	} {
 		if got := pointsAt(tc.configured, tc.addr); got != tc.want {
 			t.Errorf("pointsAt(%q, %q) = %v", tc.configured, tc.addr, got)
@@ -57,13 +57,13 @@ func statusOf(rep *doctorReport, name string) finding {
 func TestBuildkitAndRegistriesConf(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	const addr = "127.0.0.1:5000"
+	const addr = "127.0.0.1:5055"
 	for _, tc := range []struct {
 		name, body, want string
 	}{
 		{"generated", "", statusOK},
-		{"no docker.io mirror", "[registry.\"ghcr.io\"]\n  mirrors = [\"127.0.0.1:5000\"]\n[registry.\"127.0.0.1:5000\"]\n  http = true\n", statusFail},
-		{"https to a plain mirror", "[registry.\"docker.io\"]\n  mirrors = [\"127.0.0.1:5000\"]\n", statusFail},
+		{"no docker.io mirror", "[registry.\"ghcr.io\"]\n  mirrors = [\"127.0.0.1:5055\"]\n[registry.\"127.0.0.1:5055\"]\n  http = true\n", statusFail},
+		{"https to a plain mirror", "[registry.\"docker.io\"]\n  mirrors = [\"127.0.0.1:5055\"]\n", statusFail},
 	} {
 		body := tc.body
 		if body == "" {
@@ -83,8 +83,8 @@ func TestBuildkitAndRegistriesConf(t *testing.T) {
 	for _, tc := range []struct {
 		name, body, want string
 	}{
-		{"mirrored", "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000\"\ninsecure = true\n", statusOK},
-		{"not insecure", "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000\"\n", statusFail},
+		{"mirrored", "[[registry]]\nprefix = \"docker.io\"\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5055\"\ninsecure = true\n", statusOK},
+		{"not insecure", "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"127.0.0.1:5055\"\n", statusFail},
 		{"elsewhere", "[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"mirror.gcr.io\"\n", statusFail},
 		{"nothing", "unqualified-search-registries = [\"docker.io\"]\n", statusFail},
 	} {

@@ -126,7 +126,7 @@ func TestWriteFlags(t *testing.T) {
 	if def, err := sidecar.NormalizeLocalPrefixes(nil); err != nil || strings.Join(def, " ") != "cache/" {
 		t.Errorf("default local prefix = %q, %v", def, err)
 	}
-	for _, bad := range []string{"", "/", "docker.io/cache", "localhost:5000/x", "UPPER/", "a//b"} {
+	for _, bad := range []string{"", "/", "docker.io/cache", "localhost:5055/x", "UPPER/", "a//b"} {
 		if _, err := sidecar.NormalizeLocalPrefixes([]string{bad}); err == nil {
 			t.Errorf("local prefix %q accepted", bad)
 		}

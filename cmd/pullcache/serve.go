@@ -25,7 +25,7 @@ import (
 )
 
 // serveConfig is everything `pullcache serve` takes. Its zero flags give the
-// embedded default configuration: loopback on :5000, the built-in upstreams,
+// embedded default configuration: loopback on :5055, the built-in upstreams,
 // docker.io as the default.
 type serveConfig struct {
 	listen          string
@@ -79,7 +79,7 @@ func defaultDir() string {
 func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("pullcache serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:5000", "address to serve on; loopback by default, anything wider is your explicit choice")
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:5055", "address to serve on; loopback by default, anything wider is your explicit choice")
 	fs.StringVar(&cfg.dir, "dir", defaultDir(), "cache directory (the shared volume)")
 	fs.Var(&cfg.upstreams, "upstream", "mirrored registry as NAME=URL (repeatable, e.g. docker.io=https://registry-1.docker.io); none given: the built-in set")
 	fs.Var(&cfg.credentialHosts, "credential-host", "NAME=HOST: a host besides the registry's own domain that may receive NAME's credentials (a token realm elsewhere; repeatable); by default credentials go only to the registry and hosts on its registrable domain")

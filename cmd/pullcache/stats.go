@@ -19,7 +19,7 @@ import (
 func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pullcache stats", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:5000", "address of the running mirror")
+	addr := fs.String("addr", "127.0.0.1:5055", "address of the running mirror")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

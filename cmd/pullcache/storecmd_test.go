@@ -72,7 +72,7 @@ func TestParsePinRef(t *testing.T) {
 		{"docker.io/library/alpine:3.20", "docker.io", "library/alpine", "3.20"},
 		{"index.docker.io/org/tool:1", "docker.io", "org/tool", "1"},
 		{"ghcr.io/org/app@" + digest, "ghcr.io", "org/app", digest},
-		{"registry.example:5000/team/x:v2", "registry.example:5000", "team/x", "v2"},
+		{"registry.example:5055/team/x:v2", "registry.example:5055", "team/x", "v2"},
 		{"local/team/app:v1", "local", "team/app", "v1"},
 		{"local/ghcr.io/org/app", "local", "ghcr.io/org/app", "latest"},
 		{"local/app@" + digest, "local", "app", digest},

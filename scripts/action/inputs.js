@@ -14,10 +14,10 @@ function checkInputs(env) {
   if (listen) {
     const m = /^(\[[^\]]*\]|[^:]*):(\d+)$/.exec(listen);
     if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) {
-      problems.push(`input listen=${JSON.stringify(listen)}: want host:port with a fixed port, e.g. 127.0.0.1:5000`);
+      problems.push(`input listen=${JSON.stringify(listen)}: want host:port with a fixed port, e.g. 127.0.0.1:5055`);
     }
   }
-  for (const name of ['configure-docker', 'configure-buildkit']) {
+  for (const name of ['cache', 'configure-docker', 'configure-buildkit']) {
     const v = input(env, name);
     if (v && !['true', 'True', 'TRUE', 'false', 'False', 'FALSE'].includes(v)) {
       problems.push(`input ${name}=${JSON.stringify(v)}: want true or false`);

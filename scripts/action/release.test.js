@@ -155,7 +155,7 @@ test('source builds never see the job Go settings', () => {
 });
 
 test('inputs checked before anything slow', () => {
-  assert.deepEqual(checkInputs({ INPUT_LISTEN: '127.0.0.1:5000', 'INPUT_CONFIGURE-DOCKER': 'true' }), []);
+  assert.deepEqual(checkInputs({ INPUT_LISTEN: '127.0.0.1:5055', 'INPUT_CONFIGURE-DOCKER': 'true' }), []);
   assert.match(checkInputs({ INPUT_LISTEN: '127.0.0.1' }).join(), /fixed port/);
   assert.match(checkInputs({ 'INPUT_CONFIGURE-DOCKER': 'yes' }).join(), /want true or false/);
 });

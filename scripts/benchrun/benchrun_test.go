@@ -191,7 +191,7 @@ func TestParseAdmissionDefaults(t *testing.T) {
 	t.Parallel()
 	help := `Flags:
   -listen string
-    	address to serve on (default "127.0.0.1:5000")
+    	address to serve on (default "127.0.0.1:5055")
   -upstream-concurrency int
     	max concurrent uncounted requests (blobs, HEADs) per upstream (default 8)
   -upstream-rps float

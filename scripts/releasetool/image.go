@@ -160,9 +160,9 @@ func buildImage(b binary, bin, ca []byte, m imageMeta) (v1.Image, error) {
 	cf.Config = v1.Config{
 		User:         fmt.Sprintf("%d:%d", nonrootUID, nonrootUID),
 		Entrypoint:   []string{"/pullcache", "serve"},
-		Env:          []string{"PULLCACHE_LISTEN=0.0.0.0:5000", "PULLCACHE_DIR=/cache"},
+		Env:          []string{"PULLCACHE_LISTEN=0.0.0.0:5055", "PULLCACHE_DIR=/cache"},
 		WorkingDir:   "/",
-		ExposedPorts: map[string]struct{}{"5000/tcp": {}},
+		ExposedPorts: map[string]struct{}{"5055/tcp": {}},
 		Volumes:      map[string]struct{}{"/cache": {}},
 		Labels:       labels(m),
 	}

@@ -60,7 +60,7 @@ func TestImageConfigAndRootfs(t *testing.T) {
 	if c.User != "65532:65532" || strings.Join(c.Entrypoint, " ") != "/pullcache serve" {
 		t.Errorf("user %q entrypoint %q", c.User, c.Entrypoint)
 	}
-	if strings.Join(c.Env, " ") != "PULLCACHE_LISTEN=0.0.0.0:5000 PULLCACHE_DIR=/cache" {
+	if strings.Join(c.Env, " ") != "PULLCACHE_LISTEN=0.0.0.0:5055 PULLCACHE_DIR=/cache" {
 		t.Errorf("env %q", c.Env)
 	}
 	if cf.Architecture != "arm64" || cf.OS != "linux" || !cf.Created.Time.Equal(testMeta.Created) {

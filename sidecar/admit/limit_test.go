@@ -19,7 +19,7 @@ func TestParseLimit(t *testing.T) {
 		{in: "quay.io=60/m", name: "quay.io", want: Limit{60, time.Minute, 0}},
 		{in: "a.io=1000/1d, burst = 50", name: "a.io", want: Limit{1000, 24 * time.Hour, 50}},
 		{in: "a.io=10/1.5h", name: "a.io", want: Limit{10, 90 * time.Minute, 0}},
-		{in: "reg:5000=5/10s,burst=5", name: "reg:5000", want: Limit{5, 10 * time.Second, 5}},
+		{in: "reg:5055=5/10s,burst=5", name: "reg:5055", want: Limit{5, 10 * time.Second, 5}},
 		{in: "ghcr.io=unlimited", name: "ghcr.io", want: Limit{}},
 		{in: "ghcr.io=0", name: "ghcr.io", want: Limit{}},
 		{in: "docker.io", wantErr: true},

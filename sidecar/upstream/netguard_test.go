@@ -148,7 +148,7 @@ func TestDialGuardClassifiesEndpointLazily(t *testing.T) {
 	if g := newDialGuard("x", "registry.public.test:443", nil, res); g.localAllowed() {
 		t.Error("public endpoint: private targets should be refused")
 	}
-	if g := newDialGuard("x", "127.0.0.1:5000", nil, res); !g.localAllowed() {
+	if g := newDialGuard("x", "127.0.0.1:5055", nil, res); !g.localAllowed() {
 		t.Error("loopback literal endpoint: loopback targets should be allowed")
 	}
 	// Proxies are trusted like the endpoint: the dial the guard sees is theirs.

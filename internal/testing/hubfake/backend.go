@@ -39,7 +39,7 @@ type ProxyBackend struct {
 }
 
 // NewProxyBackend returns a backend that forwards every request to the
-// registry at rawURL ("http://127.0.0.1:5000"). It panics on a URL that
+// registry at rawURL ("http://127.0.0.1:5055"). It panics on a URL that
 // does not parse, as test setup would fail anyway.
 func NewProxyBackend(rawURL string) *ProxyBackend {
 	u, err := url.Parse(rawURL)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -12,13 +13,17 @@ import (
 // RunAct runs nektos/act (installed by scripts/install-test-deps) on the
 // push event of the repository in dir, every job on this host
 // (-P ubuntu-latest=-self-hosted), offline and without act's cache
-// server, with PATH and HOME as given in env (so a test decides which
-// tools the job finds). It returns act's combined output and error.
+// server (unless CacheServer gives it one), with PATH and HOME as given in
+// env (so a test decides which tools the job finds). It returns act's
+// combined output and error.
 func RunAct(t testing.TB, dir string, env []string, args ...string) (string, error) {
 	t.Helper()
 	bin := lookTool(t, "act")
-	all := append([]string{"push", "-C", dir, "-P", "ubuntu-latest=-self-hosted",
-		"--action-offline-mode", "--no-cache-server", "--pull=false"}, args...)
+	all := []string{"push", "-C", dir, "-P", "ubuntu-latest=-self-hosted", "--action-offline-mode", "--pull=false"}
+	if !slices.Contains(args, "--cache-server-path") {
+		all = append(all, "--no-cache-server")
+	}
+	all = append(all, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, all...)
@@ -26,6 +31,12 @@ func RunAct(t testing.TB, dir string, env []string, args ...string) (string, err
 	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// CacheServer are RunAct's arguments for act's own Actions cache server
+// (the v1 cache API) on loopback, keeping its entries in dir.
+func CacheServer(dir string) []string {
+	return []string{"--cache-server-path", dir, "--cache-server-addr", "127.0.0.1"}
 }
 
 // GitRepo turns dir into a git repository with one commit of what it

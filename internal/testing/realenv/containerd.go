@@ -147,7 +147,7 @@ func (c *Containerd) RemoveImage(t testing.TB, ref string) {
 }
 
 // WriteHostsToml writes dir/<registryName>/hosts.toml sending pulls and
-// resolves for registryName ("docker.io", "ghcr.io", "127.0.0.1:5000") to
+// resolves for registryName ("docker.io", "ghcr.io", "127.0.0.1:5055") to
 // mirrorURL ("http://127.0.0.1:PORT"). containerd adds ?ns=<registryName>
 // to the requests it sends to a mirror. server is the registry itself, the
 // fallback when the mirror fails (unreachable here for public registries).

@@ -24,7 +24,7 @@ type Dockerd struct {
 }
 
 // StartDockerd starts dockerd with daemon.json {"registry-mirrors":
-// [mirrorURL]}. mirrorURL is a full URL such as "http://127.0.0.1:5000";
+// [mirrorURL]}. mirrorURL is a full URL such as "http://127.0.0.1:5055";
 // dockerd asks the mirror for docker.io images only, without any ns
 // parameter, and falls back to Docker Hub itself (unreachable here) when the
 // mirror fails.
@@ -176,3 +176,8 @@ func (d *Dockerd) RemoveImage(t testing.TB, ref string) {
 		t.Fatal(err)
 	}
 }
+
+// CLI is the docker client talking to this daemon and the environment it
+// needs (DOCKER_HOST, a private DOCKER_CONFIG), for scripts that run docker
+// themselves.
+func (d *Dockerd) CLI() (path string, env []string) { return d.cli, d.cliEnv }

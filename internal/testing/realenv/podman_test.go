@@ -11,15 +11,15 @@ func TestWriteRegistriesConf(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "registries.conf")
 	WriteRegistriesConf(t, path,
-		RegistryMirror{Registry: "docker.io", Location: "127.0.0.1:5000"},
-		RegistryMirror{Registry: "ghcr.io", Location: "127.0.0.1:5000/ghcr.io"})
+		RegistryMirror{Registry: "docker.io", Location: "127.0.0.1:5055"},
+		RegistryMirror{Registry: "ghcr.io", Location: "127.0.0.1:5055/ghcr.io"})
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:1/docker.io\"\n\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000\"\ninsecure = true\n",
-		"prefix = \"ghcr.io\"\nlocation = \"127.0.0.1:1/ghcr.io\"\n\n[[registry.mirror]]\nlocation = \"127.0.0.1:5000/ghcr.io\"\ninsecure = true\n",
+		"[[registry]]\nprefix = \"docker.io\"\nlocation = \"127.0.0.1:1/docker.io\"\n\n[[registry.mirror]]\nlocation = \"127.0.0.1:5055\"\ninsecure = true\n",
+		"prefix = \"ghcr.io\"\nlocation = \"127.0.0.1:1/ghcr.io\"\n\n[[registry.mirror]]\nlocation = \"127.0.0.1:5055/ghcr.io\"\ninsecure = true\n",
 	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("registries.conf lacks\n%s\nin\n%s", want, b)

@@ -16,7 +16,7 @@ import (
 
 func TestParseAccessLog(t *testing.T) {
 	t.Parallel()
-	log := `time="2026-11-21T23:00:00Z" level=info msg="listening on 127.0.0.1:5000"
+	log := `time="2026-11-21T23:00:00Z" level=info msg="listening on 127.0.0.1:5055"
 127.0.0.1 - - [21/Nov/2026:23:00:01 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "Go-http-client/1.1"
 127.0.0.1 - - [21/Nov/2026:23:00:01 +0000] "GET /v2/?realenv-marker=00ff HTTP/1.1" 200 2 "" "Go-http-client/1.1"
 127.0.0.1 - - [21/Nov/2026:23:00:02 +0000] "HEAD /v2/library/a/manifests/1 HTTP/1.1" 200 529 "" "containerd/1.6.20"
