@@ -17,7 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // actCacheWorkflow pulls one image whole (manifest, config, layers)

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/ctlapi"
 )
 
 // checkReusable decides whether the server answering at mirror may serve
@@ -18,8 +18,8 @@ import (
 // runner's baked-in mirror keeps its own dir and upstreams).
 func checkReusable(ctx context.Context, mirror string, in actionInputs, explicitDir bool) error {
 	m := &mirrorProbe{addr: mirror, client: http.DefaultClient, timeout: 5 * time.Second}
-	var about sidecar.About
-	if err := m.getJSON(ctx, sidecar.AdminPath+"about", &about); err != nil {
+	var about ctlapi.About
+	if err := m.getJSON(ctx, ctlapi.AdminPath+"about", &about); err != nil {
 		return fmt.Errorf("something already answers at %s but it is not a pullcache this action can use (%v): stop it, or set input listen to a free port", mirror, err)
 	}
 	var diffs []string

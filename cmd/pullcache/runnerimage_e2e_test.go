@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pullcache/pullcache/cmd/pullcache/internal/realenv"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
 // unitDirectives reads a systemd unit's Key=Value lines (last one wins).
