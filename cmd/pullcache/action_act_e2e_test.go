@@ -68,23 +68,8 @@ func TestE2EActionUnderAct(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	repo := t.TempDir()
-	realenv.CopyFiles(t, repoRoot, filepath.Join(repo, "pullcache"),
-		"action.yml", "scripts/action/main.js", "scripts/action/post.js", "scripts/action/release.js",
-		"scripts/action/build.js", "scripts/action/inputs.js")
 	listen := realenv.HostPort(realenv.FreePort(t))
-	wf := fmt.Sprintf(actWorkflow, rel.Version, releases.URL, listen, up.URL)
-	if err := os.MkdirAll(filepath.Join(repo, ".github", "workflows"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(repo, ".github", "workflows", "pullcache.yml"), []byte(wf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	realenv.GitRepo(t, repo)
-
-	home := t.TempDir()
-	// No Go on this PATH (it lives in /usr/local/go/bin or the tools dir).
-	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}
+	repo, env := actRepo(t, repoRoot, fmt.Sprintf(actWorkflow, rel.Version, releases.URL, listen, up.URL))
 	out, err := realenv.RunAct(t, repo, env)
 	if err != nil {
 		t.Fatalf("act: %v\n%s", err, out)
@@ -108,4 +93,25 @@ func TestE2EActionUnderAct(t *testing.T) {
 	if t.Failed() {
 		t.Logf("act output:\n%s", out)
 	}
+}
+
+// actRepo lays out a repository holding the action (as `uses: ./pullcache`)
+// and the workflow wf, and returns it with the environment act runs in:
+// no Go on PATH (it lives in /usr/local/go/bin or the tools dir), a fresh
+// HOME.
+func actRepo(t *testing.T, repoRoot, wf string) (repo string, env []string) {
+	t.Helper()
+	repo = t.TempDir()
+	realenv.CopyFiles(t, repoRoot, filepath.Join(repo, "pullcache"),
+		"action.yml", "scripts/action/main.js", "scripts/action/post.js", "scripts/action/release.js",
+		"scripts/action/build.js", "scripts/action/inputs.js")
+	if err := os.MkdirAll(filepath.Join(repo, ".github", "workflows"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(repo, ".github", "workflows", "pullcache.yml"), []byte(wf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	realenv.GitRepo(t, repo)
+	home := t.TempDir()
+	return repo, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}
 }

@@ -6,7 +6,6 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -76,22 +75,8 @@ func TestE2EActionCacheUnderAct(t *testing.T) {
 	}
 	blobGets.Store(0)
 
-	repo := t.TempDir()
-	realenv.CopyFiles(t, repoRoot, filepath.Join(repo, "pullcache"),
-		"action.yml", "scripts/action/main.js", "scripts/action/post.js", "scripts/action/release.js",
-		"scripts/action/build.js", "scripts/action/inputs.js")
 	listen := realenv.HostPort(realenv.FreePort(t))
-	wf := fmt.Sprintf(actCacheWorkflow, rel.Version, releases.URL, listen, up.URL)
-	if err := os.MkdirAll(filepath.Join(repo, ".github", "workflows"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(repo, ".github", "workflows", "pullcache.yml"), []byte(wf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	realenv.GitRepo(t, repo)
-
-	home := t.TempDir()
-	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + home, "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}
+	repo, env := actRepo(t, repoRoot, fmt.Sprintf(actCacheWorkflow, rel.Version, releases.URL, listen, up.URL))
 	cacheDir := t.TempDir()
 	run := func(n int, wants ...string) {
 		t.Helper()
