@@ -116,7 +116,7 @@ func (g *dialGuard) DialContext(ctx context.Context, network, addr string) (net.
 	}
 	trusted := g.trusted[key]
 	var refused error
-	var lastErr error
+	allowed := addrs[:0:0]
 	for _, a := range addrs {
 		if !trusted {
 			if err := g.allow(host, a); err != nil {
@@ -124,19 +124,37 @@ func (g *dialGuard) DialContext(ctx context.Context, network, addr string) (net.
 				continue
 			}
 		}
-		conn, err := g.dialer.DialContext(ctx, network, net.JoinHostPort(a.Unmap().String(), port))
+		allowed = append(allowed, a)
+	}
+	if len(allowed) == 0 {
+		if refused != nil {
+			return nil, refused
+		}
+		return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+	}
+	var lastErr error
+	for i, a := range allowed {
+		// Like net.Dialer over several addresses: each attempt gets a
+		// share of the time left, so one blackholed address (broken IPv6
+		// on a dual-stack host) cannot eat the whole dial timeout.
+		actx, cancel := context.WithTimeout(ctx, partialTimeout(g.dialer.Timeout, len(allowed)-i))
+		conn, err := g.dialer.DialContext(actx, network, net.JoinHostPort(a.Unmap().String(), port))
+		cancel()
 		if err == nil {
 			return conn, nil
 		}
 		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	if lastErr != nil {
-		return nil, lastErr
-	}
-	if refused != nil {
-		return nil, refused
-	}
-	return nil, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+	return nil, lastErr
+}
+
+// partialTimeout is one attempt's share of total when n addresses remain,
+// at least two seconds.
+func partialTimeout(total time.Duration, n int) time.Duration {
+	return max(total/time.Duration(n), 2*time.Second)
 }
 
 func (g *dialGuard) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
