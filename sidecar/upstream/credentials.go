@@ -106,8 +106,10 @@ func (g *credentialGuard) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.Header.Get("Authorization") != "" && !g.policy.allows(r.URL.Host) {
 		r = r.Clone(r.Context())
 		r.Header.Del("Authorization")
-		g.policy.log.Warn("upstream credential withheld from a host that is not the registry's",
-			"upstream", g.policy.upstream, "host", r.URL.Host)
+		if _, seen := g.policy.warned.LoadOrStore("strip "+strings.ToLower(r.URL.Host), struct{}{}); !seen {
+			g.policy.log.Warn("upstream credential withheld from a host that is not the registry's (logged once per host)",
+				"upstream", g.policy.upstream, "host", r.URL.Host)
+		}
 	}
 	return g.inner.RoundTrip(r)
 }
