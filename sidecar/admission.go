@@ -5,9 +5,9 @@ import (
 	"errors"
 	"net/http"
 
-	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // Every request to an upstream goes through admitted: it waits for the

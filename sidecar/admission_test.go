@@ -14,10 +14,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
-	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // throttleMirror runs pullcache in front of upstream u (named name) with an

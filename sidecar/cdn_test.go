@@ -17,7 +17,7 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // Tests of pullcache against upstreams that redirect, as every public

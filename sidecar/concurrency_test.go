@@ -19,7 +19,7 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // hubEnv is a pullcache in front of the Docker-Hub-like fake (token flow,

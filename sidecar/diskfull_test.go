@@ -16,7 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/pullcache/pullcache/cachestore"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // mountTmpfs mounts a tmpfs of the given size for a real ENOSPC. It needs

@@ -15,7 +15,7 @@ import (
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // A blobFill is one download of a blob from upstream into the store. Every

@@ -12,10 +12,10 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
-	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // After the upstream answers one 429, pullcache stops all counted requests

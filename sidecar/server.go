@@ -19,12 +19,12 @@ import (
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // LocalNamespace is the store namespace of pushed content.

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/admit"
 )
 
 // Stats counts what the mirror did. All methods are safe for concurrent use.

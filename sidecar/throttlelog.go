@@ -4,7 +4,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/admit"
 )
 
 // The stats keep the last upstream throttles, classified, so that `pullcache

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar/admit"
 )
 
 // `pullcache doctor` asks the owner two things no counter answers: what this

@@ -32,7 +32,7 @@ import (
 
 	"github.com/pullcache/pullcache/buildkit"
 	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 const actionUsage = `Usage: pullcache action start|stop

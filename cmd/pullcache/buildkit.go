@@ -16,7 +16,7 @@ import (
 
 	"github.com/moby/buildkit/client"
 	"github.com/pullcache/pullcache/buildkit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 const buildkitUsage = `Usage: pullcache buildkit daemon|usage|prune [flags]

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 func TestBuildkitDaemonFlags(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"github.com/pullcache/pullcache/buildkit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 const configUsage = `Usage: pullcache config docker|containerd|buildkit [flags]

@@ -14,7 +14,7 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar/owner"
+	"github.com/pullcache/pullcache/volume"
 )
 
 // maintainer is what pin, unpin, pins and gc need of a cache: the store
@@ -35,7 +35,7 @@ func openMaintainer(dir string) (maintainer, error) {
 	if err == nil {
 		return s, nil
 	}
-	sock := owner.SocketPathFor(dir)
+	sock := volume.SocketPathFor(dir)
 	if _, serr := os.Stat(sock); serr != nil {
 		return nil, err
 	}

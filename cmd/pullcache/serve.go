@@ -15,13 +15,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/connlimit"
 	"github.com/pullcache/pullcache/internal/stall"
 	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
 	"github.com/pullcache/pullcache/sidecar/writeauth"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // serveConfig is everything `pullcache serve` takes. Its zero flags give the

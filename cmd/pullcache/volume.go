@@ -8,11 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/owner"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
+	"github.com/pullcache/pullcache/volume"
 )
 
 // volumeDrain bounds how long a leaving owner drains followers' requests
@@ -24,18 +24,18 @@ const volumeDrain = 30 * time.Second
 // made from mirrorOpts, the others follow it (sidecar/owner) and build the
 // mirror (and its admitter, whose state lives in the index) only if they
 // are elected.
-func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) (*owner.Volume, error) {
+func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) (*volume.Volume, error) {
 	// A follower builds its mirror only when elected, possibly hours later;
 	// what can be checked without a store is checked now.
 	if d := mirrorOpts.DefaultUpstream; d != "" && !hasUpstream(mirrorOpts.Upstreams, d) {
 		return nil, fmt.Errorf("default upstream %q is not among the configured upstreams (%s)", d, upstreamNames(mirrorOpts.Upstreams))
 	}
-	return owner.Start(owner.Options{
+	return volume.Start(volume.Options{
 		Dir:           cfg.dir,
 		Logger:        log,
 		LocalPrefixes: mirrorOpts.LocalPrefixes,
 		Store:         cachestore.Options{UploadTimeout: cfg.uploadTimeout},
-		Build: func(store *cachestore.Store) (owner.Service, error) {
+		Build: func(store *cachestore.Store) (volume.Service, error) {
 			for _, ref := range cfg.pins {
 				ns, repo, id, err := parsePinRef(ref)
 				if err == nil {
@@ -109,7 +109,7 @@ func freeSpace(store *cachestore.Store, maxSize sizeFlag, log *slog.Logger) {
 }
 
 // closeVolume leaves the volume; an owner drains and hands over.
-func closeVolume(vol *owner.Volume, log *slog.Logger) {
+func closeVolume(vol *volume.Volume, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), volumeDrain)
 	defer cancel()
 	if err := vol.Close(ctx); err != nil {

@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // warmer fetches images through the mirror, one image at a time.

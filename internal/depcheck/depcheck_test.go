@@ -79,10 +79,10 @@ var rules = []rule{
 		}
 		return bad
 	}},
-	{"sidecar/admit links only the standard library and golang.org/x/time", func(g graph) []string {
+	{"admit links only the standard library and golang.org/x/time", func(g graph) []string {
 		var bad []string
 		for _, p := range g.modulePackages() {
-			if !within(p.ImportPath, module+"/sidecar/admit") {
+			if !within(p.ImportPath, module+"/admit") {
 				continue
 			}
 			for _, d := range p.Deps {
@@ -93,8 +93,8 @@ var rules = []rule{
 		}
 		return bad
 	}},
-	{"sidecar links neither sidecar/owner, volume nor internal/cli", func(g graph) []string {
-		forbidden := []string{module + "/sidecar/owner", module + "/volume", module + "/internal/cli"}
+	{"sidecar links neither volume, volume nor internal/cli", func(g graph) []string {
+		forbidden := []string{module + "/volume", module + "/volume", module + "/internal/cli"}
 		var bad []string
 		p, ok := g[module+"/sidecar"]
 		if !ok {
@@ -104,6 +104,22 @@ var rules = []rule{
 			for _, f := range forbidden {
 				if within(d, f) {
 					bad = append(bad, fmt.Sprintf("sidecar links %s", rel(d)))
+				}
+			}
+		}
+		return bad
+	}},
+	// volume may parse requests with sidecar/route and render sidecar/apierr
+	// errors, but never links the HTTP face it serves beside.
+	{"volume does not link sidecar", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/volume") {
+				continue
+			}
+			for _, d := range p.Deps {
+				if d == module+"/sidecar" {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
 				}
 			}
 		}
@@ -184,8 +200,8 @@ func TestRulesBite(t *testing.T) {
 	}
 	clean := func() graph {
 		return with(std("fmt", "testing", "net/http"),
-			pkg{ImportPath: m("sidecar"), Imports: []string{m("sidecar/admit"), "net/http"}, Deps: []string{m("sidecar/admit"), "net/http"}},
-			pkg{ImportPath: m("sidecar/admit"), Imports: []string{"fmt", "golang.org/x/time/rate"}, Deps: []string{"fmt", "golang.org/x/time/rate"}},
+			pkg{ImportPath: m("sidecar"), Imports: []string{m("admit"), "net/http"}, Deps: []string{m("admit"), "net/http"}},
+			pkg{ImportPath: m("admit"), Imports: []string{"fmt", "golang.org/x/time/rate"}, Deps: []string{"fmt", "golang.org/x/time/rate"}},
 			pkg{ImportPath: "golang.org/x/time/rate", Imports: []string{"fmt"}, Deps: []string{"fmt"}},
 			pkg{ImportPath: m("cachestore"), Imports: []string{m("cachestore/digest")}, Deps: []string{m("cachestore/digest")}},
 			pkg{ImportPath: m("cachestore/digest")},
@@ -201,12 +217,13 @@ func TestRulesBite(t *testing.T) {
 		rule string
 		pkg  pkg
 	}{
-		{rules[0].name, pkg{ImportPath: m("sidecar/owner"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
+		{rules[0].name, pkg{ImportPath: m("sidecar/route"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
 		{rules[1].name, pkg{ImportPath: m("cachestore/digest"), Imports: []string{m("sidecar/route")}, Deps: []string{m("sidecar/route")}}},
-		{rules[2].name, pkg{ImportPath: m("sidecar/admit"), Imports: []string{"golang.org/x/sync/singleflight"}, Deps: []string{"golang.org/x/sync/singleflight"}}},
-		{rules[3].name, pkg{ImportPath: m("sidecar"), Imports: []string{m("sidecar/owner")}, Deps: []string{m("sidecar/owner")}}},
-		{rules[4].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/testing/hubfake")}, Deps: []string{m("internal/testing/hubfake"), "testing"}}},
-		{rules[4].name, pkg{ImportPath: m("buildkit"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
+		{rules[2].name, pkg{ImportPath: m("admit"), Imports: []string{"golang.org/x/sync/singleflight"}, Deps: []string{"golang.org/x/sync/singleflight"}}},
+		{rules[3].name, pkg{ImportPath: m("sidecar"), Imports: []string{m("volume")}, Deps: []string{m("volume")}}},
+		{rules[5].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/testing/hubfake")}, Deps: []string{m("internal/testing/hubfake"), "testing"}}},
+		{rules[5].name, pkg{ImportPath: m("buildkit"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
+		{rules[4].name, pkg{ImportPath: m("volume"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"testing/synctest"
 
-	"github.com/pullcache/pullcache/sidecar/admit"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/admit"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // sample reads one recorded response of admit's throttle fixtures, with its

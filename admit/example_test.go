@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 
-	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/admit"
 )
 
 // The HTTP layer wraps every upstream request: acquire, send, hand the

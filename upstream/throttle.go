@@ -6,7 +6,7 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/pullcache/pullcache/sidecar/admit"
+	"github.com/pullcache/pullcache/admit"
 )
 
 // NormalizeThrottle rewrites an upstream's throttling answer, in whatever

@@ -1,4 +1,4 @@
-package owner
+package volume
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/sidecar"
-	"github.com/pullcache/pullcache/sidecar/upstream"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

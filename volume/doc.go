@@ -1,4 +1,4 @@
-// Package owner lets any number of pullcache processes share one cache
+// Package volume lets any number of pullcache processes share one cache
 // volume with exactly one owner.
 //
 // bbolt lets one process hold the index (a flock on index.db). The process
@@ -20,4 +20,4 @@
 // response byte) for up to Options.ForwardRetry, and a forwarded blob body
 // that broke mid-stream is continued from the new owner with a Range
 // request, so clients of followers see no failure across a handover.
-package owner
+package volume
