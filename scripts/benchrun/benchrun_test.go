@@ -16,26 +16,6 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestClassify(t *testing.T) {
-	t.Parallel()
-	const d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
-	for _, tc := range []struct{ method, path, want string }{
-		{"GET", "/v2/bench/large/manifests/v1", kindManifestGet},
-		{"HEAD", "/v2/bench/large/manifests/" + d, kindManifestHead},
-		{"GET", "/v2/bench/large/blobs/" + d, kindBlobGet},
-		{"HEAD", "/v2/library/alpine/blobs/" + d, kindBlobHead},
-		{"POST", "/v2/bench/large/blobs/uploads/", kindOther},
-		{"GET", "/v2/bench/large/blobs/uploads/abc", kindOther},
-		{"GET", "/v2/", kindOther},
-		{"GET", "/v2/bench/large/tags/list", kindOther},
-		{"PUT", "/v2/bench/large/manifests/v1", kindOther},
-	} {
-		if got := classify(tc.method, tc.path); got != tc.want {
-			t.Errorf("classify(%s %s) = %s, want %s", tc.method, tc.path, got, tc.want)
-		}
-	}
-}
-
 func TestParseWAN(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -15,35 +16,18 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Request kinds counted at the upstream side. Docker Hub's pull quota counts
+// Request kinds counted at the upstream side, by the ruler the tests use
+// too (internal/testing/regcount). Docker Hub's pull quota counts
 // manifestGet only; the rest is listed because it still costs the upstream.
 const (
-	kindManifestGet  = "manifest_get"
-	kindManifestHead = "manifest_head"
-	kindBlobGet      = "blob_get"
-	kindBlobHead     = "blob_head"
-	kindOther        = "other"
+	kindManifestGet  = string(regcount.ManifestGet)
+	kindManifestHead = string(regcount.ManifestHead)
+	kindBlobGet      = string(regcount.BlobGet)
+	kindBlobHead     = string(regcount.BlobHead)
+	kindOther        = string(regcount.Other)
 )
 
 var allKinds = []string{kindManifestGet, kindManifestHead, kindBlobGet, kindBlobHead, kindOther}
-
-// classify names the kind of a registry request by method and path, the
-// way an upstream's access log would be grepped.
-func classify(method, path string) string {
-	isGet := method == http.MethodGet
-	isHead := method == http.MethodHead
-	switch {
-	case strings.Contains(path, "/manifests/") && isGet:
-		return kindManifestGet
-	case strings.Contains(path, "/manifests/") && isHead:
-		return kindManifestHead
-	case strings.Contains(path, "/blobs/") && !strings.Contains(path, "/blobs/uploads") && isGet:
-		return kindBlobGet
-	case strings.Contains(path, "/blobs/") && !strings.Contains(path, "/blobs/uploads") && isHead:
-		return kindBlobHead
-	}
-	return kindOther
-}
 
 // Counts is what the upstream saw in one measurement window.
 type Counts struct {
@@ -149,7 +133,7 @@ func newHop(target *url.URL, link wanLink) *hop {
 func (h *hop) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.inflight.Add(1)
 	defer h.inflight.Add(-1)
-	kind := classify(r.Method, r.URL.Path)
+	kind := string(regcount.Classify(r.Method, r.URL.Path))
 	h.mu.Lock()
 	h.counts[kind]++
 	h.mu.Unlock()

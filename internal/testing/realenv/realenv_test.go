@@ -38,7 +38,7 @@ func TestParseAccessLog(t *testing.T) {
 	}
 	var c Counts
 	for _, r := range reqs {
-		c.add(r)
+		c.Add(r.Method, r.Path)
 	}
 	want := Counts{ManifestGET: 1, ManifestHEAD: 1, BlobGET: 1, BlobHEAD: 1, Other: 3}
 	if c != want {

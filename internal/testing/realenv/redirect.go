@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"io"
 	"net/http"
 	"os"
@@ -131,10 +132,9 @@ func (r *RedirectingRegistry) Authenticator() authn.Authenticator {
 // many blob requests were answered anything else.
 func BlobRedirects(reqs []Request) (get307, head307, other int) {
 	for _, r := range reqs {
-		var c Counts
-		c.add(r)
+		kind := regcount.Classify(r.Method, r.Path)
 		switch {
-		case c.BlobGET+c.BlobHEAD == 0:
+		case kind != regcount.BlobGet && kind != regcount.BlobHead:
 		case r.Status != http.StatusTemporaryRedirect:
 			other++
 		case r.Method == http.MethodGet:

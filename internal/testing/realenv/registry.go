@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"io"
 	"net/http"
 	"os"
@@ -34,15 +35,9 @@ type Registry struct {
 }
 
 // Counts are requests seen by a registry since the last ResetCounts,
-// classified the way Docker Hub's rate limit sees them: only manifest GETs
-// are counted there.
-type Counts struct {
-	ManifestGET  int
-	ManifestHEAD int
-	BlobGET      int
-	BlobHEAD     int
-	Other        int // /v2/ pings, uploads, tag lists, catalog, other methods
-}
+// classified the way Docker Hub's rate limit sees them (only manifest GETs
+// are counted there) by the one ruler every test and benchmark shares.
+type Counts = regcount.Counts
 
 // Request is one line of a registry's access log.
 type Request struct {
@@ -191,7 +186,7 @@ func (r *Registry) Counts() Counts {
 	r.t.Helper()
 	var c Counts
 	for _, req := range r.Requests() {
-		c.add(req)
+		c.Add(req.Method, req.Path)
 	}
 	return c
 }
@@ -297,43 +292,4 @@ func parseAccessLog(rd io.Reader) ([]Request, error) {
 		reqs = append(reqs, Request{Method: m[1], Path: path, Query: query, Status: status})
 	}
 	return reqs, sc.Err()
-}
-
-func (c *Counts) add(r Request) {
-	kind := ""
-	if strings.HasPrefix(r.Path, "/v2/") {
-		// The repository name may itself contain "/manifests/" or
-		// "/blobs/" only in theory; the last occurrence is the endpoint.
-		switch {
-		case strings.Contains(r.Path, "/blobs/uploads"):
-		case strings.LastIndex(r.Path, "/manifests/") > 0:
-			kind = "manifest"
-		case strings.LastIndex(r.Path, "/blobs/") > 0:
-			kind = "blob"
-		}
-	}
-	switch {
-	case kind == "manifest" && r.Method == http.MethodGet:
-		c.ManifestGET++
-	case kind == "manifest" && r.Method == http.MethodHead:
-		c.ManifestHEAD++
-	case kind == "blob" && r.Method == http.MethodGet:
-		c.BlobGET++
-	case kind == "blob" && r.Method == http.MethodHead:
-		c.BlobHEAD++
-	default:
-		c.Other++
-	}
-}
-
-// Sub returns c minus before, field by field: the requests between two
-// snapshots.
-func (c Counts) Sub(before Counts) Counts {
-	return Counts{
-		ManifestGET:  c.ManifestGET - before.ManifestGET,
-		ManifestHEAD: c.ManifestHEAD - before.ManifestHEAD,
-		BlobGET:      c.BlobGET - before.BlobGET,
-		BlobHEAD:     c.BlobHEAD - before.BlobHEAD,
-		Other:        c.Other - before.Other,
-	}
 }
