@@ -106,10 +106,7 @@ type EnvKeychain struct{}
 
 // Resolve implements authn.Keychain.
 func (EnvKeychain) Resolve(r authn.Resource) (authn.Authenticator, error) {
-	reg := r.RegistryStr()
-	if reg == "index.docker.io" {
-		reg = "docker.io"
-	}
+	reg := CanonicalName(r.RegistryStr())
 	v, ok := os.LookupEnv(EnvAuthVar(reg))
 	if !ok || v == "" {
 		return authn.Anonymous, nil

@@ -40,6 +40,33 @@ var builtin = map[string]string{
 	"mcr.microsoft.com": "https://mcr.microsoft.com",
 }
 
+// dockerHubAliases are the names Docker Hub goes by: clients say docker.io,
+// go-containerregistry and Docker config files say index.docker.io, and
+// registry-1.docker.io is where its API lives.
+var dockerHubAliases = map[string]bool{"docker.io": true, "index.docker.io": true, "registry-1.docker.io": true}
+
+// CanonicalName is the name pullcache files a registry under (its store
+// namespace, its upstream and quota key): Docker Hub's aliases become
+// docker.io, every other name is lower-cased. The one place those aliases
+// are written down.
+func CanonicalName(name string) string {
+	name = strings.ToLower(name)
+	if dockerHubAliases[name] {
+		return "docker.io"
+	}
+	return name
+}
+
+// DefaultEndpoint is the built-in endpoint of a registry name
+// ("https://registry-1.docker.io" for any of Docker Hub's names), or
+// "https://NAME" for a registry that is not built in.
+func DefaultEndpoint(name string) string {
+	if b, ok := builtin[CanonicalName(name)]; ok {
+		return b
+	}
+	return "https://" + name
+}
+
 // Builtin returns the default upstream set, sorted by name.
 func Builtin() []Registry {
 	out := make([]Registry, 0, len(builtin))

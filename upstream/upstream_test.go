@@ -127,3 +127,21 @@ func TestUnreachableIsTypedAndScrubbed(t *testing.T) {
 type staticHelper struct{ user, pass string }
 
 func (h staticHelper) Get(string) (string, string, error) { return h.user, h.pass, nil }
+
+func TestCanonicalNameAndDefaultEndpoint(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ in, name, endpoint string }{
+		{"docker.io", "docker.io", "https://registry-1.docker.io"},
+		{"index.docker.io", "docker.io", "https://registry-1.docker.io"},
+		{"Registry-1.Docker.IO", "docker.io", "https://registry-1.docker.io"},
+		{"ghcr.io", "ghcr.io", "https://ghcr.io"},
+		{"registry.example.com:5000", "registry.example.com:5000", "https://registry.example.com:5000"},
+	} {
+		if got := upstream.CanonicalName(tc.in); got != tc.name {
+			t.Errorf("CanonicalName(%q) = %q, want %q", tc.in, got, tc.name)
+		}
+		if got := upstream.DefaultEndpoint(tc.in); got != tc.endpoint {
+			t.Errorf("DefaultEndpoint(%q) = %q, want %q", tc.in, got, tc.endpoint)
+		}
+	}
+}
