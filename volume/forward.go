@@ -59,7 +59,7 @@ func newForwarder(sock string, window time.Duration, log *slog.Logger) *forwarde
 			pr.SetXForwarded()
 			// The owner queues upstream admission fairly per client: tell it
 			// who the client is, not that it came through this follower.
-			pr.Out.Header.Set("X-Pullcache-Client", forwardedClient(pr.In))
+			pr.Out.Header.Set(httpx.ClientHeader, httpx.ClientName(pr.In))
 			if pr.Out.Body != nil {
 				pr.Out.Body = &guardedBody{rc: pr.Out.Body}
 			}
@@ -250,17 +250,3 @@ func (b *resumingBody) resume(cause error) error {
 }
 
 func (b *resumingBody) Close() error { return b.body.Close() }
-
-// forwardedClient names the client of a request a follower forwards: a
-// name a local job wrapper already put in X-Pullcache-Client, else the
-// client's address. A remote peer cannot choose its own name.
-func forwardedClient(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return "local"
-	}
-	if c := r.Header.Get("X-Pullcache-Client"); c != "" && len(c) <= 128 && loopbackPeer(r.RemoteAddr) {
-		return c
-	}
-	return host
-}

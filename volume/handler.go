@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -92,7 +91,7 @@ func (v *Volume) followerHandler() http.Handler {
 		if strings.HasPrefix(r.URL.Path, ctlapi.AdminPath) || r.URL.Path == ctlapi.TouchPath {
 			// Over the socket every request looks local to the owner: the
 			// follower must keep remote clients away from maintenance.
-			if !loopbackPeer(r.RemoteAddr) {
+			if !httpx.LoopbackPeer(r.RemoteAddr) {
 				http.Error(w, "store maintenance is for local clients only", http.StatusForbidden)
 				return
 			}
@@ -103,16 +102,6 @@ func (v *Volume) followerHandler() http.Handler {
 		v.local.forwarded.Add(1)
 		v.fwd.ServeHTTP(w, r)
 	})
-}
-
-// loopbackPeer reports whether a request came from this machine.
-func loopbackPeer(remoteAddr string) bool {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // serveLocalBlob answers a blob GET/HEAD from the volume's file if there is

@@ -14,9 +14,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -106,7 +106,7 @@ func (g *Gate) Wrap(next http.Handler) http.Handler {
 
 func (g *Gate) check(r *http.Request) error {
 	p := r.URL.EscapedPath()
-	local := IsLoopback(r.RemoteAddr)
+	local := httpx.LoopbackPeer(r.RemoteAddr)
 	switch {
 	case p == ctlapi.StatsPath:
 		if local || g.authenticated(r) {
@@ -166,16 +166,6 @@ func (g *Gate) authenticated(r *http.Request) bool {
 	}
 	user, pass, ok := r.BasicAuth()
 	return ok && g.users.Verify(user, pass)
-}
-
-// IsLoopback reports whether a request's RemoteAddr is a loopback address.
-func IsLoopback(remoteAddr string) bool {
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // Users are the entries of an htpasswd file. Safe for concurrent use.
