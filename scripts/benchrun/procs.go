@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/testing/distconfig"
 	"net"
 	"net/http"
 	"os"
@@ -235,31 +236,6 @@ func freeAddr() (string, error) {
 
 // --- the servers -------------------------------------------------------------
 
-// registryConfig is docker-registry's (CNCF distribution 2.8) config; with
-// remote set it runs as a pull-through proxy of remote.
-func registryConfig(addr, root, remote string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  cache:
-    blobdescriptor: inmemory
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, root, addr)
-	if remote != "" {
-		fmt.Fprintf(&b, "proxy:\n  remoteurl: %s\n", remote)
-	}
-	return b.String()
-}
-
 // startRegistry runs docker-registry with its storage and config in dir.
 func startRegistry(ctx context.Context, bin, name, dir, remote string) (*proc, string, error) {
 	addr, err := freeAddr()
@@ -270,7 +246,7 @@ func startRegistry(ctx context.Context, bin, name, dir, remote string) (*proc, s
 		return nil, "", err
 	}
 	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(registryConfig(addr, filepath.Join(dir, "data"), remote)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(distconfig.Config{Addr: addr, Root: filepath.Join(dir, "data"), RemoteURL: remote}.YAML()), 0o644); err != nil {
 		return nil, "", err
 	}
 	logPath := filepath.Join(dir, "registry.log")

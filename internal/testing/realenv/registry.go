@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/testing/distconfig"
 	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"io"
 	"net/http"
@@ -135,35 +136,9 @@ func (r *Registry) waitUp() error {
 	return fmt.Errorf("no answer on %s within %v", r.URL(), startTimeout)
 }
 
+// registryConfig is the access-logged registry the tests count requests of.
 func registryConfig(addr, root, remoteURL string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `version: 0.1
-log:
-  level: warn
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-  secret: realenv-not-secret
-health:
-  storagedriver:
-    enabled: false
-`, root, addr)
-	if remoteURL != "" {
-		fmt.Fprintf(&b, "proxy:\n  remoteurl: %s\n", remoteURL)
-	}
-	return b.String()
+	return distconfig.Config{Addr: addr, Root: root, RemoteURL: remoteURL, AccessLog: true, LogLevel: "warn"}.YAML()
 }
 
 // URL is the registry's base URL, "http://127.0.0.1:PORT".
