@@ -141,12 +141,12 @@ type fill struct {
 	g    *errgroup.Group
 	ctx  context.Context
 
-	mu       sync.Mutex
-	live     map[*segment]struct{}
-	done     chan struct{} // closed when no segment is left
-	moved    int64         // bytes written so far (for the controller's rate)
-	noSplit  bool          // the upstream ignored Range
-	res      Result
+	mu      sync.Mutex
+	live    map[*segment]struct{}
+	done    chan struct{} // closed when no segment is left
+	moved   int64         // bytes written so far (for the controller's rate)
+	noSplit bool          // the upstream ignored Range
+	res     Result
 }
 
 // Fill downloads [From, Size) into dst. See the package comment for the
