@@ -14,13 +14,14 @@ import (
 //   - After the first answer honoured Range, the download is split into
 //     InitialStreams (default 1) at once.
 //   - Every Probe the aggregate rate over the last window is measured. While
-//     growing, the number of streams doubles (up to MaxStreams); the window
-//     right after a doubling is skipped (the new requests are still in their
-//     first round trip), the next one decides: if the rate grew by less than
-//     a quarter, one connection was not what limited the download (the link
-//     or the upstream is saturated), so growth stops and the target falls
-//     back to the previous count. A slow connection on a fast link keeps
-//     doubling; a fast connection on a saturated link stays at one or two.
+//     growing, the number of streams doubles (up to MaxStreams) each window;
+//     when a doubling raised the rate by less than a quarter, connections
+//     were no longer what limited the download (the link or the upstream is
+//     saturated) and growth stops. The streams already added stay: they
+//     still won something, and undoing a split would cost a request. A slow
+//     connection on a fast link keeps doubling; a fast connection on a
+//     saturated link stops at two. The new streams' first round trip falls
+//     into the window that judges them, which only makes growth cautious.
 //   - The target is held: when a stream finishes early, the largest range
 //     left is halved and its tail given to a new stream, unless the rest
 //     would be done within two windows anyway.
@@ -32,51 +33,47 @@ import (
 const growthGain = 1.25
 
 // control runs after the first answer until the download is done.
-func (f *fill) control() {
+func (f *fill) control(ctx context.Context) {
 	window := f.opts.Probe
 	growing := window > 0
 	if !growing {
 		window = DefaultProbe // still the tick for holding the target
 	}
 	target := f.opts.InitialStreams
-	f.hold(target, 0, window)
+	f.hold(ctx, target, 0, window)
 	tick := time.NewTicker(window)
 	defer tick.Stop()
 	lastMoved := f.movedSoFar()
-	prevRate, settle := 0.0, true
+	prevRate := 0.0
 	for {
 		select {
 		case <-f.done:
 			return
-		case <-f.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
 		moved := f.movedSoFar()
 		rate := float64(moved-lastMoved) / window.Seconds()
 		lastMoved = moved
-		if settle {
-			settle = false
-			continue
-		}
 		if growing {
 			switch {
 			case prevRate > 0 && rate < prevRate*growthGain:
-				growing, target = false, max(1, target/2)
+				growing = false
 			case target >= f.opts.MaxStreams:
 				growing = false
 			default:
-				prevRate, target, settle = rate, min(f.opts.MaxStreams, target*2), true
+				prevRate, target = rate, min(f.opts.MaxStreams, target*2)
 			}
 		}
-		f.hold(target, rate, window)
+		f.hold(ctx, target, rate, window)
 	}
 }
 
 // hold starts streams until target are live, each taking the tail half of
 // the largest range left. rate (bytes/s, 0 if unknown) skips splits that
 // would not finish sooner than the streams already running.
-func (f *fill) hold(target int, rate float64, wait time.Duration) {
+func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Duration) {
 	for {
 		f.mu.Lock()
 		seg, left, live := f.largest()
@@ -86,7 +83,7 @@ func (f *fill) hold(target int, rate float64, wait time.Duration) {
 		}
 		var release func()
 		if f.opts.Acquire != nil {
-			ctx, cancel := context.WithTimeout(f.ctx, wait)
+			ctx, cancel := context.WithTimeout(ctx, wait)
 			rel, err := f.opts.Acquire(ctx)
 			cancel()
 			if err != nil {
@@ -103,7 +100,7 @@ func (f *fill) hold(target int, rate float64, wait time.Duration) {
 			}
 			return
 		}
-		f.g.Go(func() error { return f.run(tail, nil, release, nil) })
+		f.g.Go(func() error { return f.run(ctx, tail, nil, release, nil) })
 	}
 }
 

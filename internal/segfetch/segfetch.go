@@ -53,7 +53,7 @@ type AcquireFunc func(ctx context.Context) (release func(), err error)
 const (
 	DefaultMaxStreams = 8
 	DefaultMinSegment = 4 << 20
-	DefaultProbe      = 150 * time.Millisecond
+	DefaultProbe      = 100 * time.Millisecond
 	DefaultRetries    = 5
 )
 
@@ -80,7 +80,7 @@ type Options struct {
 	// always come in one stream).
 	MinSegment int64
 	// Probe is the measuring window for adapting the number of streams
-	// (default 150 ms); negative keeps InitialStreams throughout.
+	// (default 100 ms); negative keeps InitialStreams throughout.
 	Probe time.Duration
 	// Retries bounds how often one segment is resumed after a drop
 	// (default 5); RetryWait is the first pause, doubled each time up to
@@ -139,7 +139,6 @@ type fill struct {
 	opts Options
 	dst  io.WriterAt
 	g    *errgroup.Group
-	ctx  context.Context
 
 	mu      sync.Mutex
 	live    map[*segment]struct{}
@@ -166,12 +165,12 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 		return Result{}, nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	f := &fill{opts: opts, dst: dst, g: g, ctx: gctx, live: map[*segment]struct{}{}, done: make(chan struct{})}
+	f := &fill{opts: opts, dst: dst, g: g, live: map[*segment]struct{}{}, done: make(chan struct{})}
 	first := &segment{next: opts.From, end: opts.Size}
 	f.live[first] = struct{}{}
 	f.res.MaxParallel = 1
 	answered := make(chan struct{})
-	g.Go(func() error { return f.run(first, opts.First, nil, answered) })
+	g.Go(func() error { return f.run(gctx, first, opts.First, nil, answered) })
 	g.Go(func() error {
 		select {
 		case <-answered:
@@ -180,7 +179,7 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 		case <-gctx.Done():
 			return nil
 		}
-		f.control()
+		f.control(gctx)
 		return nil
 	})
 	err := g.Wait()
@@ -193,7 +192,7 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 // a drop. release is the slot the segment was started with (nil: acquire
 // one per request). answered, if not nil, is closed once the first answer
 // arrived (or the segment gave up).
-func (f *fill) run(seg *segment, body *Body, release func(), answered chan struct{}) error {
+func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func(), answered chan struct{}) error {
 	signal := func() {
 		if answered != nil {
 			close(answered)
@@ -214,16 +213,16 @@ func (f *fill) run(seg *segment, body *Body, release func(), answered chan struc
 			if attempt > f.opts.Retries {
 				return fmt.Errorf("segfetch: range [%d,%d) failed %d times: %w", off, end, attempt, lastErr)
 			}
-			if err := sleep(f.ctx, min(2*time.Second, f.opts.RetryWait<<(attempt-1))); err != nil {
+			if err := sleep(ctx, min(2*time.Second, f.opts.RetryWait<<(attempt-1))); err != nil {
 				return err
 			}
 		}
 		if body == nil {
-			b, rel, err := f.request(seg, off, end, release, attempt > 0)
+			b, rel, err := f.request(ctx, off, end, release, attempt > 0)
 			release = nil // the first request used the slot it was started with
 			if err != nil {
-				if f.ctx.Err() != nil {
-					return f.ctx.Err()
+				if ctx.Err() != nil {
+					return ctx.Err()
 				}
 				if f.opts.Retryable != nil && !f.opts.Retryable(err) {
 					return err
@@ -250,8 +249,8 @@ func (f *fill) run(seg *segment, body *Body, release func(), answered chan struc
 		switch {
 		case err == nil:
 			return nil
-		case f.ctx.Err() != nil:
-			return f.ctx.Err()
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case errors.As(err, &we), errors.Is(err, ErrBadRange):
 			return err // retrying cannot help
 		}
@@ -260,9 +259,9 @@ func (f *fill) run(seg *segment, body *Body, release func(), answered chan struc
 }
 
 // request acquires a slot (unless given one) and fetches [off, end).
-func (f *fill) request(seg *segment, off, end int64, release func(), retry bool) (*Body, func(), error) {
+func (f *fill) request(ctx context.Context, off, end int64, release func(), retry bool) (*Body, func(), error) {
 	if release == nil && f.opts.Acquire != nil {
-		rel, err := f.opts.Acquire(f.ctx)
+		rel, err := f.opts.Acquire(ctx)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -274,7 +273,7 @@ func (f *fill) request(seg *segment, off, end int64, release func(), retry bool)
 		f.res.Retries++
 	}
 	f.mu.Unlock()
-	b, err := f.opts.Fetch(f.ctx, off, end)
+	b, err := f.opts.Fetch(ctx, off, end)
 	if err != nil {
 		if release != nil {
 			release()
