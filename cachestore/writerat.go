@@ -220,6 +220,9 @@ func (s *Store) trimPositionalTemps() error {
 		}
 		recPath := filepath.Join(s.tmpDir(), e.Name())
 		data := filepath.Join(s.tmpDir(), name)
+		if _, live := s.liveTemps.Load(data); live {
+			continue // a fill of this Store, running: not a dead owner's
+		}
 		prefix := int64(0)
 		if b, err := os.ReadFile(recPath); err == nil && len(b) == 8 {
 			prefix = int64(binary.LittleEndian.Uint64(b))
