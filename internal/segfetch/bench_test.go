@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
-	"github.com/pullcache/pullcache/internal/testing/wanlink"
+	"github.com/pullcache/pullcache/internal/wanlink"
 )
 
 // BenchmarkFillWAN fills a 50 MiB blob into a cachestore.BlobWriter from an

@@ -2,7 +2,9 @@
 // to a CDN: a latency per request, a cap per connection (what a CDN grants
 // one download) and a bandwidth shared by every response in flight (the
 // site's link). Benchmarks put it in front of a fake upstream to measure
-// what segmented fills win; nothing here is product code.
+// what segmented fills win. No product package imports it; it lives outside
+// internal/testing so that scripts/benchrun (whose hop today shapes only
+// latency and the shared link) may use it too.
 //
 // A Link is safe for concurrent use; its handlers may serve any number of
 // requests at once.
