@@ -116,7 +116,10 @@ func (w *BlobWriter) claim(off, end int64) error {
 	if w.pos.claimed.overlaps(off, end) {
 		return fmt.Errorf("cachestore: blob %s: write of [%d,%d) overlaps bytes already written", w.expected, off, end)
 	}
-	if off > w.pos.claimed.prefixEnd() && w.pos.record == nil {
+	// Compared with what has landed and been hashed, not with what was
+	// claimed: a range right after one still in flight would otherwise
+	// land first, and without a record its file would read as a prefix.
+	if off > w.written.Load() && w.pos.record == nil {
 		if w.state != stateWriting {
 			return w.err
 		}

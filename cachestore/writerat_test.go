@@ -407,3 +407,38 @@ func BenchmarkBlobWriterPositional(b *testing.B) {
 		})
 	}
 }
+
+// A range claimed right behind one still in flight may land first: the
+// prefix record must exist by then, or a dead fill's file would pass for a
+// prefix with a hole in it.
+func TestWriteAtRecordBeforeBytesBeyondThePrefix(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	d, body := randomBlob(t, 1000)
+	s1, err := Open(Options{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := s1.NewBlobWriter(d, int64(len(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// [0,100) is claimed (its WriteAt has not written yet) when [100,200)
+	// lands; then the process dies.
+	if err := w.claim(0, 100); err != nil {
+		t.Fatal(err)
+	}
+	mustWriteAt(t, w, body[100:200], 100)
+	w.f.Close()
+	if w.pos.record == nil {
+		t.Fatal("bytes landed beyond the prefix without a prefix record")
+	}
+	w.pos.record.Close()
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openTestStore(t, dir)
+	if got := s2.PartialSize(d); got != 0 {
+		t.Fatalf("PartialSize = %d, want 0: nothing contiguous from byte 0 had landed", got)
+	}
+}
