@@ -289,9 +289,10 @@ func (f *fill) request(ctx context.Context, off, end int64, release func(), retr
 func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
 	switch {
 	case body.Ranged && body.Start == off:
-	case !body.Ranged:
-		// The upstream ignored Range: skip to where this segment stands.
-		if _, err := io.CopyN(io.Discard, body, off); err != nil {
+	case !body.Ranged || body.Start < off:
+		// The upstream ignored Range (or began early): skip to where this
+		// segment stands.
+		if _, err := io.CopyN(io.Discard, body, off-body.Start); err != nil {
 			return err
 		}
 	default:
