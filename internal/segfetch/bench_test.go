@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/internal/wanlink"
 )
 
@@ -81,7 +82,7 @@ func fetchVia(client *http.Client, url string, size int64) FetchFunc {
 		if err != nil {
 			return Body{}, err
 		}
-		req.Header.Set("Range", RangeHeader(off, end, size))
+		req.Header.Set("Range", httpx.RangeHeader(off, end, size))
 		resp, err := client.Do(req)
 		if err != nil {
 			return Body{}, err

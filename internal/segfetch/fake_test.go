@@ -121,7 +121,7 @@ func httpFetch(t *testing.T, url string, size int64) FetchFunc {
 		if err != nil {
 			return Body{}, err
 		}
-		req.Header.Set("Range", RangeHeader(off, end, size))
+		req.Header.Set("Range", httpx.RangeHeader(off, end, size))
 		resp, err := client.Do(req)
 		if err != nil {
 			return Body{}, err

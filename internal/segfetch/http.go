@@ -3,20 +3,9 @@ package segfetch
 import (
 	"fmt"
 	"net/http"
-	"strconv"
 
 	"github.com/pullcache/pullcache/internal/httpx"
 )
-
-// RangeHeader is the Range value asking for [off, end) of a blob: always
-// sent, also for the whole blob ("bytes=0-"), so that the answer's status
-// says whether the upstream honours ranges.
-func RangeHeader(off, end, size int64) string {
-	if end >= size {
-		return "bytes=" + strconv.FormatInt(off, 10) + "-"
-	}
-	return "bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(end-1, 10)
-}
 
 // BodyOf turns an upstream's answer to a range request into a Body: a 206
 // starts where its Content-Range says, a 200 is the whole blob. Any other

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/pullcache/pullcache/internal/httpx"
 )
 
 // cdnFetch is the Fetch a fill writes for a registry that redirects blob
@@ -35,7 +37,7 @@ func (c *cdnFetch) fetch(ctx context.Context, off, end int64) (Body, error) {
 	if err != nil {
 		return Body{}, err
 	}
-	req.Header.Set("Range", RangeHeader(off, end, c.size))
+	req.Header.Set("Range", httpx.RangeHeader(off, end, c.size))
 	resp, err := c.client.Do(req)
 	if err != nil {
 		return Body{}, err
