@@ -53,6 +53,7 @@ func (f *fill) control(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
+		f.abortStalled()
 		moved := f.movedSoFar()
 		rate := float64(moved-lastMoved) / window.Seconds()
 		lastMoved = moved
@@ -139,6 +140,27 @@ func (f *fill) split() *segment {
 	f.live[tail] = struct{}{}
 	f.res.MaxParallel = max(f.res.MaxParallel, len(f.live))
 	return tail
+}
+
+// abortStalled closes the bodies of streams that delivered nothing for
+// StallTimeout; their run loops resume them like any drop.
+func (f *fill) abortStalled() {
+	if f.opts.StallTimeout < 0 {
+		return
+	}
+	now := time.Now()
+	var stalled []func()
+	f.mu.Lock()
+	for s := range f.live {
+		if s.abort != nil && now.Sub(s.progress) > f.opts.StallTimeout {
+			stalled = append(stalled, s.abort)
+			s.abort = nil
+		}
+	}
+	f.mu.Unlock()
+	for _, abort := range stalled {
+		abort()
+	}
 }
 
 func (f *fill) movedSoFar() int64 {

@@ -25,6 +25,9 @@ type fakeUpstream struct {
 	// cut returns how many bytes of the nth request (from 0) to send before
 	// dropping the connection, or -1 to send all.
 	cut func(nth int, a asked) int64
+	// hangAfterCut makes a cut response stall (send nothing more, keep the
+	// connection) instead of dropping.
+	hangAfterCut bool
 	// hold, if it returns a channel, keeps the body of that request back
 	// until the channel is closed (headers go out at once).
 	hold func(nth int, a asked) <-chan struct{}
@@ -95,6 +98,10 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(u.blob[a.start : a.start+send])
 	if send < a.end-a.start {
 		w.(http.Flusher).Flush()
+		if u.hangAfterCut {
+			<-r.Context().Done()
+			return
+		}
 		panic(http.ErrAbortHandler) // drop the connection mid-body
 	}
 }

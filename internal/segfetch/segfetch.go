@@ -55,6 +55,7 @@ const (
 	DefaultMinSegment = 4 << 20
 	DefaultProbe      = 100 * time.Millisecond
 	DefaultRetries    = 5
+	DefaultStall      = 30 * time.Second
 )
 
 // Options describe one download.
@@ -90,6 +91,11 @@ type Options struct {
 	// Retryable says whether a Fetch error may go away on retry (a 404 or
 	// a throttle answer does not); nil retries every failure.
 	Retryable func(error) bool
+	// StallTimeout is how long a stream may deliver nothing before its
+	// body is closed and its range resumed like a drop (default 30 s,
+	// negative: never). It covers bodies, not the wait for headers (the
+	// caller's transport bounds that).
+	StallTimeout time.Duration
 }
 
 func (o *Options) setDefaults() {
@@ -108,6 +114,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.RetryWait <= 0 {
 		o.RetryWait = 100 * time.Millisecond
+	}
+	if o.StallTimeout == 0 {
+		o.StallTimeout = DefaultStall
 	}
 }
 
@@ -133,7 +142,13 @@ var ErrBadRange = errors.New("segfetch: upstream answered another range")
 // segment is one stream's share of the blob: [next, end). Both change
 // under fill.mu: next as the stream reserves bytes, end when the
 // controller gives the segment's tail to a new stream.
-type segment struct{ next, end int64 }
+type segment struct {
+	next, end int64
+	// While a body is being read: when it last delivered, and how to
+	// close it from the controller (the stall watchdog).
+	progress time.Time
+	abort    func()
+}
 
 type fill struct {
 	opts Options
@@ -238,8 +253,15 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 			f.mu.Unlock()
 		}
 		signal()
+		closeBody := sync.OnceFunc(func() { body.Close() })
+		f.mu.Lock()
+		seg.progress, seg.abort = time.Now(), closeBody
+		f.mu.Unlock()
 		err := f.copy(seg, body, off, *bufp)
-		body.Close()
+		f.mu.Lock()
+		seg.abort = nil
+		f.mu.Unlock()
+		closeBody()
 		if release != nil {
 			release()
 			release = nil
@@ -312,7 +334,7 @@ func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
 			// stream has claimed.
 			f.mu.Lock()
 			n = int(min(int64(n), seg.end-pos))
-			seg.next = pos + int64(n)
+			seg.next, seg.progress = pos+int64(n), time.Now()
 			f.mu.Unlock()
 			if _, err := f.dst.WriteAt(buf[:n], pos); err != nil {
 				return &WriteError{err}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"go.uber.org/goleak"
@@ -152,6 +153,38 @@ func TestFillRetriesDroppedSegmentAlone(t *testing.T) {
 	}
 	if !bytes.Equal(sink.b, u.blob) || sink.overlap {
 		t.Errorf("sink holds the wrong bytes (overlapping writes: %v)", sink.overlap)
+	}
+}
+
+// A range whose body stalls (bytes stop, the connection stays) is closed
+// after StallTimeout and resumed alone from where it stopped.
+func TestFillResumesStalledSegment(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	u.hold = holdFirstUntil(u, 2)
+	u.hangAfterCut = true
+	u.cut = func(nth int, _ asked) int64 {
+		if nth == 1 {
+			return 100 << 10
+		}
+		return -1
+	}
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: httpFetch(t, srv.URL, size),
+		InitialStreams: 2, MinSegment: 2 << 20, Probe: -1, RetryWait: 1, StallTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The resume starts where the client had read to when the watchdog
+	// fired: all 100 KiB, or less on a machine too busy to read them.
+	got := u.requests()
+	if len(got) != 3 || got[0] != (asked{0, size}) || got[1] != (asked{size / 2, size}) ||
+		got[2].end != size || got[2].start < size/2 || got[2].start > size/2+100<<10 {
+		t.Errorf("upstream saw %v, want [0,%d), [%d,%d) and one resume of the latter", got, size, size/2, size)
+	}
+	if res.Retries != 1 || !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Errorf("result %+v; sink right: %v", res, bytes.Equal(sink.b, u.blob))
 	}
 }
 
