@@ -253,7 +253,8 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 			f.mu.Unlock()
 		}
 		signal()
-		closeBody := sync.OnceFunc(func() { body.Close() })
+		reading := body
+		closeBody := sync.OnceFunc(func() { reading.Close() }) // also the watchdog's
 		f.mu.Lock()
 		seg.progress, seg.abort = time.Now(), closeBody
 		f.mu.Unlock()
