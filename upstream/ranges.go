@@ -18,9 +18,11 @@ import (
 // segment's connection can be reused once its range is read.
 
 // BlobRange GETs bytes [off, end) of blob d, whose size is size, from the
-// registry, following its redirect as Blob does. The first segment of a
-// fill uses it; the others go to RedirectedTo of its answer with
-// ResumeRange, so the registry sees one blob GET per blob.
+// registry, following its redirect as Blob does; end = size = -1 asks for
+// the rest from off when the size is not known yet (a fill's first
+// request). The first request of a fill uses it; the other ranges go to
+// RedirectedTo of its answer with ResumeRange, so the registry sees one
+// blob GET per blob.
 func (c *Client) BlobRange(ctx context.Context, repo string, d v1.Hash, off, end, size int64) (*http.Response, error) {
 	return c.blob(ctx, http.MethodGet, repo, d, func() http.Header {
 		return http.Header{"Range": {httpx.RangeHeader(off, end, size)}}

@@ -75,7 +75,8 @@ func ParseContentRange(v string) (start, end, total int64, ok bool) {
 }
 
 // RangeHeader is the Range value asking for [off, end) of a body of size
-// bytes: "bytes=off-end-1", or "bytes=off-" when end reaches size. A
+// bytes: "bytes=off-end-1", or "bytes=off-" when end reaches size (pass
+// end = size = -1 for "the rest" of a body of unknown size). A
 // segmented download sends it also for the whole body ("bytes=0-"), so that
 // a 206 says the server honours ranges before any second range is asked.
 func RangeHeader(off, end, size int64) string {

@@ -15,6 +15,32 @@
 //     slot from Acquire is released when the body fetched under it closes.
 //   - Fill returns nil only when every byte of [From, Size) was written once.
 //     It does not verify content: the sink does (cachestore.BlobWriter).
+//
+// # Wiring it into a fill
+//
+// The fill makes its first request as today, but with a closed range
+// (upstream.Client.BlobRange(ctx, repo, d, offset, -1, -1): "bytes=0-" when
+// it starts), creates the BlobWriter from the answer's size, and, when the
+// size is known and the answer was a 206, hands the rest to Fill:
+//
+//	segfetch.Fill(ctx, writer, segfetch.Options{
+//		Size: size, From: offset,
+//		First: &segfetch.Body{ReadCloser: resp.Body, Ranged: true, Start: offset},
+//		Fetch: ... // ResumeRange at RedirectedTo(first answer), admitted like
+//		           // any blob request; back to BlobRange when the CDN URL
+//		           // answers 4xx (expired), once per fill, not per range
+//		Retryable: ..., // the fill's own: no retry on 404 or a throttle
+//	})
+//
+// A Fetch that goes through admission (a ticket whose slot lives as long as
+// the body) already keeps the streams within the upstream's concurrency
+// limit; a split-off range then waits in admission's queue like any request
+// and adds no throughput while it waits, so the controller stops growing.
+// Acquire is for a caller that can hand out slots apart from requests: Fill
+// waits at most one Probe window for one, so a busy upstream means fewer
+// streams rather than a queued range. Followers keep reading the writer as
+// before: Written is the contiguous prefix. A WriteError is the store's
+// failure (disk full), not the upstream's.
 package segfetch
 
 import (
