@@ -38,8 +38,9 @@ import (
 // tmp/<hex>.<rand>.prefix beside tmp/<hex>.<rand>.
 const prefixRecordSuffix = ".prefix"
 
-// readBackBufSize is the buffer for hashing bytes that landed ahead.
-const readBackBufSize = 256 << 10
+// readBackBufSize is the buffer for hashing bytes that landed ahead, one
+// per positional writer while it runs (so small: many fills run at once).
+const readBackBufSize = 128 << 10
 
 // positionalState is a BlobWriter's bookkeeping for WriteAt, guarded by the
 // writer's mu except where noted.

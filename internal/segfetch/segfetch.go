@@ -403,7 +403,10 @@ func (f *fill) finish(seg *segment) {
 	}
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+// bufPool holds one buffer per stream. 64 KiB is about what one socket read
+// yields; with up to MaxStreams streams per fill and a fill per cold layer,
+// bigger buffers would show in the sidecar's peak RSS, not in its speed.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
