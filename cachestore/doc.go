@@ -7,7 +7,8 @@
 //	blobs/sha256/<first2>/<hex>  final, verified blob files (0644); sha512
 //	blobs/sha512/<first2>/<hex>  content lives beside sha256 content
 //	partial/<hex>                bytes of a dead owner's fill, for the next writer
-//	tmp/                         in-progress fills (BlobWriter temp files)
+//	tmp/                         in-progress fills (BlobWriter temp files; a
+//	                             positional fill's prefix record, writerat.go)
 //	uploads/<id>                 push upload sessions; the file size is the offset
 //	index.db                     bbolt index (holds the volume's exclusive lock)
 //

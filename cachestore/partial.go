@@ -37,7 +37,8 @@ func (s *Store) partialPath(d v1.Hash) string { return filepath.Join(s.partialDi
 // digest, and removes everything else in tmp/ and stale partials. Called by
 // recovery, with the index lock held.
 func (s *Store) keepPartials(now time.Time) error {
-	var errs []error
+	// A positional fill's file has gaps; its record says which prefix holds.
+	errs := []error{s.trimPositionalTemps()}
 	entries, err := os.ReadDir(s.tmpDir())
 	if err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 // production it is always an *os.File.
 type blobFile interface {
 	io.Writer
+	io.WriterAt // positional fills (WriteAt)
+	io.ReaderAt // re-hashing a positional fill's landed ranges
 	Name() string
 	Sync() error
 	Chmod(os.FileMode) error

@@ -27,8 +27,10 @@ const (
 // and hashed as they arrive; Commit verifies and installs them. Any number
 // of followers (Follow) may stream the bytes while they are written.
 //
-// Write and Commit must be called from one goroutine (the filler). Abort,
-// Written, Digest and Follow may be called from any goroutine at any time.
+// Write and Commit must be called from one goroutine (the filler). WriteAt
+// (writerat.go) may be called from several goroutines at once for disjoint
+// ranges, all returning before Commit. Abort, Written, Digest and Follow
+// may be called from any goroutine at any time.
 // Every BlobWriter must end in Commit or Abort; until then its temp file
 // exists and its followers block waiting for more bytes.
 type BlobWriter struct {
@@ -48,6 +50,12 @@ type BlobWriter struct {
 	state writerState
 	err   error    // why the writer failed (stateFailed)
 	info  BlobInfo // result of Commit (stateCommitted)
+
+	// Positional mode (WriteAt, writerat.go). pos is guarded by mu;
+	// hashing is serialized by hashMu, under which written advances.
+	positional atomic.Bool
+	hashMu     sync.Mutex
+	pos        positionalState
 }
 
 // NewBlobWriter starts a fill of blob expected. expectedSize is the size
@@ -110,6 +118,10 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	if err := w.writable(); err != nil {
 		return 0, err
 	}
+	if w.positional.Load() {
+		// Write appends at the file offset, which WriteAt does not move.
+		return 0, fmt.Errorf("cachestore: blob %s: Write after WriteAt", w.expected)
+	}
 	if w.expectedSize >= 0 && w.written.Load()+int64(len(p)) > w.expectedSize {
 		err := fmt.Errorf("%w: blob %s: more than the expected %d bytes", ErrSizeMismatch, w.expected, w.expectedSize)
 		w.fail(err)
@@ -160,6 +172,7 @@ func (w *BlobWriter) fail(err error) {
 	w.f.Close()
 	os.Remove(w.tmpPath)
 	w.s.liveTemps.Delete(w.tmpPath)
+	w.dropRecord()
 }
 
 // Abort discards the fill: the temp file is removed and followers (current
@@ -196,8 +209,13 @@ func (w *BlobWriter) Commit() (BlobInfo, error) {
 	w.state = stateCommitting
 	w.mu.Unlock()
 
+	// A positional writer's last WriteAt has returned (filler contract);
+	// taking hashMu orders its hashing before the Sum below.
+	w.hashMu.Lock()
 	info, err := w.verifyAndInstall()
+	w.hashMu.Unlock()
 	w.s.liveTemps.Delete(w.tmpPath) // renamed into place or removed
+	w.dropRecord()
 
 	w.mu.Lock()
 	if err != nil {

@@ -175,14 +175,7 @@ func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.
 // followed: the response's Request.URL is where the bytes came from (a CDN,
 // usually), which Resume may reuse.
 func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offset int64) (*http.Response, error) {
-	resp, err := c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
-	if err == nil && method == http.MethodGet && c.RedirectedTo(resp) != nil &&
-		(resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
-		// The signed URL was stale by the time it was used (clock skew, a
-		// slow queue): ask the registry once more for a fresh one.
-		resp.Body.Close()
-		resp, err = c.do(ctx, method, repo, "/blobs/"+d.String(), "", rangeFrom(offset))
-	}
+	resp, err := c.blob(ctx, method, repo, d, func() http.Header { return rangeFrom(offset) })
 	if err != nil || method != http.MethodHead {
 		return resp, err
 	}
@@ -193,6 +186,19 @@ func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offse
 		return c.headByGet(ctx, loc)
 	}
 	return resp, nil
+}
+
+// blob sends a blob request with the headers hdr makes (a fresh set per
+// attempt), asking the registry once more when the CDN URL it redirected to
+// was stale by the time it was used (clock skew, a slow queue).
+func (c *Client) blob(ctx context.Context, method, repo string, d v1.Hash, hdr func() http.Header) (*http.Response, error) {
+	resp, err := c.do(ctx, method, repo, "/blobs/"+d.String(), "", hdr())
+	if err == nil && method == http.MethodGet && c.RedirectedTo(resp) != nil &&
+		(resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+		resp.Body.Close()
+		resp, err = c.do(ctx, method, repo, "/blobs/"+d.String(), "", hdr())
+	}
+	return resp, err
 }
 
 // headByGet answers a HEAD from a one-byte ranged GET of loc: status 200,
@@ -238,6 +244,10 @@ func (c *Client) headByGet(ctx context.Context, loc *url.URL) (*http.Response, e
 // a response of this client; it gets no credential and passes the same
 // redirect checks.
 func (c *Client) Resume(ctx context.Context, loc *url.URL, offset int64) (*http.Response, error) {
+	return c.resume(ctx, loc, rangeFrom(offset))
+}
+
+func (c *Client) resume(ctx context.Context, loc *url.URL, h http.Header) (*http.Response, error) {
 	if c.isRegistry(loc) {
 		return nil, c.refuse(redactURL(loc), "resume URL is the registry itself; use Blob")
 	}
@@ -248,7 +258,7 @@ func (c *Client) Resume(ctx context.Context, loc *url.URL, offset int64) (*http.
 	if err != nil {
 		return nil, err
 	}
-	req.Header = rangeFrom(offset)
+	req.Header = h
 	return c.follow(req, c.hops)
 }
 

@@ -73,3 +73,15 @@ func ParseContentRange(v string) (start, end, total int64, ok bool) {
 	}
 	return s, e, total, true
 }
+
+// RangeHeader is the Range value asking for [off, end) of a body of size
+// bytes: "bytes=off-end-1", or "bytes=off-" when end reaches size (pass
+// end = size = -1 for "the rest" of a body of unknown size). A
+// segmented download sends it also for the whole body ("bytes=0-"), so that
+// a 206 says the server honours ranges before any second range is asked.
+func RangeHeader(off, end, size int64) string {
+	if end >= size {
+		return "bytes=" + strconv.FormatInt(off, 10) + "-"
+	}
+	return "bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(end-1, 10)
+}

@@ -1,0 +1,170 @@
+package segfetch
+
+import (
+	"context"
+	"time"
+)
+
+// How many streams a blob gets. Nobody tells pullcache how fast the link is
+// or what one connection to a CDN is granted, so the controller finds out
+// the one way it can: it adds streams and looks at what they did.
+//
+//   - A blob (or what is left of it) under 2*MinSegment is one stream: a
+//     request's latency would eat what a second stream could win.
+//   - After the first answer honoured Range, the download is split into
+//     InitialStreams (default 1) at once.
+//   - Every Probe the aggregate rate over the last window is measured. While
+//     growing, the number of streams doubles (up to MaxStreams) each window;
+//     when a doubling raised the rate by less than a quarter, connections
+//     were no longer what limited the download (the link or the upstream is
+//     saturated) and growth stops. The streams already added stay: they
+//     still won something, and undoing a split would cost a request. A slow
+//     connection on a fast link keeps doubling; a fast connection on a
+//     saturated link stops at two. The new streams' first round trip falls
+//     into the window that judges them, which only makes growth cautious.
+//   - The target is held: when a stream finishes early, the largest range
+//     left is halved and its tail given to a new stream, unless the rest
+//     would be done within two windows anyway.
+//   - Every stream beyond the first takes a slot from Acquire, waiting at
+//     most one window for it: where admission has no room the download just
+//     keeps fewer streams, and never waits on itself.
+
+// growthGain is the rate increase a doubling must bring to go on doubling.
+const growthGain = 1.25
+
+// control runs after the first answer until the download is done.
+func (f *fill) control(ctx context.Context) {
+	window := f.opts.Probe
+	growing := window > 0
+	if !growing {
+		window = DefaultProbe // still the tick for holding the target
+	}
+	target := f.opts.InitialStreams
+	f.hold(ctx, target, 0, window)
+	tick := time.NewTicker(window)
+	defer tick.Stop()
+	lastMoved := f.movedSoFar()
+	prevRate := 0.0
+	for {
+		select {
+		case <-f.done:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		f.abortStalled()
+		moved := f.movedSoFar()
+		rate := float64(moved-lastMoved) / window.Seconds()
+		lastMoved = moved
+		if growing {
+			switch {
+			case prevRate > 0 && rate < prevRate*growthGain:
+				growing = false
+			case target >= f.opts.MaxStreams:
+				growing = false
+			default:
+				prevRate, target = rate, min(f.opts.MaxStreams, target*2)
+			}
+		}
+		f.hold(ctx, target, rate, window)
+	}
+}
+
+// hold starts streams until target are live, each taking the tail half of
+// the largest range left. rate (bytes/s, 0 if unknown) skips splits that
+// would not finish sooner than the streams already running.
+func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Duration) {
+	for {
+		f.mu.Lock()
+		seg, left, live := f.largest()
+		f.mu.Unlock()
+		if live >= target || seg == nil || (rate > 0 && float64(left)/rate < 2*wait.Seconds()) {
+			return
+		}
+		var release func()
+		if f.opts.Acquire != nil {
+			ctx, cancel := context.WithTimeout(ctx, wait)
+			rel, err := f.opts.Acquire(ctx)
+			cancel()
+			if err != nil {
+				return // admission has no room now; try again next window
+			}
+			release = rel
+		}
+		f.mu.Lock()
+		tail := f.split()
+		f.mu.Unlock()
+		if tail == nil { // the range finished while the slot was coming
+			if release != nil {
+				release()
+			}
+			return
+		}
+		f.g.Go(func() error { return f.run(ctx, tail, nil, release, nil) })
+	}
+}
+
+// largest returns the segment with the most bytes left if it may be split,
+// the bytes left in all segments and how many are live; f.mu held.
+func (f *fill) largest() (*segment, int64, int) {
+	if f.noSplit || len(f.live) == 0 {
+		return nil, 0, len(f.live)
+	}
+	var best *segment
+	var left int64
+	for s := range f.live {
+		left += s.end - s.next
+		if best == nil || s.end-s.next > best.end-best.next {
+			best = s
+		}
+	}
+	if best.end-best.next < 2*f.opts.MinSegment {
+		return nil, left, len(f.live)
+	}
+	return best, left, len(f.live)
+}
+
+// split gives the tail half of the largest splittable segment to a new
+// segment and returns it (nil if none may be split); f.mu held. The stream
+// that had it stops at the new end: it reserves bytes under f.mu before
+// writing them, so the tail holds no byte it has claimed.
+func (f *fill) split() *segment {
+	seg, _, _ := f.largest()
+	if seg == nil {
+		return nil
+	}
+	mid := seg.next + (seg.end-seg.next)/2
+	tail := &segment{next: mid, end: seg.end}
+	seg.end = mid
+	f.live[tail] = struct{}{}
+	f.res.MaxParallel = max(f.res.MaxParallel, len(f.live))
+	return tail
+}
+
+// abortStalled closes the bodies of streams that delivered nothing for
+// StallTimeout; their run loops resume them like any drop.
+func (f *fill) abortStalled() {
+	if f.opts.StallTimeout < 0 {
+		return
+	}
+	now := time.Now()
+	var stalled []func()
+	f.mu.Lock()
+	for s := range f.live {
+		if s.abort != nil && now.Sub(s.progress) > f.opts.StallTimeout {
+			stalled = append(stalled, s.abort)
+			s.abort = nil
+		}
+	}
+	f.mu.Unlock()
+	for _, abort := range stalled {
+		abort()
+	}
+}
+
+func (f *fill) movedSoFar() int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.moved
+}

@@ -1,0 +1,420 @@
+// Package segfetch downloads one blob of known size as byte ranges fetched
+// in parallel and written at their offsets, so that a cold fill runs at the
+// link's speed rather than at what a CDN grants one connection.
+//
+// Contracts:
+//   - Fill is safe to call concurrently (one call per blob); Options are
+//     read-only to it. Fetch, Acquire and the sink's WriteAt are called
+//     from several goroutines at once; WriteAt gets disjoint ranges.
+//   - The first request is made alone and answered before any other starts,
+//     so a caller's Fetch can learn from it (the CDN URL the registry
+//     redirected to: later ranges go there, and the registry sees one blob
+//     GET per blob as before) and so an upstream that ignores Range is found
+//     before it could be asked for a second copy of the blob.
+//   - Every body Fill gets from Fetch is closed before Fill returns, and every
+//     slot from Acquire is released when the body fetched under it closes.
+//   - Fill returns nil only when every byte of [From, Size) was written once.
+//     It does not verify content: the sink does (cachestore.BlobWriter).
+//
+// # Wiring it into a fill
+//
+// The fill makes its first request as today, but with a closed range
+// (upstream.Client.BlobRange(ctx, repo, d, offset, -1, -1): "bytes=0-" when
+// it starts), creates the BlobWriter from the answer's size, and, when the
+// size is known and the answer was a 206, hands the rest to Fill:
+//
+//	segfetch.Fill(ctx, writer, segfetch.Options{
+//		Size: size, From: offset,
+//		First: &segfetch.Body{ReadCloser: resp.Body, Ranged: true, Start: offset},
+//		Fetch: ... // ResumeRange at RedirectedTo(first answer), admitted like
+//		           // any blob request; back to BlobRange when the CDN URL
+//		           // answers 4xx (expired), once per fill, not per range
+//		Retryable: ..., // the fill's own: no retry on 404 or a throttle
+//	})
+//
+// A Fetch that goes through admission (a ticket whose slot lives as long as
+// the body) already keeps the streams within the upstream's concurrency
+// limit; a split-off range then waits in admission's queue like any request
+// and adds no throughput while it waits, so the controller stops growing.
+// Acquire is for a caller that can hand out slots apart from requests: Fill
+// waits at most one Probe window for one, so a busy upstream means fewer
+// streams rather than a queued range. Followers keep reading the writer as
+// before: Written is the contiguous prefix. A WriteError is the store's
+// failure (disk full), not the upstream's.
+package segfetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// Body is an upstream's answer to a range request.
+type Body struct {
+	io.ReadCloser
+	// Ranged is true for a 206 answer whose first byte is at Start; false
+	// when the upstream ignored Range and sent the whole blob (200). A
+	// caller asks for [0, Size) with "Range: bytes=0-" too, so the first
+	// answer tells whether the upstream honours ranges.
+	Ranged bool
+	Start  int64
+}
+
+// FetchFunc asks the upstream for bytes [off, end) of the blob (Range:
+// bytes=off-end-1). An error means no body; a status that is neither 200
+// nor 206 must be an error.
+type FetchFunc func(ctx context.Context, off, end int64) (Body, error)
+
+// AcquireFunc reserves one of the upstream's connection slots (admission's
+// concurrency limit) until release is called. It returns ctx's error if no
+// slot came before ctx ended.
+type AcquireFunc func(ctx context.Context) (release func(), err error)
+
+// Defaults for the zero Options fields.
+const (
+	DefaultMaxStreams = 8
+	DefaultMinSegment = 4 << 20
+	DefaultProbe      = 100 * time.Millisecond
+	DefaultRetries    = 5
+	DefaultStall      = 30 * time.Second
+)
+
+// Options describe one download.
+type Options struct {
+	// Size is the blob's length; From is where the download starts (bytes
+	// below it are held already, e.g. an adopted partial).
+	Size, From int64
+	// Fetch issues one range request. Required.
+	Fetch FetchFunc
+	// First, if set, is a body the caller already has for [From, ...),
+	// fetched under the caller's own slot; Fill owns it from here on.
+	First *Body
+	// Acquire is called before every request Fill makes (not for First);
+	// nil means no limit but MaxStreams.
+	Acquire AcquireFunc
+	// MaxStreams bounds the requests in flight at once (default 8).
+	MaxStreams int
+	// InitialStreams is how many streams the download is split into as soon
+	// as the first answer honoured Range (default 1).
+	InitialStreams int
+	// MinSegment is the smallest range worth a request of its own: nothing
+	// below 2*MinSegment is ever split (default 4 MiB, so blobs under 8 MiB
+	// always come in one stream).
+	MinSegment int64
+	// Probe is the measuring window for adapting the number of streams
+	// (default 100 ms); negative keeps InitialStreams throughout.
+	Probe time.Duration
+	// Retries bounds how often one segment is resumed after a drop
+	// (default 5); RetryWait is the first pause, doubled each time up to
+	// 2 s (default 100 ms).
+	Retries   int
+	RetryWait time.Duration
+	// Retryable says whether a Fetch error may go away on retry (a 404 or
+	// a throttle answer does not); nil retries every failure.
+	Retryable func(error) bool
+	// StallTimeout is how long a stream may deliver nothing before its
+	// body is closed and its range resumed like a drop (default 30 s,
+	// negative: never). It covers bodies, not the wait for headers (the
+	// caller's transport bounds that).
+	StallTimeout time.Duration
+}
+
+func (o *Options) setDefaults() {
+	if o.MaxStreams <= 0 {
+		o.MaxStreams = DefaultMaxStreams
+	}
+	o.InitialStreams = min(max(o.InitialStreams, 1), o.MaxStreams)
+	if o.MinSegment <= 0 {
+		o.MinSegment = DefaultMinSegment
+	}
+	if o.Probe == 0 {
+		o.Probe = DefaultProbe
+	}
+	if o.Retries <= 0 {
+		o.Retries = DefaultRetries
+	}
+	if o.RetryWait <= 0 {
+		o.RetryWait = 100 * time.Millisecond
+	}
+	if o.StallTimeout == 0 {
+		o.StallTimeout = DefaultStall
+	}
+}
+
+// Result says how a download went (for logs, stats and tests).
+type Result struct {
+	Requests     int  // Fetch calls, First not included
+	Retries      int  // of them, resumptions after a drop
+	MaxParallel  int  // most streams in flight at once
+	RangeIgnored bool // the upstream sent whole blobs: one stream throughout
+}
+
+// WriteError marks a failure of the sink (the store), not of the upstream:
+// the caller must not blame or retry the upstream for it.
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "segfetch: write: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// ErrBadRange is returned when an upstream answers a range request with
+// bytes from somewhere else than asked (and not the whole blob).
+var ErrBadRange = errors.New("segfetch: upstream answered another range")
+
+// segment is one stream's share of the blob: [next, end). Both change
+// under fill.mu: next as the stream reserves bytes, end when the
+// controller gives the segment's tail to a new stream.
+type segment struct {
+	next, end int64
+	// While a body is being read: when it last delivered, and how to
+	// close it from the controller (the stall watchdog).
+	progress time.Time
+	abort    func()
+}
+
+type fill struct {
+	opts Options
+	dst  io.WriterAt
+	g    *errgroup.Group
+
+	mu      sync.Mutex
+	live    map[*segment]struct{}
+	done    chan struct{} // closed when no segment is left
+	moved   int64         // bytes written so far (for the controller's rate)
+	noSplit bool          // the upstream ignored Range
+	res     Result
+}
+
+// Fill downloads [From, Size) into dst. See the package comment for the
+// contracts and the controller (control.go) for how streams are added.
+func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
+	opts.setDefaults()
+	if opts.Fetch == nil || opts.Size < 0 || opts.From < 0 || opts.From > opts.Size {
+		if opts.First != nil {
+			opts.First.Close()
+		}
+		return Result{}, fmt.Errorf("segfetch: bad options (size %d, from %d)", opts.Size, opts.From)
+	}
+	if opts.From == opts.Size {
+		if opts.First != nil {
+			opts.First.Close()
+		}
+		return Result{}, nil
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	f := &fill{opts: opts, dst: dst, g: g, live: map[*segment]struct{}{}, done: make(chan struct{})}
+	first := &segment{next: opts.From, end: opts.Size}
+	f.live[first] = struct{}{}
+	f.res.MaxParallel = 1
+	answered := make(chan struct{})
+	g.Go(func() error { return f.run(gctx, first, opts.First, nil, answered) })
+	g.Go(func() error {
+		select {
+		case <-answered:
+		case <-f.done:
+			return nil
+		case <-gctx.Done():
+			return nil
+		}
+		f.control(gctx)
+		return nil
+	})
+	err := g.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.res, err
+}
+
+// run streams one segment to the end, resuming from where it stopped after
+// a drop. release is the slot the segment was started with (nil: acquire
+// one per request). answered, if not nil, is closed once the first answer
+// arrived (or the segment gave up).
+func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func(), answered chan struct{}) error {
+	signal := func() {
+		if answered != nil {
+			close(answered)
+			answered = nil
+		}
+	}
+	defer signal()
+	defer f.finish(seg)
+	bufp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bufp)
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		off, end, ok := f.remaining(seg)
+		if !ok {
+			return nil
+		}
+		if attempt > 0 {
+			if attempt > f.opts.Retries {
+				return fmt.Errorf("segfetch: range [%d,%d) failed %d times: %w", off, end, attempt, lastErr)
+			}
+			if err := sleep(ctx, min(2*time.Second, f.opts.RetryWait<<(attempt-1))); err != nil {
+				return err
+			}
+		}
+		if body == nil {
+			b, rel, err := f.request(ctx, off, end, release, attempt > 0)
+			release = nil // the first request used the slot it was started with
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if f.opts.Retryable != nil && !f.opts.Retryable(err) {
+					return err
+				}
+				lastErr = err
+				continue
+			}
+			body, release = b, rel
+		}
+		if !body.Ranged {
+			f.mu.Lock()
+			f.noSplit, f.res.RangeIgnored = true, true
+			f.mu.Unlock()
+		}
+		signal()
+		reading := body
+		closeBody := sync.OnceFunc(func() { reading.Close() }) // also the watchdog's
+		f.mu.Lock()
+		seg.progress, seg.abort = time.Now(), closeBody
+		f.mu.Unlock()
+		err := f.copy(seg, body, off, *bufp)
+		f.mu.Lock()
+		seg.abort = nil
+		f.mu.Unlock()
+		closeBody()
+		if release != nil {
+			release()
+			release = nil
+		}
+		body = nil
+		var we *WriteError
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &we), errors.Is(err, ErrBadRange):
+			return err // retrying cannot help
+		}
+		lastErr = err
+	}
+}
+
+// request acquires a slot (unless given one) and fetches [off, end).
+func (f *fill) request(ctx context.Context, off, end int64, release func(), retry bool) (*Body, func(), error) {
+	if release == nil && f.opts.Acquire != nil {
+		rel, err := f.opts.Acquire(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		release = rel
+	}
+	f.mu.Lock()
+	f.res.Requests++
+	if retry {
+		f.res.Retries++
+	}
+	f.mu.Unlock()
+	b, err := f.opts.Fetch(ctx, off, end)
+	if err != nil {
+		if release != nil {
+			release()
+		}
+		return nil, nil, err
+	}
+	return &b, release, nil
+}
+
+// copy writes body's bytes of seg from off on, until the segment's (maybe
+// shrinking) end. A body that ends early is io.ErrUnexpectedEOF: the
+// caller resumes from where it stopped.
+func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
+	switch {
+	case body.Ranged && body.Start == off:
+	case !body.Ranged || body.Start < off:
+		// The upstream ignored Range (or began early): skip to where this
+		// segment stands.
+		if _, err := io.CopyN(io.Discard, body, off-body.Start); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("%w: asked for %d, got %d", ErrBadRange, off, body.Start)
+	}
+	pos := off
+	for {
+		f.mu.Lock()
+		limit := seg.end - pos
+		f.mu.Unlock()
+		if limit <= 0 {
+			return nil
+		}
+		n, rerr := body.Read(buf[:min(int64(len(buf)), limit)])
+		if n > 0 {
+			// Reserve before writing: a split only ever takes bytes no
+			// stream has claimed.
+			f.mu.Lock()
+			n = int(min(int64(n), seg.end-pos))
+			seg.next, seg.progress = pos+int64(n), time.Now()
+			f.mu.Unlock()
+			if _, err := f.dst.WriteAt(buf[:n], pos); err != nil {
+				return &WriteError{err}
+			}
+			pos += int64(n)
+			f.mu.Lock()
+			f.moved += int64(n)
+			f.mu.Unlock()
+		}
+		if rerr == io.EOF {
+			f.mu.Lock()
+			short := pos < seg.end
+			f.mu.Unlock()
+			if short {
+				return fmt.Errorf("range from %d ended at %d: %w", off, pos, io.ErrUnexpectedEOF)
+			}
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// remaining returns the part of seg still to fetch.
+func (f *fill) remaining(seg *segment) (off, end int64, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return seg.next, seg.end, seg.next < seg.end
+}
+
+// finish retires a segment; the last one out closes done.
+func (f *fill) finish(seg *segment) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.live, seg)
+	if len(f.live) == 0 {
+		close(f.done)
+	}
+}
+
+// bufPool holds one buffer per stream. 64 KiB is about what one socket read
+// yields; with up to MaxStreams streams per fill and a fill per cold layer,
+// bigger buffers would show in the sidecar's peak RSS, not in its speed.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,367 @@
+package segfetch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"go.uber.org/goleak"
+
+	"github.com/pullcache/pullcache/cachestore"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func digestOf(b []byte) v1.Hash {
+	d, _, _ := v1.SHA256(bytes.NewReader(b))
+	return d
+}
+
+func openStore(t *testing.T, dir string) *cachestore.Store {
+	t.Helper()
+	s, err := cachestore.Open(cachestore.Options{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// holdFirstUntil keeps the first request's body back until n requests
+// arrived, so splits happen at known offsets and later ranges land first.
+func holdFirstUntil(u *fakeUpstream, n int) func(int, asked) <-chan struct{} {
+	return func(nth int, _ asked) <-chan struct{} {
+		if nth != 0 {
+			return nil
+		}
+		gate := make(chan struct{})
+		go func() {
+			waitFor(func() bool { return len(u.requests()) >= n })
+			close(gate)
+		}()
+		return gate
+	}
+}
+
+// Ranges land out of order in a cachestore.BlobWriter; followers read the
+// blob in order, and nothing of it is readable before its start arrived.
+func TestFillFollowersReadInOrder(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	var writtenAtRelease atomic.Int64
+	writtenAtRelease.Store(-1)
+	u.hold = func(nth int, _ asked) <-chan struct{} {
+		if nth != 0 {
+			return nil
+		}
+		gate := make(chan struct{})
+		go func() {
+			waitFor(func() bool { return u.done() >= 3 }) // the other three ranges were served
+			close(gate)
+		}()
+		return gate
+	}
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	w, err := s.NewBlobWriter(digestOf(u.blob), size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	followed := make([][]byte, 2)
+	for i := range followed {
+		r, err := w.Follow()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			defer r.Close()
+			followed[i], _ = io.ReadAll(r)
+		})
+	}
+	u.hold = wrapHold(u.hold, func() { writtenAtRelease.Store(w.Written()) })
+	res, err := Fill(t.Context(), w, Options{Size: size, Fetch: httpFetch(t, srv.URL, size), InitialStreams: 4, MinSegment: 600 << 10, Probe: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	for i, b := range followed {
+		if !bytes.Equal(b, u.blob) {
+			t.Errorf("follower %d read %d bytes that are not the blob", i, len(b))
+		}
+	}
+	if got := writtenAtRelease.Load(); got != 0 {
+		t.Errorf("Written() = %d while only later ranges had landed, want 0", got)
+	}
+	if res.Requests != 4 || res.MaxParallel != 4 || len(u.requests()) != 4 {
+		t.Errorf("result %+v, upstream saw %v; want 4 requests, 4 in parallel", res, u.requests())
+	}
+}
+
+// wrapHold runs before() just before a held body is released.
+func wrapHold(hold func(int, asked) <-chan struct{}, before func()) func(int, asked) <-chan struct{} {
+	return func(nth int, a asked) <-chan struct{} {
+		gate := hold(nth, a)
+		if gate == nil {
+			return nil
+		}
+		out := make(chan struct{})
+		go func() {
+			<-gate
+			before()
+			close(out)
+		}()
+		return out
+	}
+}
+
+// A range cut mid-body is asked again from the byte where it stopped; no
+// other range is asked twice.
+func TestFillRetriesDroppedSegmentAlone(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	u.hold = holdFirstUntil(u, 2)
+	u.cut = func(nth int, _ asked) int64 {
+		if nth == 1 {
+			return 100 << 10
+		}
+		return -1
+	}
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: httpFetch(t, srv.URL, size),
+		InitialStreams: 2, MinSegment: 2 << 20, Probe: -1, RetryWait: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []asked{{0, size}, {size / 2, size}, {size/2 + 100<<10, size}}
+	if got := u.requests(); !slices.Equal(got, want) {
+		t.Errorf("upstream saw %v, want %v", got, want)
+	}
+	if res.Requests != 3 || res.Retries != 1 {
+		t.Errorf("result %+v, want 3 requests of which 1 retry", res)
+	}
+	if !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Errorf("sink holds the wrong bytes (overlapping writes: %v)", sink.overlap)
+	}
+}
+
+// A range whose body stalls (bytes stop, the connection stays) is closed
+// after StallTimeout and resumed alone from where it stopped.
+func TestFillResumesStalledSegment(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	u.hold = holdFirstUntil(u, 2)
+	u.hangAfterCut = true
+	u.cut = func(nth int, _ asked) int64 {
+		if nth == 1 {
+			return 100 << 10
+		}
+		return -1
+	}
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: httpFetch(t, srv.URL, size),
+		InitialStreams: 2, MinSegment: 2 << 20, Probe: -1, RetryWait: 1, StallTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The resume starts where the client had read to when the watchdog
+	// fired: all 100 KiB, or less on a machine too busy to read them.
+	got := u.requests()
+	if len(got) != 3 || got[0] != (asked{0, size}) || got[1] != (asked{size / 2, size}) ||
+		got[2].end != size || got[2].start < size/2 || got[2].start > size/2+100<<10 {
+		t.Errorf("upstream saw %v, want [0,%d), [%d,%d) and one resume of the latter", got, size, size/2, size)
+	}
+	if res.Retries != 1 || !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Errorf("result %+v; sink right: %v", res, bytes.Equal(sink.b, u.blob))
+	}
+}
+
+// A byte flipped in one range fails the store's verification: nothing
+// becomes visible.
+func TestFillFlippedByteIsNotCommitted(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	d := digestOf(u.blob)
+	u.blob[3<<20+12345] ^= 0x40 // inside the last of four ranges
+	s := openStore(t, t.TempDir())
+	defer s.Close()
+	w, err := s.NewBlobWriter(d, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.hold = holdFirstUntil(u, 4)
+	if _, err := Fill(t.Context(), w, Options{Size: size, Fetch: httpFetch(t, srv.URL, size), InitialStreams: 4, MinSegment: 600 << 10, Probe: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); !errors.Is(err, cachestore.ErrDigestMismatch) {
+		t.Fatalf("Commit = %v, want ErrDigestMismatch", err)
+	}
+	if _, err := s.StatBlob(d); !errors.Is(err, cachestore.ErrNotFound) {
+		t.Fatalf("StatBlob after a failed verification = %v, want ErrNotFound", err)
+	}
+}
+
+// An upstream that ignores Range gets one request, read as one stream,
+// also when the download resumes from an offset.
+func TestFillUpstreamIgnoringRange(t *testing.T) {
+	t.Parallel()
+	for _, from := range []int64{0, 1 << 20} {
+		u, srv := newFakeUpstream(t, 4<<20)
+		u.ignoreRange = true
+		size := int64(len(u.blob))
+		sink := newMemSink(int(size))
+		copy(sink.b[:from], u.blob[:from])
+		res, err := Fill(t.Context(), sink, Options{Size: size, From: from, Fetch: httpFetch(t, srv.URL, size), InitialStreams: 4, MinSegment: 256 << 10, Probe: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.RangeIgnored || res.Requests != 1 || len(u.requests()) != 1 {
+			t.Errorf("from %d: result %+v, upstream saw %v; want one request, Range ignored", from, res, u.requests())
+		}
+		if !bytes.Equal(sink.b, u.blob) || sink.overlap {
+			t.Errorf("from %d: sink holds the wrong bytes", from)
+		}
+	}
+}
+
+// Streams beyond the first wait for a slot from Acquire and give up when
+// there is none: parallelism never exceeds what admission allows.
+func TestFillStaysWithinAcquiredSlots(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	u.hold = holdFirstUntil(u, 2)
+	slots := make(chan struct{}, 2)
+	var mu sync.Mutex
+	held, peak := 0, 0
+	acquire := func(ctx context.Context) (func(), error) {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		mu.Lock()
+		held++
+		peak = max(peak, held)
+		mu.Unlock()
+		return func() {
+			mu.Lock()
+			held--
+			mu.Unlock()
+			<-slots
+		}, nil
+	}
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: httpFetch(t, srv.URL, size), Acquire: acquire,
+		InitialStreams: 8, MinSegment: 128 << 10, Probe: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if peak != 2 || res.MaxParallel != 2 || held != 0 {
+		t.Errorf("peak slots %d, result %+v, still held %d; want 2, 2, 0", peak, res, held)
+	}
+	if !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Error("sink holds the wrong bytes")
+	}
+}
+
+// A blob under twice the minimum segment comes in one request.
+func TestFillSmallBlobIsOneStream(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 1<<20)
+	size := int64(len(u.blob))
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: httpFetch(t, srv.URL, size), InitialStreams: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 1 || len(u.requests()) != 1 || !bytes.Equal(sink.b, u.blob) {
+		t.Errorf("result %+v, upstream saw %v", res, u.requests())
+	}
+}
+
+// A fill killed mid-way (context gone, writer abandoned, store reopened)
+// leaves its contiguous prefix as a partial; the next fill adopts it and
+// asks the upstream only for the rest.
+func TestFillKilledLeavesAdoptablePartial(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	d := digestOf(u.blob)
+	dir := t.TempDir()
+	never := make(chan struct{})
+	first := holdFirstUntil(u, 2) // split exactly in half
+	u.hold = func(nth int, a asked) <-chan struct{} {
+		if nth == 1 {
+			return never // the blob's second half never comes
+		}
+		return first(nth, a)
+	}
+	s1 := openStore(t, dir)
+	w1, err := s1.NewBlobWriter(d, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, kill := context.WithCancel(t.Context())
+	fillErr := make(chan error, 1)
+	go func() {
+		_, err := Fill(ctx, w1, Options{Size: size, Fetch: httpFetch(t, srv.URL, size), InitialStreams: 2, MinSegment: 2 << 20, Probe: -1})
+		fillErr <- err
+	}()
+	prefix := size / 2
+	waitFor(func() bool { return w1.Written() >= prefix })
+	if w1.Written() != prefix {
+		t.Fatalf("Written() = %d, want %d (the held tail's start)", w1.Written(), prefix)
+	}
+	kill() // the process dies: no Abort, no Commit
+	if err := <-fillErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("killed Fill returned %v", err)
+	}
+	if err := s1.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := openStore(t, dir)
+	defer s2.Close()
+	if got := s2.PartialSize(d); got != prefix {
+		t.Fatalf("PartialSize = %d, want %d", got, prefix)
+	}
+	w2, err := s2.NewBlobWriter(d, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.hold = nil
+	before := len(u.requests())
+	if _, err := Fill(t.Context(), w2, Options{Size: size, From: w2.Written(), Fetch: httpFetch(t, srv.URL, size), InitialStreams: 2, MinSegment: 600 << 10, Probe: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w2.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range u.requests()[before:] {
+		if a.start < prefix {
+			t.Errorf("the resumed fill asked for [%d,%d), below the adopted %d", a.start, a.end, prefix)
+		}
+	}
+	r, _, err := s2.OpenBlob(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if got, _ := io.ReadAll(r); !bytes.Equal(got, u.blob) {
+		t.Error("committed blob differs")
+	}
+}

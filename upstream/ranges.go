@@ -1,0 +1,37 @@
+package upstream
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/pullcache/pullcache/internal/httpx"
+)
+
+// Ranges of a blob, for a fill that fetches a large blob as parallel
+// segments (internal/segfetch): unlike Blob and Resume, which ask for "the
+// rest from offset" and send no Range at offset 0, these always ask for a
+// closed range, also "bytes=0-" for the whole blob, so the first answer's
+// status (206 or 200) says whether the upstream honours ranges, and a
+// segment's connection can be reused once its range is read.
+
+// BlobRange GETs bytes [off, end) of blob d, whose size is size, from the
+// registry, following its redirect as Blob does; end = size = -1 asks for
+// the rest from off when the size is not known yet (a fill's first
+// request). The first request of a fill uses it; the other ranges go to
+// RedirectedTo of its answer with ResumeRange, so the registry sees one
+// blob GET per blob.
+func (c *Client) BlobRange(ctx context.Context, repo string, d v1.Hash, off, end, size int64) (*http.Response, error) {
+	return c.blob(ctx, http.MethodGet, repo, d, func() http.Header {
+		return http.Header{"Range": {httpx.RangeHeader(off, end, size)}}
+	})
+}
+
+// ResumeRange GETs bytes [off, end) of a blob of size bytes at loc, the
+// URL a registry's answer was redirected to (RedirectedTo), with the same
+// checks and the same meaning of a 4xx (go back to the registry) as Resume.
+func (c *Client) ResumeRange(ctx context.Context, loc *url.URL, off, end, size int64) (*http.Response, error) {
+	return c.resume(ctx, loc, http.Header{"Range": {httpx.RangeHeader(off, end, size)}})
+}
