@@ -142,7 +142,7 @@ func (s *Store) DeleteBlob(d v1.Hash) error {
 		if err := deleteLinksTx(tx, d.String()); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketBlobs).Delete(digestKey(d))
+		return deleteBlobTx(tx, digestKey(d))
 	})
 }
 
@@ -197,7 +197,7 @@ func (s *Store) install(src string, d v1.Hash, size int64) (BlobInfo, error) {
 	now := wallNow()
 	info := BlobInfo{Digest: d, Size: size, AddedAt: now, LastAccess: now}
 	if err := s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).Put(digestKey(d), encodeBlobRecord(info))
+		return putBlobTx(tx, digestKey(d), info)
 	}); err != nil {
 		// Without an index entry the file must not linger as "present".
 		os.Remove(dst)
@@ -253,20 +253,4 @@ func (s *Store) Blobs(fn func(BlobInfo) error) error {
 		}
 		after = digestKey(batch[len(batch)-1].Digest)
 	}
-}
-
-// Usage returns the number of indexed blobs and their total size.
-// Safe for concurrent use.
-func (s *Store) Usage() (blobs int, bytes int64, err error) {
-	err = s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(_, v []byte) error {
-			if len(v) != blobRecordLen {
-				return fmt.Errorf("cachestore: corrupt blob record (%d bytes)", len(v))
-			}
-			blobs++
-			bytes += int64(binary.BigEndian.Uint64(v))
-			return nil
-		})
-	})
-	return blobs, bytes, err
 }

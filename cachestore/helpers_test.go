@@ -33,6 +33,11 @@ func openTestStore(t testing.TB, dir string) *Store {
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
+	// Tests look at the recovered volume; TestOpenBeforeSweep looks earlier.
+	<-s.Recovered()
+	if err := s.RecoveryErr(); err != nil {
+		t.Fatalf("recovery of %s: %v", dir, err)
+	}
 	t.Cleanup(func() {
 		if err := s.Close(); err != nil {
 			t.Errorf("Close: %v", err)
@@ -61,6 +66,11 @@ func checkConsistency(t testing.TB, dir string) {
 		}
 		if v := tx.Bucket(bucketSchema).Get(keyVersion); string(v) != schemaVersion {
 			t.Errorf("consistency: schema version %q", v)
+		}
+		if kept, ok := getTotals(tx); !ok {
+			t.Errorf("consistency: no blob totals")
+		} else if counted, err := countBlobsTx(tx); err != nil || kept != counted {
+			t.Errorf("consistency: blob totals %+v, records add up to %+v (%v)", kept, counted, err)
 		}
 		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			info, err := decodeBlobRecord(v1.Hash{}, v)

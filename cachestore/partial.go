@@ -34,15 +34,13 @@ func (s *Store) partialPath(d v1.Hash) string { return filepath.Join(s.partialDi
 
 // keepPartials moves the fill temp files of a dead owner (tmp/<hex>.<rand>)
 // that are recent and non-empty to partial/<hex>, keeping the longest per
-// digest, and removes everything else in tmp/ and stale partials. Called by
-// recovery, with the index lock held.
-func (s *Store) keepPartials(now time.Time) error {
+// digest, and removes the other dead entries of tmp/ and stale partials.
+// dead is tmp/ as Open listed it, before any fill of this Store began: the
+// recovery sweep calls this beside live fills, whose temp files it must not
+// touch (O_EXCL keeps a new fill from reusing a listed name while it exists).
+func (s *Store) keepPartials(now time.Time, dead []os.DirEntry) error {
 	var errs []error
-	entries, err := os.ReadDir(s.tmpDir())
-	if err != nil {
-		return err
-	}
-	for _, e := range entries {
+	for _, e := range dead {
 		path := filepath.Join(s.tmpDir(), e.Name())
 		hex, _, ok := strings.Cut(e.Name(), ".")
 		fi, ferr := e.Info()
