@@ -25,8 +25,9 @@ import (
 //
 // The sweep:
 //   - empties tmp/ of the dead owner's files: recent fills are kept as
-//     partial/<hex> for the next writer to resume (partial.go), the rest
-//     removed;
+//     partial/<hex> for the next writer to resume, the rest removed; a fill
+//     of the same blob that starts before the sweep gets there settles its
+//     digest's files itself (partial.go, deadFills);
 //   - removes upload sessions untouched for the upload timeout;
 //   - reconciles blob files with the index (reconcileShard, reconcileIndex);
 //   - drops manifest records whose blob is gone.
@@ -58,13 +59,13 @@ func (s *Store) RecoveryErr() error {
 	}
 }
 
-func (s *Store) recoverInBackground(now time.Time, deadTemps []os.DirEntry, hook func(<-chan struct{})) {
+func (s *Store) recoverInBackground(now time.Time, junkTemps []string, hook func(<-chan struct{})) {
 	defer s.bgWG.Done()
 	defer close(s.recovered)
 	if hook != nil {
 		hook(s.stop)
 	}
-	s.recoverErr = s.recover(now, deadTemps)
+	s.recoverErr = s.recover(now, junkTemps)
 }
 
 func (s *Store) stopping() bool {
@@ -76,10 +77,10 @@ func (s *Store) stopping() bool {
 	}
 }
 
-func (s *Store) recover(now time.Time, deadTemps []os.DirEntry) error {
+func (s *Store) recover(now time.Time, junkTemps []string) error {
 	steps := []func() error{
 		func() error {
-			if err := s.keepPartials(now, deadTemps); err != nil {
+			if err := s.keepPartials(junkTemps); err != nil {
 				return fmt.Errorf("cachestore: clean tmp: %w", err)
 			}
 			return nil

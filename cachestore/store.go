@@ -96,6 +96,7 @@ type Store struct {
 	stop      chan struct{}  // closed by Close to stop the background goroutines
 	bgWG      sync.WaitGroup // the access flusher and the recovery sweep
 
+	dead       deadFills     // the dead owner's fills, until settled (partial.go)
 	recovered  chan struct{} // closed when the recovery sweep has ended
 	recoverErr error         // what the sweep could not repair; read after recovered
 
@@ -192,9 +193,11 @@ func Open(opts Options) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("cachestore: list tmp: %w", err)
 	}
+	now := wallNow()
+	junk := s.listDeadTemps(deadTemps, now)
 	s.bgWG.Add(2)
 	go s.accessFlusher()
-	go s.recoverInBackground(wallNow(), deadTemps, opts.beforeSweep)
+	go s.recoverInBackground(now, junk, opts.beforeSweep)
 	return s, nil
 }
 

@@ -21,6 +21,7 @@ type crashedVolume struct {
 	adopted, forged    v1.Hash
 	lost               v1.Hash
 	deadTemp, junkTemp string
+	resumed            v1.Hash // a second dead fill, of this blob
 }
 
 func makeCrashedVolume(t *testing.T, dir string, n int) crashedVolume {
@@ -58,6 +59,9 @@ func makeCrashedVolume(t *testing.T, dir string, n int) crashedVolume {
 	dead, _ := content("a fill cut short")
 	v.deadTemp = filepath.Join(dir, "tmp", dead.Hex+".123")
 	write(v.deadTemp, "a fill")
+	var resumedBody []byte
+	v.resumed, resumedBody = content("resumed by the first fill of it")
+	write(filepath.Join(dir, "tmp", v.resumed.Hex+".456"), string(resumedBody[:7]))
 	v.junkTemp = filepath.Join(dir, "tmp", "junk")
 	write(v.junkTemp, "junk")
 	return v
@@ -108,6 +112,28 @@ func TestOpenUsableBeforeSweep(t *testing.T) {
 	if n, _, err := s.Usage(); err != nil || n != len(v.intact)+2 {
 		t.Errorf("Usage before the sweep = %d, %v; want %d (intact, lost, fresh)", n, err, len(v.intact)+2)
 	}
+	if tmpEntries(t, s) != 3 {
+		t.Errorf("tmp/ holds %d entries before the sweep, want the dead owner's 3", tmpEntries(t, s))
+	}
+	// A fill of a blob the dead owner was filling resumes from its bytes,
+	// though the sweep has not yet moved them to partial/.
+	_, resumedBody := content("resumed by the first fill of it")
+	if got := s.PartialSize(v.resumed); got != 7 {
+		t.Errorf("PartialSize of a dead fill before the sweep = %d, want 7", got)
+	}
+	rw, err := s.NewBlobWriter(v.resumed, int64(len(resumedBody)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rw.Written() != 7 {
+		t.Errorf("a fill before the sweep adopted %d bytes of the dead fill, want 7", rw.Written())
+	}
+	if _, err := rw.Write(resumedBody[7:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rw.Commit(); err != nil {
+		t.Fatalf("resumed fill: %v", err)
+	}
 	// A fill in flight while the sweep runs: its temp file is not the dead
 	// owner's and must survive.
 	liveD, liveBody := content("a fill running during the sweep")
@@ -150,7 +176,7 @@ func TestOpenUsableBeforeSweep(t *testing.T) {
 	if _, err := s.StatBlob(fresh.Digest); err != nil {
 		t.Errorf("blob stored before the sweep: %v", err)
 	}
-	wantTotals(t, s, len(v.intact)+3) // intact, fresh, live fill, adopted
+	wantTotals(t, s, len(v.intact)+4) // intact, fresh, resumed, live fill, adopted
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
