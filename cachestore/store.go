@@ -38,10 +38,10 @@ var (
 	bucketPins      = []byte("pins")      // ns\0repo\0ref → JSON pinValue (see pin.go)
 	bucketLinks     = []byte("links")     // repo\0digest → empty: local repository holds digest (link.go)
 	bucketLinkedBy  = []byte("linkedby")  // digest\0repo → empty: the same links, by digest
-	// bucketCounters (totals.go): "blobs" → blob count and bytes
-	keyVersion = []byte("version")
+	keyVersion      = []byte("version")
 	// A bucket added later (pins) needs no schema bump: Open creates it in
-	// an older index, and older builds never look at it.
+	// an older index, and older builds never look at it. bucketCounters
+	// (totals.go) did need one, as older builds would not keep it right.
 	allBuckets = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta, bucketPins, bucketLinks, bucketLinkedBy, bucketCounters}
 )
 
