@@ -273,20 +273,8 @@ func (s *Store) reconcileIndex() error {
 		if s.stopping() {
 			return errSweepStopped
 		}
-		var keys [][]byte
-		if err := s.view(func(tx *bolt.Tx) error {
-			c := tx.Bucket(bucketBlobs).Cursor()
-			k, _ := c.First()
-			if after != nil {
-				if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
-					k, _ = c.Next()
-				}
-			}
-			for ; k != nil && len(keys) < sweepBatch; k, _ = c.Next() {
-				keys = append(keys, bytes.Clone(k))
-			}
-			return nil
-		}); err != nil {
+		keys, err := s.keysAfter(bucketBlobs, after)
+		if err != nil {
 			return err
 		}
 		for _, key := range keys {
@@ -330,37 +318,47 @@ func (s *Store) dropOrphanManifests() error {
 		if s.stopping() {
 			return errSweepStopped
 		}
-		n := 0
+		keys, err := s.keysAfter(bucketManifests, after)
+		if err != nil {
+			return err
+		}
 		if err := s.update(func(tx *bolt.Tx) error {
-			blobs, manifests := tx.Bucket(bucketBlobs), tx.Bucket(bucketManifests)
-			c := manifests.Cursor()
-			k, _ := c.First()
-			if after != nil {
-				if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
-					k, _ = c.Next()
-				}
-			}
-			var orphans [][]byte
-			for ; k != nil && n < sweepBatch; k, _ = c.Next() {
-				n++
-				after = bytes.Clone(k)
-				if blobs.Get(k) == nil {
-					orphans = append(orphans, after)
-				}
-			}
-			for _, k := range orphans {
-				if err := manifests.Delete(k); err != nil {
-					return err
+			for _, k := range keys {
+				if tx.Bucket(bucketBlobs).Get(k) == nil {
+					if err := tx.Bucket(bucketManifests).Delete(k); err != nil {
+						return err
+					}
 				}
 			}
 			return nil
 		}); err != nil {
 			return err
 		}
-		if n < sweepBatch {
+		if len(keys) < sweepBatch {
 			return nil
 		}
+		after = keys[len(keys)-1]
 	}
+}
+
+// keysAfter copies out up to sweepBatch keys of bucket that sort after
+// after (from the first key if after is nil), in one short read transaction.
+func (s *Store) keysAfter(bucket, after []byte) ([][]byte, error) {
+	var keys [][]byte
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucket).Cursor()
+		k, _ := c.First()
+		if after != nil {
+			if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, _ = c.Next()
+			}
+		}
+		for ; k != nil && len(keys) < sweepBatch; k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	})
+	return keys, err
 }
 
 // hashFile hashes the file at path under alg.

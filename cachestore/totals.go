@@ -59,8 +59,13 @@ func recordSize(v []byte) int64 {
 // adds one blob, a replaced one only the difference in size.
 func putBlobTx(tx *bolt.Tx, key []byte, info BlobInfo) error {
 	b := tx.Bucket(bucketBlobs)
+	old := b.Get(key)
+	if old != nil && len(old) == blobRecordLen && recordSize(old) == info.Size {
+		// Same blob, same size (an access time): the totals stand.
+		return b.Put(key, encodeBlobRecord(info))
+	}
 	t, _ := getTotals(tx)
-	if old := b.Get(key); old != nil {
+	if old != nil {
 		t.bytes -= recordSize(old)
 	} else {
 		t.count++
