@@ -251,6 +251,28 @@ func (s *Store) reconcileFile(f blobFileSeen, now time.Time) error {
 	return s.update(func(tx *bolt.Tx) error { return dropBlobRecordTx(tx, key) })
 }
 
+// adoptBeforeSweep settles blob d's file now if the sweep may not have
+// reached it yet, and reports whether there was a file to settle. A crash
+// between an install's rename and its index commit leaves the file of a
+// verified blob that the sweep would adopt; a lookup that comes first adopts
+// it itself (re-hashing it, as the sweep would), so that a new owner does
+// not fetch again what the dead one had already stored. Once the sweep has
+// ended this costs one channel check.
+func (s *Store) adoptBeforeSweep(d v1.Hash) bool {
+	select {
+	case <-s.recovered:
+		return false
+	default:
+	}
+	path := s.blobPath(d)
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	s.reconcileFile(blobFileSeen{d: d, path: path, size: fi.Size()}, wallNow()) // the sweep reports its errors
+	return true
+}
+
 // dropBlobRecordTx removes a blob's record and what is meaningless without
 // its bytes: its manifest record and the local repositories' links to it.
 func dropBlobRecordTx(tx *bolt.Tx, key []byte) error {
@@ -278,7 +300,9 @@ func (s *Store) reconcileIndex() error {
 			return err
 		}
 		for _, key := range keys {
-			errs = append(errs, s.reconcileRecord(key))
+			if err := s.reconcileRecord(key); err != nil {
+				errs = append(errs, err)
+			}
 		}
 		if len(keys) < sweepBatch {
 			return errors.Join(errs...)

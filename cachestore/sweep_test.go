@@ -99,18 +99,24 @@ func TestOpenUsableBeforeSweep(t *testing.T) {
 		t.Fatalf("OpenBlob of an intact blob before the sweep: %v", err)
 	}
 	r.Close()
-	for name, d := range map[string]v1.Hash{"forged": v.forged, "unindexed": v.adopted} {
-		if _, _, err := s.OpenBlob(d); !errors.Is(err, ErrNotFound) {
-			t.Errorf("%s file served before the sweep vouched for it: %v", name, err)
-		}
+	if _, _, err := s.OpenBlob(v.forged); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a file that does not hash to its name was served: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "blobs", "sha256", v.forged.Hex[:2], v.forged.Hex)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the forged file survived its lookup: %v", err)
+	}
+	// A file renamed into place whose index commit a crash cut off is
+	// verified and adopted by the first lookup, not fetched again.
+	if info, err := s.StatBlob(v.adopted); err != nil || info.Size != int64(len("renamed but not indexed")) {
+		t.Errorf("StatBlob of an unindexed file with the right content before the sweep: %+v, %v", info, err)
 	}
 	// The lost blob is still indexed, but there is nothing to serve.
 	if _, _, err := s.OpenBlob(v.lost); !errors.Is(err, ErrNotFound) {
 		t.Errorf("OpenBlob of the lost blob = %v, want ErrNotFound", err)
 	}
 	fresh := mustPut(t, s, "stored before the sweep ran")
-	if n, _, err := s.Usage(); err != nil || n != len(v.intact)+2 {
-		t.Errorf("Usage before the sweep = %d, %v; want %d (intact, lost, fresh)", n, err, len(v.intact)+2)
+	if n, _, err := s.Usage(); err != nil || n != len(v.intact)+3 {
+		t.Errorf("Usage before the sweep = %d, %v; want %d (intact, lost, adopted, fresh)", n, err, len(v.intact)+3)
 	}
 	if tmpEntries(t, s) != 3 {
 		t.Errorf("tmp/ holds %d entries before the sweep, want the dead owner's 3", tmpEntries(t, s))
