@@ -167,3 +167,15 @@ func tmpEntries(t testing.TB, s *Store) int {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// writeFile writes body to path (0644), creating its directory: how tests
+// lay out what a crash or a tamperer leaves on a volume.
+func writeFile(t testing.TB, path, body string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -39,15 +39,7 @@ func makeCrashedVolume(t *testing.T, dir string, n int) crashedVolume {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	write := func(path, body string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(path, body string) { writeFile(t, path, body) }
 	blobFile := func(d v1.Hash) string { return filepath.Join(dir, "blobs", "sha256", d.Hex[:2], d.Hex) }
 	v.adopted, _ = content("renamed but not indexed")
 	write(blobFile(v.adopted), "renamed but not indexed")
