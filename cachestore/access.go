@@ -25,7 +25,7 @@ func (s *Store) noteAccess(d v1.Hash, indexed time.Time) time.Time {
 // accessFlusher writes queued access times once per accessGranularity
 // until Close.
 func (s *Store) accessFlusher() {
-	defer s.flusherWG.Done()
+	defer s.bgWG.Done()
 	t := time.NewTicker(accessGranularity)
 	defer t.Stop()
 	for {
@@ -66,7 +66,7 @@ func (s *Store) flushAccess() error {
 				continue
 			}
 			info.LastAccess = at
-			if err := b.Put([]byte(key), encodeBlobRecord(info)); err != nil {
+			if err := putBlobTx(tx, []byte(key), info); err != nil {
 				return err
 			}
 		}

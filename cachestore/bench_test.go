@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	bolt "go.etcd.io/bbolt"
 )
 
 // benchStore fills a store with n small blobs and returns their digests.
@@ -85,5 +88,56 @@ func BenchmarkWriteCommit(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// Open of a volume holding n blobs: what stands between exec and /healthz.
+// It should not grow with n (the recovery sweep runs after Open returns;
+// the timer stops before Close, which stops and joins the sweep). The blobs
+// are written as files plus records directly, as a fast stand-in for n
+// fills.
+func BenchmarkOpenStore(b *testing.B) {
+	for _, n := range []int{0, 20000} {
+		b.Run(fmt.Sprintf("blobs=%d", n), func(b *testing.B) {
+			dir := b.TempDir()
+			s := openTestStore(b, dir)
+			if err := s.update(func(tx *bolt.Tx) error {
+				for i := range n {
+					d, body := content(fmt.Sprintf("open bench blob %d", i))
+					if err := os.MkdirAll(filepath.Dir(s.blobPath(d)), 0o755); err != nil {
+						return err
+					}
+					if err := os.WriteFile(s.blobPath(d), body, 0o644); err != nil {
+						return err
+					}
+					now := wallNow()
+					if err := putBlobTx(tx, digestKey(d), BlobInfo{Digest: d, Size: int64(len(body)), AddedAt: now, LastAccess: now}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				o, err := Open(Options{Dir: dir, NoSync: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, _, err := o.Usage(); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				if err := o.Close(); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
 	}
 }

@@ -70,11 +70,23 @@ func (s *Store) blobPath(d v1.Hash) string {
 
 // StatBlob returns the index entry of blob d without touching its file or
 // its access time: the cheap existence check (HEAD). It returns ErrNotFound
-// if d is not in the store. Safe for concurrent use.
+// if d is not in the store. Until the recovery sweep has ended, a miss
+// first lets the sweep's work for d happen now (adoptBeforeSweep).
+// Safe for concurrent use.
 func (s *Store) StatBlob(d v1.Hash) (BlobInfo, error) {
 	if err := checkDigest(d); err != nil {
 		return BlobInfo{}, err
 	}
+	info, err := s.statIndexed(d)
+	if errors.Is(err, ErrNotFound) && s.adoptBeforeSweep(d) {
+		info, err = s.statIndexed(d)
+	}
+	return info, err
+}
+
+// statIndexed is StatBlob without adoption, for callers that hold d's
+// blob lock (adoption takes it).
+func (s *Store) statIndexed(d v1.Hash) (BlobInfo, error) {
 	var info BlobInfo
 	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBlobs).Get(digestKey(d))
@@ -124,7 +136,7 @@ func (s *Store) DeleteBlob(d v1.Hash) error {
 	}
 	unlock := s.blobLocks.lock(d.Hex)
 	defer unlock()
-	if _, err := s.StatBlob(d); err != nil {
+	if _, err := s.statIndexed(d); err != nil {
 		return err
 	}
 	if err := os.Remove(s.blobPath(d)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -142,7 +154,7 @@ func (s *Store) DeleteBlob(d v1.Hash) error {
 		if err := deleteLinksTx(tx, d.String()); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketBlobs).Delete(digestKey(d))
+		return deleteBlobTx(tx, digestKey(d))
 	})
 }
 
@@ -170,7 +182,7 @@ func (s *Store) install(src string, d v1.Hash, size int64) (BlobInfo, error) {
 	unlock := s.blobLocks.lock(d.Hex)
 	defer unlock()
 	dst := s.blobPath(d)
-	if info, err := s.StatBlob(d); err == nil {
+	if info, err := s.statIndexed(d); err == nil {
 		if _, statErr := os.Stat(dst); statErr == nil {
 			os.Remove(src)
 			return info, nil
@@ -197,7 +209,7 @@ func (s *Store) install(src string, d v1.Hash, size int64) (BlobInfo, error) {
 	now := wallNow()
 	info := BlobInfo{Digest: d, Size: size, AddedAt: now, LastAccess: now}
 	if err := s.update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).Put(digestKey(d), encodeBlobRecord(info))
+		return putBlobTx(tx, digestKey(d), info)
 	}); err != nil {
 		// Without an index entry the file must not linger as "present".
 		os.Remove(dst)
@@ -253,20 +265,4 @@ func (s *Store) Blobs(fn func(BlobInfo) error) error {
 		}
 		after = digestKey(batch[len(batch)-1].Digest)
 	}
-}
-
-// Usage returns the number of indexed blobs and their total size.
-// Safe for concurrent use.
-func (s *Store) Usage() (blobs int, bytes int64, err error) {
-	err = s.view(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(_, v []byte) error {
-			if len(v) != blobRecordLen {
-				return fmt.Errorf("cachestore: corrupt blob record (%d bytes)", len(v))
-			}
-			blobs++
-			bytes += int64(binary.BigEndian.Uint64(v))
-			return nil
-		})
-	})
-	return blobs, bytes, err
 }

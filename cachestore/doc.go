@@ -14,9 +14,14 @@
 //
 // A blob becomes visible only after its size and digest were verified, the
 // temp file was fsynced and renamed into blobs/, and its index entry was
-// committed. Open repairs whatever a crash left behind: temp files are
-// removed, unindexed blob files are re-hashed and adopted only if their
+// committed. A recovery sweep that Open starts in the background repairs
+// whatever a crash left behind: temp files are removed (recent fills kept as
+// partials), unindexed blob files are re-hashed and adopted only if their
 // content matches their name, and index entries without a file are dropped.
+// Open itself does not grow with the cache: the blob count and total size
+// are kept in the index (totals.go), and the sweep never makes anything
+// unsafe meanwhile, since only indexed, verified blobs are served. Verify is
+// the full check (it re-hashes every blob).
 //
 // Content is stored once, whoever brought it; the index also links each
 // local repository (pushed content, LocalNamespace) to the blobs and

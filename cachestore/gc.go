@@ -360,7 +360,7 @@ func (s *Store) evictUnit(g *graph, c candidate, doomed []string) (EvictedUnit, 
 			if err := deleteLinksTx(tx, d); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketBlobs).Delete([]byte(d)); err != nil {
+			if err := deleteBlobTx(tx, []byte(d)); err != nil {
 				return err
 			}
 		}

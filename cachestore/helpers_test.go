@@ -33,6 +33,11 @@ func openTestStore(t testing.TB, dir string) *Store {
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}
+	// Tests look at the recovered volume; TestOpenBeforeSweep looks earlier.
+	<-s.Recovered()
+	if err := s.RecoveryErr(); err != nil {
+		t.Fatalf("recovery of %s: %v", dir, err)
+	}
 	t.Cleanup(func() {
 		if err := s.Close(); err != nil {
 			t.Errorf("Close: %v", err)
@@ -61,6 +66,11 @@ func checkConsistency(t testing.TB, dir string) {
 		}
 		if v := tx.Bucket(bucketSchema).Get(keyVersion); string(v) != schemaVersion {
 			t.Errorf("consistency: schema version %q", v)
+		}
+		if kept, ok := getTotals(tx); !ok {
+			t.Errorf("consistency: no blob totals")
+		} else if counted, err := countBlobsTx(tx); err != nil || kept != counted {
+			t.Errorf("consistency: blob totals %+v, records add up to %+v (%v)", kept, counted, err)
 		}
 		if err := tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
 			info, err := decodeBlobRecord(v1.Hash{}, v)
@@ -157,3 +167,15 @@ func tmpEntries(t testing.TB, s *Store) int {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// writeFile writes body to path (0644), creating its directory: how tests
+// lay out what a crash or a tamperer leaves on a volume.
+func writeFile(t testing.TB, path, body string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

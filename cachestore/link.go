@@ -153,7 +153,7 @@ func (s *Store) UnlinkBlob(repo string, d v1.Hash) (UnlinkResult, error) {
 		if err := tx.Bucket(bucketManifests).Delete(digestKey(d)); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketBlobs).Delete(digestKey(d)); err != nil {
+		if err := deleteBlobTx(tx, digestKey(d)); err != nil {
 			return err
 		}
 		removed = true

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -32,22 +33,89 @@ func (s *Store) partialDir() string { return filepath.Join(s.dir, "partial") }
 
 func (s *Store) partialPath(d v1.Hash) string { return filepath.Join(s.partialDir(), d.Hex) }
 
-// keepPartials moves the fill temp files of a dead owner (tmp/<hex>.<rand>)
-// that are recent and non-empty to partial/<hex>, keeping the longest per
-// digest, and removes everything else in tmp/ and stale partials. Called by
-// recovery, with the index lock held.
-func (s *Store) keepPartials(now time.Time) error {
-	// A positional fill's file has gaps; its record says which prefix holds.
-	errs := []error{s.trimPositionalTemps()}
-	entries, err := os.ReadDir(s.tmpDir())
-	if err != nil {
-		return err
+// deadFills holds the dead owner's fill temp files (tmp/<hex>.<rand>) by
+// digest hex, as Open listed tmp/ before any fill of this Store began, until
+// they are settled into partial/<hex> or removed (settleDeadFills). The
+// recovery sweep settles them all in the background; a fill of the same
+// digest that starts first settles its own at once, so it resumes from the
+// dead owner's bytes however far the sweep has got.
+type deadFills struct {
+	mu    sync.Mutex // held while settling, so a fill waits for its partial
+	byHex map[string][]string
+	now   time.Time // when Open ran: the age of a dead fill is judged then
+}
+
+// listDeadTemps splits Open's listing of tmp/ into fill temp files (by hex)
+// and everything else, which the sweep just removes.
+func (s *Store) listDeadTemps(entries []os.DirEntry, now time.Time) (junk []string) {
+	s.dead.byHex = make(map[string][]string)
+	s.dead.now = now
+	listed := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		listed[e.Name()] = true
 	}
 	for _, e := range entries {
 		path := filepath.Join(s.tmpDir(), e.Name())
-		hex, _, ok := strings.Cut(e.Name(), ".")
-		fi, ferr := e.Info()
-		if ferr != nil || !ok || !isBlobHex(hex) || !fi.Mode().IsRegular() || fi.Size() == 0 || now.Sub(fi.ModTime()) > partialMaxAge {
+		if data, ok := strings.CutSuffix(e.Name(), prefixRecordSuffix); ok {
+			if !listed[data] {
+				junk = append(junk, path) // its fill's file is gone
+			}
+			continue // else settled with its positional fill (trimToPrefixRecord)
+		}
+		if hex, _, ok := strings.Cut(e.Name(), "."); ok && isBlobHex(hex) && e.Type().IsRegular() {
+			s.dead.byHex[hex] = append(s.dead.byHex[hex], path)
+			continue
+		}
+		junk = append(junk, path)
+	}
+	return junk
+}
+
+// keepPartials settles every dead fill (settleDeadFills), removes the other
+// entries Open found in tmp/ (junk) and stale partials. Live fills' temp
+// files are never among them (O_EXCL keeps a new fill from reusing a listed
+// name while it exists).
+func (s *Store) keepPartials(junk []string) error {
+	var errs []error
+	for _, path := range junk {
+		if err := os.RemoveAll(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	s.dead.mu.Lock()
+	hexes := make([]string, 0, len(s.dead.byHex))
+	for hex := range s.dead.byHex {
+		hexes = append(hexes, hex)
+	}
+	s.dead.mu.Unlock()
+	for _, hex := range hexes {
+		if s.stopping() {
+			return errSweepStopped
+		}
+		errs = append(errs, s.settleDeadFills(hex))
+	}
+	errs = append(errs, s.removeStalePartials(s.dead.now))
+	return errors.Join(errs...)
+}
+
+// settleDeadFills moves the longest recent, non-empty dead fill of hex to
+// partial/<hex> (unless a longer partial is there) and removes the others.
+// Each hex is settled once, by the sweep or by the first fill of it.
+func (s *Store) settleDeadFills(hex string) error {
+	s.dead.mu.Lock()
+	defer s.dead.mu.Unlock()
+	paths := s.dead.byHex[hex]
+	delete(s.dead.byHex, hex)
+	var errs []error
+	for _, path := range paths {
+		if err := trimToPrefixRecord(path); err != nil {
+			errs = append(errs, err)
+		}
+		fi, err := os.Lstat(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() == 0 || s.dead.now.Sub(fi.ModTime()) > partialMaxAge {
 			if err := os.RemoveAll(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
@@ -62,7 +130,6 @@ func (s *Store) keepPartials(now time.Time) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, s.removeStalePartials(now))
 	return errors.Join(errs...)
 }
 
@@ -84,6 +151,7 @@ func (s *Store) PartialSize(d v1.Hash) int64 {
 	if checkDigest(d) != nil {
 		return 0
 	}
+	s.settleDeadFills(d.Hex) // errors only cost the resume
 	fi, err := os.Stat(s.partialPath(d))
 	if err != nil || !fi.Mode().IsRegular() {
 		return 0
@@ -95,6 +163,7 @@ func (s *Store) PartialSize(d v1.Hash) int64 {
 // (atomic, so only one writer gets it), its bytes hashed into h. It returns
 // nil, 0 if there is nothing usable to adopt.
 func (s *Store) adoptPartial(d v1.Hash, expectedSize int64, h io.Writer) (*os.File, string, int64) {
+	s.settleDeadFills(d.Hex) // errors only cost the resume
 	src := s.partialPath(d)
 	fi, err := os.Stat(src)
 	if err != nil || fi.Size() == 0 || (expectedSize >= 0 && fi.Size() > expectedSize) {

@@ -1,6 +1,7 @@
 package cachestore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,25 +14,95 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// recover repairs the volume after whatever ended the previous owner
-// (Open holds the index lock, so nobody else is writing):
-//   - tmp/ is emptied: the recent fills a dead owner never committed are
-//     kept as partial/<hex> for the next writer to resume (partial.go), the
-//     rest removed;
-//   - upload sessions untouched for the upload timeout are removed;
-//   - blob files are reconciled with the index (reconcileBlobs);
-//   - manifest records whose blob is gone are dropped.
-func (s *Store) recover(now time.Time) error {
-	if err := s.keepPartials(now); err != nil {
-		return fmt.Errorf("cachestore: clean tmp: %w", err)
+// Recovery runs in the background, beside live traffic, so that Open does
+// not grow with the cache. That is safe because nothing it repairs is ever
+// served: a blob is served only when the index holds it, and a record is
+// written only for content verified against its digest (a commit, or an
+// adoption below that re-hashes the file). Each repair of one blob holds
+// that blob's lock and re-checks what it saw, so a fill, delete or eviction
+// racing the sweep wins; the sweep never removes a temp file of a live fill
+// because it only handles the listing Open took before any fill could start.
+//
+// The sweep:
+//   - empties tmp/ of the dead owner's files: recent fills are kept as
+//     partial/<hex> for the next writer to resume, the rest removed; a fill
+//     of the same blob that starts before the sweep gets there settles its
+//     digest's files itself (partial.go, deadFills);
+//   - removes upload sessions untouched for the upload timeout;
+//   - reconciles blob files with the index (reconcileShard, reconcileIndex);
+//   - drops manifest records whose blob is gone.
+//
+// Close stops it between two steps; the next Open starts it again, and
+// every step is idempotent.
+
+// sweepBatch bounds how many index records the sweep reads per transaction,
+// so that it never holds a long read transaction (which would pin pages and
+// grow the file under concurrent writes).
+const sweepBatch = 1024
+
+// errSweepStopped is the sweep's result when Close stopped it.
+var errSweepStopped = fmt.Errorf("%w: recovery sweep stopped before it finished", ErrClosed)
+
+// Recovered is closed when the recovery sweep that Open started has ended,
+// having finished or been stopped by Close. Safe to call at any time.
+func (s *Store) Recovered() <-chan struct{} { return s.recovered }
+
+// RecoveryErr reports what the recovery sweep could not repair (nil if it
+// repaired everything or is still running; an error wrapping ErrClosed if
+// Close stopped it). Safe to call at any time.
+func (s *Store) RecoveryErr() error {
+	select {
+	case <-s.recovered:
+		return s.recoverErr
+	default:
+		return nil
 	}
-	if _, err := s.removeStaleUploads(now.Add(-s.uploadTimeout)); err != nil {
-		return fmt.Errorf("cachestore: clean uploads: %w", err)
+}
+
+func (s *Store) recoverInBackground(now time.Time, junkTemps []string, hook func(<-chan struct{})) {
+	defer s.bgWG.Done()
+	defer close(s.recovered)
+	if hook != nil {
+		hook(s.stop)
 	}
-	if err := s.reconcileBlobs(now); err != nil {
-		return fmt.Errorf("cachestore: reconcile blobs: %w", err)
+	s.recoverErr = s.recover(now, junkTemps)
+}
+
+func (s *Store) stopping() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
 	}
-	return nil
+}
+
+func (s *Store) recover(now time.Time, junkTemps []string) error {
+	steps := []func() error{
+		func() error {
+			if err := s.keepPartials(junkTemps); err != nil {
+				return fmt.Errorf("cachestore: clean tmp: %w", err)
+			}
+			return nil
+		},
+		func() error {
+			if _, err := s.removeStaleUploads(now.Add(-s.uploadTimeout)); err != nil {
+				return fmt.Errorf("cachestore: clean uploads: %w", err)
+			}
+			return nil
+		},
+		func() error { return s.reconcileFiles(now) },
+		s.reconcileIndex,
+		s.dropOrphanManifests,
+	}
+	var errs []error
+	for _, step := range steps {
+		if s.stopping() {
+			return errSweepStopped
+		}
+		errs = append(errs, step())
+	}
+	return errors.Join(errs...)
 }
 
 // removeChildren removes the entries of dir for which doomed reports true.
@@ -59,125 +130,259 @@ func removeChildren(dir string, doomed func(fs.FileInfo) bool) error {
 	return errors.Join(errs...)
 }
 
-// reconcileBlobs makes blobs/ and the index agree. A file is present only
-// if it is indexed with its size, or hashes to its own name (a crash
-// between rename and index commit): those are adopted, all other files
-// removed. Index entries without a matching file are dropped.
-func (s *Store) reconcileBlobs(now time.Time) error {
-	indexed := make(map[string]int64) // digest key → indexed size
-	if err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
-			if len(v) == blobRecordLen {
-				info, _ := decodeBlobRecord(v1.Hash{}, v)
-				indexed[string(k)] = info.Size
-			} else {
-				indexed[string(k)] = -1 // corrupt record: never matches a file
+// reconcileFiles walks blobs/<alg>/<shard>/ and makes every file there
+// either indexed with its size or gone.
+func (s *Store) reconcileFiles(now time.Time) error {
+	var errs []error
+	for _, alg := range digest.Algorithms {
+		shards, err := os.ReadDir(s.blobsDir(alg))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("cachestore: reconcile blobs: %w", err)
+		}
+		for _, shard := range shards {
+			if s.stopping() {
+				return errSweepStopped
 			}
-			return nil
-		})
+			shardDir := filepath.Join(s.blobsDir(alg), shard.Name())
+			if !shard.IsDir() || !isHex(shard.Name(), 2) {
+				errs = append(errs, os.RemoveAll(shardDir))
+				continue
+			}
+			errs = append(errs, s.reconcileShard(alg, shardDir, now))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type blobFileSeen struct {
+	d    v1.Hash
+	path string
+	size int64
+}
+
+// reconcileShard checks one shard directory against the index in one read
+// transaction; only the files it cannot vouch for that way (unindexed, or
+// indexed with another size) go through reconcileFile.
+func (s *Store) reconcileShard(alg, shardDir string, now time.Time) error {
+	files, err := os.ReadDir(shardDir)
+	if err != nil {
+		return fmt.Errorf("cachestore: reconcile blobs: %w", err)
+	}
+	var errs []error
+	seen := make([]blobFileSeen, 0, len(files))
+	shard := filepath.Base(shardDir)
+	for _, f := range files {
+		path := filepath.Join(shardDir, f.Name())
+		name := f.Name()
+		// No writer ever creates such a name, so nothing can race this.
+		if !f.Type().IsRegular() || !isHex(name, digest.HexLen(alg)) || name[:2] != shard {
+			errs = append(errs, os.RemoveAll(path))
+			continue
+		}
+		fi, err := f.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		seen = append(seen, blobFileSeen{d: v1.Hash{Algorithm: alg, Hex: name}, path: path, size: fi.Size()})
+	}
+	var suspects []blobFileSeen
+	if err := s.view(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlobs)
+		for _, f := range seen {
+			if v := b.Get(digestKey(f.d)); len(v) == blobRecordLen && recordSize(v) == f.size {
+				continue
+			}
+			suspects = append(suspects, f)
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
+	for _, f := range suspects {
+		if s.stopping() {
+			return errSweepStopped
+		}
+		errs = append(errs, s.reconcileFile(f, now))
+	}
+	return errors.Join(errs...)
+}
 
-	present := make(map[string]bool, len(indexed))
-	var adopt []BlobInfo
-	for _, alg := range digest.Algorithms {
-		if err := s.reconcileAlgorithm(alg, indexed, present, &adopt, now); err != nil {
+// reconcileFile settles one blob file the index does not vouch for. Under
+// the blob's lock (so no install or delete of it is half done) it looks
+// again; a file still unindexed, or indexed with another size, is kept only
+// if its content hashes to its name (a crash between rename and index
+// commit): then it is indexed. Otherwise it is removed, with its record.
+func (s *Store) reconcileFile(f blobFileSeen, now time.Time) error {
+	unlock := s.blobLocks.lock(f.d.Hex)
+	defer unlock()
+	fi, err := os.Lstat(f.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // deleted meanwhile; reconcileIndex drops a record left behind
+	}
+	if err != nil {
+		return err
+	}
+	key := digestKey(f.d)
+	var rec []byte
+	if err := s.view(func(tx *bolt.Tx) error {
+		rec = bytes.Clone(tx.Bucket(bucketBlobs).Get(key))
+		return nil
+	}); err != nil {
+		return err
+	}
+	if len(rec) == blobRecordLen && recordSize(rec) == fi.Size() {
+		return nil // installed meanwhile
+	}
+	if got, n, err := hashFile(f.path, f.d.Algorithm); err == nil && got == f.d && n == fi.Size() {
+		return s.update(func(tx *bolt.Tx) error {
+			return putBlobTx(tx, key, BlobInfo{Digest: f.d, Size: n, AddedAt: now, LastAccess: now})
+		})
+	}
+	if err := os.Remove(f.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return s.update(func(tx *bolt.Tx) error { return dropBlobRecordTx(tx, key) })
+}
+
+// adoptBeforeSweep settles blob d's file now if the sweep may not have
+// reached it yet, and reports whether there was a file to settle. A crash
+// between an install's rename and its index commit leaves the file of a
+// verified blob that the sweep would adopt; a lookup that comes first adopts
+// it itself (re-hashing it, as the sweep would), so that a new owner does
+// not fetch again what the dead one had already stored. Once the sweep has
+// ended this costs one channel check.
+func (s *Store) adoptBeforeSweep(d v1.Hash) bool {
+	select {
+	case <-s.recovered:
+		return false
+	default:
+	}
+	path := s.blobPath(d)
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.Mode().IsRegular() {
+		return false
+	}
+	s.reconcileFile(blobFileSeen{d: d, path: path, size: fi.Size()}, wallNow()) // the sweep reports its errors
+	return true
+}
+
+// dropBlobRecordTx removes a blob's record and what is meaningless without
+// its bytes: its manifest record and the local repositories' links to it.
+func dropBlobRecordTx(tx *bolt.Tx, key []byte) error {
+	if err := tx.Bucket(bucketManifests).Delete(key); err != nil {
+		return err
+	}
+	if err := deleteLinksTx(tx, string(key)); err != nil {
+		return err
+	}
+	return deleteBlobTx(tx, key)
+}
+
+// reconcileIndex drops the records whose file is missing (lost in a crash
+// or deleted behind our back) and records whose key is no digest at all,
+// reading the index sweepBatch records at a time.
+func (s *Store) reconcileIndex() error {
+	var after []byte
+	var errs []error
+	for {
+		if s.stopping() {
+			return errSweepStopped
+		}
+		keys, err := s.keysAfter(bucketBlobs, after)
+		if err != nil {
 			return err
 		}
+		for _, key := range keys {
+			if err := s.reconcileRecord(key); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if len(keys) < sweepBatch {
+			return errors.Join(errs...)
+		}
+		after = keys[len(keys)-1]
 	}
+}
 
-	var drop []string
-	for key := range indexed {
-		if !present[key] {
-			drop = append(drop, key)
-		}
+// reconcileRecord drops the record of key if its file is missing.
+func (s *Store) reconcileRecord(key []byte) error {
+	d, err := digest.Parse(string(key))
+	if err != nil || checkDigest(d) != nil {
+		return s.update(func(tx *bolt.Tx) error { return dropBlobRecordTx(tx, key) })
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
-		blobs := tx.Bucket(bucketBlobs)
-		for _, info := range adopt {
-			if err := blobs.Put(digestKey(info.Digest), encodeBlobRecord(info)); err != nil {
-				return err
-			}
+	if _, err := os.Lstat(s.blobPath(d)); !errors.Is(err, fs.ErrNotExist) {
+		return nil // present (its size was checked by reconcileShard) or unknowable
+	}
+	unlock := s.blobLocks.lock(d.Hex)
+	defer unlock()
+	// Again under the lock: an install that renamed the file in since is done.
+	if _, err := os.Lstat(s.blobPath(d)); !errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	s.accessMu.Lock()
+	delete(s.accessQueue, string(key))
+	s.accessMu.Unlock()
+	return s.update(func(tx *bolt.Tx) error { return dropBlobRecordTx(tx, key) })
+}
+
+// dropOrphanManifests drops manifest records whose blob is gone: a record
+// is only meaningful with its bytes. PutManifest commits the blob before
+// the record, so a record seen without its blob in one transaction is an
+// orphan, not a manifest being stored.
+func (s *Store) dropOrphanManifests() error {
+	var after []byte
+	for {
+		if s.stopping() {
+			return errSweepStopped
 		}
-		for _, key := range drop {
-			if err := blobs.Delete([]byte(key)); err != nil {
-				return err
-			}
+		keys, err := s.keysAfter(bucketManifests, after)
+		if err != nil {
+			return err
 		}
-		// Manifest records are only meaningful with their bytes.
-		var orphans [][]byte
-		if err := tx.Bucket(bucketManifests).ForEach(func(k, _ []byte) error {
-			if blobs.Get(k) == nil {
-				orphans = append(orphans, append([]byte(nil), k...))
+		if err := s.update(func(tx *bolt.Tx) error {
+			for _, k := range keys {
+				if tx.Bucket(bucketBlobs).Get(k) == nil {
+					if err := tx.Bucket(bucketManifests).Delete(k); err != nil {
+						return err
+					}
+				}
 			}
 			return nil
 		}); err != nil {
 			return err
 		}
-		for _, k := range orphans {
-			if err := tx.Bucket(bucketManifests).Delete(k); err != nil {
-				return err
+		if len(keys) < sweepBatch {
+			return nil
+		}
+		after = keys[len(keys)-1]
+	}
+}
+
+// keysAfter copies out up to sweepBatch keys of bucket that sort after
+// after (from the first key if after is nil), in one short read transaction.
+func (s *Store) keysAfter(bucket, after []byte) ([][]byte, error) {
+	var keys [][]byte
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucket).Cursor()
+		k, _ := c.First()
+		if after != nil {
+			if k, _ = c.Seek(after); k != nil && bytes.Equal(k, after) {
+				k, _ = c.Next()
 			}
+		}
+		for ; k != nil && len(keys) < sweepBatch; k, _ = c.Next() {
+			keys = append(keys, bytes.Clone(k))
 		}
 		return nil
 	})
-}
-
-// reconcileAlgorithm walks blobs/<alg>/: files indexed with their size
-// are marked present, files that hash to their own name are marked present
-// and appended to adopt (to be indexed), every other file there is removed.
-func (s *Store) reconcileAlgorithm(alg string, indexed map[string]int64, present map[string]bool, adopt *[]BlobInfo, now time.Time) error {
-	shards, err := os.ReadDir(s.blobsDir(alg))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	for _, shard := range shards {
-		shardDir := filepath.Join(s.blobsDir(alg), shard.Name())
-		if !shard.IsDir() || !isHex(shard.Name(), 2) {
-			if err := os.RemoveAll(shardDir); err != nil {
-				return err
-			}
-			continue
-		}
-		files, err := os.ReadDir(shardDir)
-		if err != nil {
-			return err
-		}
-		for _, f := range files {
-			path := filepath.Join(shardDir, f.Name())
-			name := f.Name()
-			if !f.Type().IsRegular() || !isHex(name, digest.HexLen(alg)) || name[:2] != shard.Name() {
-				if err := os.RemoveAll(path); err != nil {
-					return err
-				}
-				continue
-			}
-			d := v1.Hash{Algorithm: alg, Hex: name}
-			fi, err := f.Info()
-			if err != nil {
-				return err
-			}
-			if size, ok := indexed[d.String()]; ok && size == fi.Size() {
-				present[d.String()] = true
-				continue
-			}
-			// Unindexed or size disagrees with the index: only the content
-			// itself can vouch for the file.
-			if got, n, err := hashFile(path, alg); err == nil && got == d && n == fi.Size() {
-				*adopt = append(*adopt, BlobInfo{Digest: d, Size: n, AddedAt: now, LastAccess: now})
-				present[d.String()] = true
-				continue
-			}
-			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-		}
-	}
-	return nil
+	return keys, err
 }
 
 // hashFile hashes the file at path under alg.

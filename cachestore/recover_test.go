@@ -41,15 +41,7 @@ func TestCrashRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	write := func(path string, body string) {
-		t.Helper()
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	write := func(path, body string) { writeFile(t, path, body) }
 	path := func(d string) string {
 		h, _ := content(d)
 		return filepath.Join(dir, "blobs", "sha256", h.Hex[:2], h.Hex)

@@ -19,7 +19,12 @@ import (
 //
 // Version 2 added the local repositories' links (link.go); Open migrates a
 // version 1 index by linking what its local tags and referrers reach.
-const schemaVersion = "2"
+// Version 3 added the blob totals (totals.go); Open migrates an older index
+// by counting its blob records once, the only start-up work that grows with
+// the cache and only on that first Open. The bump keeps older builds, which
+// would write blob records without adjusting the totals, off a version 3
+// index (they fail with ErrSchema).
+const schemaVersion = "3"
 
 // Bucket names. All are created by Open, so no other code path creates
 // buckets or has to cope with a missing one.
@@ -35,8 +40,9 @@ var (
 	bucketLinkedBy  = []byte("linkedby")  // digest\0repo → empty: the same links, by digest
 	keyVersion      = []byte("version")
 	// A bucket added later (pins) needs no schema bump: Open creates it in
-	// an older index, and older builds never look at it.
-	allBuckets = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta, bucketPins, bucketLinks, bucketLinkedBy}
+	// an older index, and older builds never look at it. bucketCounters
+	// (totals.go) did need one, as older builds would not keep it right.
+	allBuckets = [][]byte{bucketSchema, bucketBlobs, bucketManifests, bucketTags, bucketReferrers, bucketMeta, bucketPins, bucketLinks, bucketLinkedBy, bucketCounters}
 )
 
 const (
@@ -68,6 +74,11 @@ type Options struct {
 	// may then lose recent writes (recovery still never exposes unverified
 	// content). For tests and benchmarks only.
 	NoSync bool
+
+	// beforeSweep, if set, runs at the start of the background recovery
+	// sweep; tests block in it (until stop is closed, at Close) to show the
+	// store is usable before the sweep has done anything.
+	beforeSweep func(stop <-chan struct{})
 }
 
 // Store is the content-addressed store on one volume. All methods are safe
@@ -82,8 +93,12 @@ type Store struct {
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
-	stop      chan struct{}  // closed by Close to stop the access flusher
-	flusherWG sync.WaitGroup // the access flusher goroutine
+	stop      chan struct{}  // closed by Close to stop the background goroutines
+	bgWG      sync.WaitGroup // the access flusher and the recovery sweep
+
+	dead       deadFills     // the dead owner's fills, until settled (partial.go)
+	recovered  chan struct{} // closed when the recovery sweep has ended
+	recoverErr error         // what the sweep could not repair; read after recovered
 
 	blobLocks   keyedMutex // per digest: serializes install/delete of one blob
 	uploadLocks keyedMutex // per upload id: serializes appends/commit/cancel
@@ -105,10 +120,16 @@ type Store struct {
 	liveTemps  sync.Map // temp path → struct{}: fills of this Store still running
 }
 
-// Open opens (creating if needed) the store under opts.Dir, takes the
-// exclusive index lock, and repairs what a crash may have left: it removes
-// temp files, expired upload sessions (Options.UploadTimeout), blob files that are unindexed and do
-// not hash to their name, and index entries whose file is missing.
+// Open opens (creating if needed) the store under opts.Dir and takes the
+// exclusive index lock. Its own work does not grow with the cache: what a
+// crash may have left is repaired by a recovery sweep that Open starts in the
+// background (recover.go) and Close stops and waits for. The sweep removes
+// dead temp files (keeping recent ones as partials), expired upload sessions
+// (Options.UploadTimeout), blob files that are unindexed and do not hash to
+// their name, and index entries whose file is missing. Until it is done the
+// store is fully usable and safe: a blob is served only if the index holds
+// it, and the index only holds blobs that were verified when committed.
+// Recovered tells when the sweep has ended.
 //
 // Only one Store may be open on a directory at a time; a second Open (from
 // any process) waits opts.LockTimeout and then fails with ErrLocked. The
@@ -158,17 +179,25 @@ func Open(opts Options) (*Store, error) {
 		stop:          make(chan struct{}),
 		accessQueue:   make(map[string]time.Time),
 		createTemp:    osCreateTemp,
+		recovered:     make(chan struct{}),
 	}
 	if err := s.initSchema(); err != nil {
 		db.Close()
 		return nil, err
 	}
-	if err := s.recover(wallNow()); err != nil {
+	// Only the listing of tmp/ is taken now, before any fill of this Store
+	// can create a file there: the sweep then touches exactly the dead
+	// owner's temp files, never a live fill's.
+	deadTemps, err := os.ReadDir(s.tmpDir())
+	if err != nil {
 		db.Close()
-		return nil, err
+		return nil, fmt.Errorf("cachestore: list tmp: %w", err)
 	}
-	s.flusherWG.Add(1)
+	now := wallNow()
+	junk := s.listDeadTemps(deadTemps, now)
+	s.bgWG.Add(2)
 	go s.accessFlusher()
+	go s.recoverInBackground(now, junk, opts.beforeSweep)
 	return s, nil
 }
 
@@ -182,9 +211,17 @@ func (s *Store) initSchema() error {
 		b := tx.Bucket(bucketSchema)
 		switch v := b.Get(keyVersion); {
 		case v == nil:
+			if err := putTotals(tx, blobTotals{}); err != nil {
+				return err
+			}
 			return b.Put(keyVersion, []byte(schemaVersion))
-		case string(v) == "1":
-			if err := s.migrateLinks(tx); err != nil {
+		case string(v) == "1" || string(v) == "2":
+			if string(v) == "1" {
+				if err := s.migrateLinks(tx); err != nil {
+					return fmt.Errorf("cachestore: migrating index to schema %s: %w", schemaVersion, err)
+				}
+			}
+			if err := migrateTotals(tx); err != nil {
 				return fmt.Errorf("cachestore: migrating index to schema %s: %w", schemaVersion, err)
 			}
 			return b.Put(keyVersion, []byte(schemaVersion))
@@ -195,15 +232,16 @@ func (s *Store) initSchema() error {
 	})
 }
 
-// Close flushes queued access times, releases the index lock and closes
-// the index. It waits for in-flight index transactions but not for open
+// Close stops the recovery sweep if it is still running (the next Open
+// sweeps again), flushes queued access times, releases the index lock and
+// closes the index. It waits for in-flight index transactions but not for open
 // BlobWriters: finish (Commit or Abort) those first, their Commit fails
 // with ErrClosed afterwards. Files returned by OpenBlob stay readable.
 // Close may be called more than once; later calls return the first result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
-		s.flusherWG.Wait()
+		s.bgWG.Wait()
 		flushErr := s.flushAccess()
 		s.closed.Store(true)
 		s.closeErr = errors.Join(flushErr, s.db.Close())

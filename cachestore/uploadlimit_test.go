@@ -78,7 +78,7 @@ func TestEvictCountsAndRemovesIdleUploads(t *testing.T) {
 	}
 }
 
-// Sessions expire after Options.UploadTimeout: at Open, and by the janitor
+// Sessions expire after Options.UploadTimeout: in Open's recovery sweep, and by the janitor
 // while the store runs.
 func TestUploadTimeout(t *testing.T) {
 	t.Parallel()
@@ -87,6 +87,7 @@ func TestUploadTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	<-s.Recovered() // the sweep of an empty volume, out of the way of the sessions below
 	expired := session(t, s, 10, 2*time.Hour)
 	live := session(t, s, 10, 30*time.Minute)
 
@@ -115,7 +116,7 @@ func TestUploadTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A crash leaves sessions behind; the next Open removes the expired.
+	// A crash leaves sessions behind; the next Open's sweep removes the expired.
 	touched := time.Now().Add(-90 * time.Minute)
 	os.Chtimes(filepath.Join(dir, "uploads", live), touched, touched)
 	s, err = Open(Options{Dir: dir, NoSync: true, UploadTimeout: time.Hour})
@@ -123,6 +124,7 @@ func TestUploadTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	<-s.Recovered()
 	if alive(s, live) {
 		t.Error("Open kept a session untouched for longer than the upload timeout")
 	}

@@ -71,6 +71,13 @@ func (s *Store) Verify(repair bool) (VerifyReport, error) {
 	var rep VerifyReport
 	var repairErrs []error
 	indexed := make(map[string]bool)
+	// The recovery sweep repairs a subset of what Verify checks; running
+	// both at once would only make each report the other's repairs.
+	select {
+	case <-s.recovered:
+	case <-s.stop:
+		return rep, ErrClosed
+	}
 
 	err := s.Blobs(func(info BlobInfo) error {
 		key := info.Digest.String()
@@ -136,7 +143,7 @@ func (s *Store) dropBlob(d v1.Hash) error {
 		if err := deleteLinksTx(tx, d.String()); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketBlobs).Delete(digestKey(d))
+		return deleteBlobTx(tx, digestKey(d))
 	})
 }
 
@@ -189,11 +196,10 @@ func (s *Store) adopt(d v1.Hash, size int64) error {
 	defer unlock()
 	now := wallNow()
 	return s.update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketBlobs)
-		if b.Get(digestKey(d)) != nil {
+		if tx.Bucket(bucketBlobs).Get(digestKey(d)) != nil {
 			return nil
 		}
-		return b.Put(digestKey(d), encodeBlobRecord(BlobInfo{Digest: d, Size: size, AddedAt: now, LastAccess: now}))
+		return putBlobTx(tx, digestKey(d), BlobInfo{Digest: d, Size: size, AddedAt: now, LastAccess: now})
 	})
 }
 

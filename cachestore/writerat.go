@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strings"
 )
 
 // Positional fills. A large blob fetched as parallel Range requests lands
@@ -30,7 +28,7 @@ import (
 //     beside it, <temp>.prefix, holding the prefix length, and rewrites it
 //     as the prefix grows (always after the bytes it vouches for were
 //     written). Recovery trims such a file to its recorded prefix before
-//     keeping it (trimPositionalTemps). The bytes beyond the prefix are
+//     keeping it (trimToPrefixRecord, when the dead fill is settled). The bytes beyond the prefix are
 //     dropped: persisting the whole range map would save more of a dead
 //     fill, but would make adoption positional too, for a rare event.
 
@@ -206,39 +204,30 @@ func (w *BlobWriter) dropRecord() {
 	}
 }
 
-// trimPositionalTemps turns a dead owner's positional fills back into
-// contiguous prefixes: each tmp/<name> with a tmp/<name>.prefix record is
-// truncated to the recorded length (removed if that is 0), and the records
-// are removed. Recovery calls it before keepPartials looks at tmp/, with the
-// index lock held. A record whose temp file is gone is just removed.
-func (s *Store) trimPositionalTemps() error {
-	entries, err := os.ReadDir(s.tmpDir())
-	if err != nil {
-		return err
+// trimToPrefixRecord turns a dead owner's positional fill (tmp/<hex>.<rand>
+// with a prefix record beside it) back into a plain contiguous prefix: the
+// file is cut to the length its record vouches for, or removed if the record
+// is unreadable or vouches for nothing, and the record goes. A fill without a
+// record is left alone: its file is a prefix already. Called by
+// settleDeadFills on files Open listed, never on a live fill's.
+func trimToPrefixRecord(data string) error {
+	recPath := data + prefixRecordSuffix
+	b, err := os.ReadFile(recPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
 	var errs []error
-	for _, e := range entries {
-		name, ok := strings.CutSuffix(e.Name(), prefixRecordSuffix)
-		if !ok {
-			continue
-		}
-		recPath := filepath.Join(s.tmpDir(), e.Name())
-		data := filepath.Join(s.tmpDir(), name)
-		if _, live := s.liveTemps.Load(data); live {
-			continue // a fill of this Store, running: not a dead owner's
-		}
-		prefix := int64(0)
-		if b, err := os.ReadFile(recPath); err == nil && len(b) == 8 {
-			prefix = int64(binary.LittleEndian.Uint64(b))
-		}
-		if fi, err := os.Lstat(data); err == nil && fi.Mode().IsRegular() && prefix > 0 && prefix <= fi.Size() {
-			errs = append(errs, os.Truncate(data, prefix))
-		} else if err := os.Remove(data); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
-		}
-		if err := os.Remove(recPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, err)
-		}
+	prefix := int64(0)
+	if err == nil && len(b) == 8 {
+		prefix = int64(binary.LittleEndian.Uint64(b))
+	}
+	if fi, err := os.Lstat(data); err == nil && fi.Mode().IsRegular() && prefix > 0 && prefix <= fi.Size() {
+		errs = append(errs, os.Truncate(data, prefix))
+	} else if err := os.Remove(data); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if err := os.Remove(recPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

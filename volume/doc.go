@@ -14,7 +14,8 @@
 // Election: a follower blocks on the lock in the background. When the
 // owner exits, however it exits (SIGKILL included), the kernel drops its
 // flock and one follower gets it within bbolt's 50ms poll; it opens the
-// store (running its crash recovery), builds the mirror, starts the socket
+// store (its crash recovery then runs in the background, beside the
+// serving owner), builds the mirror, starts the socket
 // and switches its public handler to owner mode. Meanwhile followers retry
 // requests that found no owner (no socket, refused, or reset before any
 // response byte) for up to Options.ForwardRetry, and a forwarded blob body

@@ -196,8 +196,8 @@ func (v *Volume) open(wait time.Duration) (*cachestore.Store, error) {
 
 // elect blocks on the index lock until it is ours or Close is called. The
 // kernel drops a flock when its holder exits, however it exits, so a
-// SIGKILLed owner is replaced within bbolt's 50ms poll plus the recovery
-// scan of cachestore.Open.
+// SIGKILLed owner is replaced within bbolt's 50ms poll plus
+// cachestore.Open, whose crash recovery runs in the background.
 func (v *Volume) elect() {
 	defer v.election.Done()
 	for {
@@ -275,7 +275,27 @@ func (v *Volume) promote(store *cachestore.Store, began time.Time) error {
 	v.role.Store(int32(Owner))
 	close(v.elected)
 	v.log.Info("owner of the volume", "dir", v.dir, "socket", v.sockPath, "took", time.Since(began).Round(time.Millisecond))
+	v.election.Add(1)
+	go v.reportRecovery(store, began)
 	return nil
+}
+
+// reportRecovery logs the end of the store's background recovery sweep,
+// which runs while this owner already serves (cachestore.Open).
+func (v *Volume) reportRecovery(store *cachestore.Store, began time.Time) {
+	defer v.election.Done()
+	select {
+	case <-v.stop:
+		return
+	case <-store.Recovered():
+	}
+	if err := store.RecoveryErr(); err != nil {
+		if !errors.Is(err, cachestore.ErrClosed) {
+			v.log.Warn("crash recovery of the volume left problems; 'pullcache verify --repair' checks everything", "dir", v.dir, "err", err)
+		}
+		return
+	}
+	v.log.Info("crash recovery of the volume finished", "dir", v.dir, "took", time.Since(began).Round(time.Millisecond))
 }
 
 // Role reports this process's current role.

@@ -61,6 +61,13 @@ func openStore(dir string) (*cachestore.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening cache %s: %w", dir, err)
 	}
+	// Offline commands work on the recovered volume, as they did when Open
+	// recovered before returning; only serve lets the sweep run behind it.
+	<-s.Recovered()
+	if err := s.RecoveryErr(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("recovering cache %s: %w", dir, err)
+	}
 	return s, nil
 }
 

@@ -122,6 +122,7 @@ type report struct {
 	corpus   *corpus
 	sections []section
 	gobench  *goBench
+	startup  *startupResult // nil unless the startup scenario ran
 	elapsed  time.Duration
 }
 
@@ -141,12 +142,22 @@ func (rep report) markdown() string {
 	p("Side by side on one machine, one corpus, one upstream: **pullcache**; **distribution** = CNCF distribution %s in proxy mode (`proxy.remoteurl`), the pull-through cache most users pick; **nginx** = nginx serving the same blob files from disk with sendfile, the practical limit of warm serving here (warm storm only: it is no cache); **no mirror** = clients pull straight from the upstream, the upstream-request baseline.\n\n", registryVersion(rep.cfg.versions))
 	p("Produced by `%s` in %s.\n\n", orDefault(rep.cfg.command, "scripts/bench"), rep.elapsed.Round(time.Second))
 	rep.machine(&b)
+	if rep.corpus == nil { // the startup scenario alone
+		if rep.startup != nil {
+			rep.startup.markdown(&b)
+		}
+		rep.goBenchSection(&b)
+		return b.String()
+	}
 	rep.method(&b)
 	rep.verdicts(&b)
 	p("## Results\n\n")
 	p("Columns: **wall** = median wall time of the runs; **throughput** = median of bytes the clients read ÷ wall; **upstream** = requests the upstream received, median per run, by kind (manifest GET is what Docker Hub's pull limit counts) and response bytes; **peak RSS** = VmHWM of the server process (nginx: master + workers) over the scenario; **server CPU** = user+system CPU the server used during a run, median (the clients' digest checks share the same 2 cores, so this is the steadier efficiency figure when throughput is client-bound); **pc ÷ peer** = pullcache's throughput and upstream bytes divided by this peer's.\n\n")
 	for _, sec := range rep.sections {
 		rep.table(&b, sec)
+	}
+	if rep.startup != nil {
+		rep.startup.markdown(&b)
 	}
 	rep.goBenchSection(&b)
 	return b.String()
@@ -185,7 +196,9 @@ func (rep report) machine(b *strings.Builder) {
 		}
 	}
 	row("upstream link", rep.cfg.wan.String())
-	row("corpus", fmt.Sprintf("%s: small %s, large %s (%d layers), multi-arch index (2 platforms, %s for amd64), %d distinct images of %s; random, incompressible layers", fmtBytes(float64(rep.corpus.TotalBytes)), fmtBytes(float64(rep.corpus.Small.Bytes)), fmtBytes(float64(rep.corpus.Large.Bytes)), rep.corpus.Large.Blobs-1, fmtBytes(float64(rep.corpus.Multi.Bytes)), len(rep.corpus.Distinct), fmtBytes(float64(rep.corpus.Distinct[0].Bytes))))
+	if rep.corpus != nil {
+		row("corpus", fmt.Sprintf("%s: small %s, large %s (%d layers), multi-arch index (2 platforms, %s for amd64), %d distinct images of %s; random, incompressible layers", fmtBytes(float64(rep.corpus.TotalBytes)), fmtBytes(float64(rep.corpus.Small.Bytes)), fmtBytes(float64(rep.corpus.Large.Bytes)), rep.corpus.Large.Blobs-1, fmtBytes(float64(rep.corpus.Multi.Bytes)), len(rep.corpus.Distinct), fmtBytes(float64(rep.corpus.Distinct[0].Bytes))))
+	}
 	b.WriteString("\n")
 }
 
@@ -282,6 +295,11 @@ func (rep report) verdicts(b *strings.Builder) {
 			continue
 		}
 		vs = append(vs, verdict{t, fmtBytes(float64(pc.rss)), judge(pc.rss < 100<<20)})
+	}
+	if r := rep.startup; r != nil {
+		t := fmt.Sprintf("start-up with %d blobs, exec → /healthz ≤ 50 ms (clean, after kill -9)", r.blobs)
+		m := fmt.Sprintf("%s, %s (empty store %s)", fmtWall(median(r.clean)), fmtWall(median(r.killed)), fmtWall(median(r.empty)))
+		vs = append(vs, verdict{t, m, judge(r.startupPass())})
 	}
 	fmt.Fprintf(b, "## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
 	for _, v := range vs {
