@@ -75,7 +75,7 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 		s.log.Warn("upstream throttled a request", "upstream", ns, "kind", kind,
 			"throttle", th.Describe(), "class", th.Kind.String(), "status", th.Status,
 			"retry_after", th.RetryAfter, "retry_after_given", th.HasRetryAfter)
-		s.throttles.add(ns, kind, clientOf(ctx), th, s.opts.Now())
+		s.stats.Throttle(ns, kind, clientOf(ctx), th, s.opts.Now())
 	}
 	ticket.WrapBody(resp)
 	return resp, nil

@@ -540,7 +540,7 @@ func (s *Server) countUpstream(ns, kind string, resp *http.Response, err error) 
 	if err == nil && resp != nil {
 		status = resp.StatusCode
 	}
-	s.stats.upstreamRequest(ns, kind, status)
+	s.stats.UpstreamRequest(ns, kind, status)
 }
 
 // upstreamFailure turns a transport error into 503 with a Retry-After: the

@@ -24,6 +24,7 @@ import (
 	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
+	"github.com/pullcache/pullcache/stats"
 	"github.com/pullcache/pullcache/upstream"
 )
 
@@ -86,11 +87,10 @@ type Server struct {
 	store     *cachestore.Store
 	upstreams map[string]*upstream.Client
 	log       *slog.Logger
-	stats     *Stats
+	stats     *stats.Stats
 	admit     *admit.Admitter
 	negative  *negativeCache
-	clients   *clientTracker
-	throttles throttleLog
+	clients   *stats.Clients
 
 	manifestFlight singleflight.Group
 
@@ -138,12 +138,12 @@ func New(opts Options) (*Server, error) {
 		store:     opts.Store,
 		upstreams: make(map[string]*upstream.Client),
 		log:       opts.Logger,
-		stats:     newStats(),
+		stats:     stats.New(),
 		fills:     make(map[string]*blobFill),
 		admit:     opts.Admitter,
 		negative:  newNegativeCache(opts.Now),
 	}
-	s.clients = newClientTracker(opts.Now, opts.Logger)
+	s.clients = stats.NewClients(opts.Now, opts.Logger)
 	for _, u := range opts.Upstreams {
 		s.upstreams[u.Registry().Name] = u
 		if s.admit != nil {
@@ -170,7 +170,7 @@ func (s *Server) UpstreamNames() []string {
 }
 
 // Stats exposes the server's counters.
-func (s *Server) Stats() *Stats { return s.stats }
+func (s *Server) Stats() *stats.Stats { return s.stats }
 
 // Wait blocks until every background blob fill has finished. Call it after
 // the HTTP server has shut down, before closing the store.
@@ -181,7 +181,7 @@ func (s *Server) Wait() { s.fillWG.Wait() }
 // because ServeMux cleans paths ("/v2/a/../b") before the parser could
 // reject them.
 func (s *Server) Handler() http.Handler {
-	metrics := s.metricsHandler()
+	metrics := stats.Handler(s.stats, s.admit)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.EscapedPath()
 		switch {
@@ -208,7 +208,7 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	client := clientName(r)
 	r = r.WithContext(withClient(r.Context(), client))
-	s.clients.request(client)
+	s.clients.Request(client)
 	req, err := route.Parse(r)
 	if err == nil {
 		err = s.checkName(req)
@@ -260,7 +260,7 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := apierr.StatusOf(err)
 	var a absorbed
-	s.clients.failure(clientOf(r.Context()), r.Method+" "+r.URL.Path, errors.As(err, &a))
+	s.clients.Failure(clientOf(r.Context()), r.Method+" "+r.URL.Path, errors.As(err, &a))
 	if status >= 500 && status != http.StatusServiceUnavailable {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	} else {
