@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/upstream"
 )
@@ -172,3 +173,6 @@ func TestPullThroughThenWarm(t *testing.T) {
 		}
 	}
 }
+
+// sha256Hash is the canonical digest of b.
+func sha256Hash(b []byte) v1.Hash { return digest.Sum(digest.SHA256, b) }

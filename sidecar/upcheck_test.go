@@ -77,7 +77,7 @@ func TestUpstreamCheckReadsQuotaWithAHead(t *testing.T) {
 	hubfake.SeedRandomImage(t, hub.AdminHost, "library/app", "2", 1, 256)
 	do(t, "GET", mirror.URL+"/v2/library/app/manifests/2", nil, nil)
 	events := srv.Stats().Throttles()
-	if len(events) != 1 || events[0].Kind != "pull-limit" || events[0].Dialect != admit.DialectDockerHub || events[0].Until == nil || events[0].Request != kindManifestGet {
+	if len(events) != 1 || events[0].Kind != "pull-limit" || events[0].Dialect != admit.DialectDockerHub || events[0].Until == nil || events[0].Request != "manifest_get" {
 		t.Errorf("throttle log %+v, want one pull-limit with its wait", events)
 	}
 }
