@@ -37,7 +37,6 @@ func (m *Mirror) storedManifest(d v1.Hash) (Manifest, error) {
 	return Manifest{Record: rec, Body: body}, nil
 }
 
-
 // Manifest answers a pull of repo's manifest from src, by digest d when it
 // is set, else by tag. With head set, a tag may be answered from its tag
 // record alone (digest, type, size) and the Body is nil.

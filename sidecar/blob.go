@@ -255,4 +255,3 @@ func copyFlushing(w *httpx.CountingWriter, r io.Reader) (int64, error) {
 		}
 	}
 }
-

@@ -130,4 +130,3 @@ func acceptable(r *http.Request, mediaType string) bool {
 	}
 	return false
 }
-
