@@ -32,9 +32,6 @@ import (
 	"github.com/pullcache/pullcache/upstream"
 )
 
-// LocalNamespace is the store namespace of pushed content.
-const LocalNamespace = cachestore.LocalNamespace
-
 // DefaultLocalPrefix is where pushes go unless Options.LocalPrefixes says
 // otherwise.
 const DefaultLocalPrefix = "cache/"
