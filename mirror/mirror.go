@@ -153,7 +153,8 @@ func (m *Mirror) detach(fn func()) {
 }
 
 // Close stops the janitor and waits for every fill, revalidation and
-// OnDiskFull still running. Call it after the last request returned.
+// OnDiskFull still running. Call it after the last request returned; a
+// second call only waits again (the janitor does not restart).
 func (m *Mirror) Close() {
 	m.stopJanitor()
 	m.bg.Wait()

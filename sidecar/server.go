@@ -7,8 +7,8 @@
 //
 // Contracts: a Server's Handler may be called concurrently. Work that
 // outlives a request (blob fills, revalidations, the janitor) belongs to
-// the mirror: Wait stops and joins it and must be called once, after the
-// HTTP server has shut down and before the store is closed.
+// the mirror: Wait stops and joins it, after the HTTP server has shut down
+// and before the store is closed.
 package sidecar
 
 import (
@@ -155,8 +155,9 @@ func (s *Server) Stats() *stats.Stats { return s.stats }
 
 // Wait stops the janitor and blocks until everything the mirror runs
 // detached has finished: blob fills, revalidations that outlived their
-// request, OnDiskFull. Call it once, after the HTTP server has shut down,
-// before closing the store.
+// request, OnDiskFull. Call it after the HTTP server has shut down, before
+// closing the store. Calling it again is harmless (tests do, to let fills
+// settle); the janitor does not restart.
 func (s *Server) Wait() { s.mirror.Close() }
 
 // Handler returns the HTTP handler: /v2/..., /healthz, /_pullcache/stats and
