@@ -21,7 +21,7 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 	if s.isLocal(req) {
 		// A local repository holds what was pushed or mounted into it,
 		// and nothing is ever fetched for it.
-		ok, err := s.store.BlobLinked(s.localRepo(req), req.Digest)
+		ok, err := s.push.Holds(s.localRepo(req), req.Digest)
 		if err != nil {
 			s.fail(w, r, err)
 			return
