@@ -170,9 +170,6 @@ func (m *Mirror) Names() []string {
 	return names
 }
 
-// Default is the name of the default source, or "".
-func (m *Mirror) Default() string { return m.opts.Default }
-
 // Source returns the source a pull of registry falls through to: the one
 // named, or the default for "". It never invents one: an unknown registry
 // is a client error and no request leaves the machine. No default gives
