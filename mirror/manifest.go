@@ -38,11 +38,10 @@ func (m *Mirror) storedManifest(d v1.Hash) (Manifest, error) {
 }
 
 // Manifest answers a pull of repo's manifest from src, by digest d when it
-// is set, else by tag. With head set, a tag may be answered from its tag
-// record alone (digest, type, size) and the Body is nil.
-// It serves a manifest of a mirrored upstream: digests from the
-// store forever, fresh tags with no upstream contact, stale tags after a
-// HEAD, misses with one coalesced request. A HEAD by tag costs at most an
+// is set, else by tag: digests from the store forever, fresh tags with no
+// upstream contact, stale tags after a HEAD, misses with one coalesced
+// request. With head set, a tag may be answered from its tag record alone
+// (digest, type, size) and Body is nil: a HEAD by tag costs at most an
 // upstream HEAD, which Docker Hub does not count against the pull quota;
 // only a GET of content we do not hold is a counted request.
 func (m *Mirror) Manifest(ctx context.Context, src Source, repo, tag string, d v1.Hash, head bool) (Manifest, error) {
