@@ -1,18 +1,18 @@
 package sidecar
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"sync"
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/internal/httpx"
+	"github.com/pullcache/pullcache/mirror"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
-	"github.com/pullcache/pullcache/upstream"
 )
 
 // getBlob serves GET/HEAD of a blob: from the store (with Range, via
@@ -21,7 +21,7 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, req route.Reque
 	if s.isLocal(req) {
 		// A local repository holds what was pushed or mounted into it,
 		// and nothing is ever fetched for it.
-		ok, err := s.store.BlobLinked(s.localRepo(req), req.Digest)
+		ok, err := s.push.Holds(s.localRepo(req), req.Digest)
 		if err != nil {
 			s.fail(w, r, err)
 			return
@@ -54,75 +54,45 @@ func (s *Server) serveStoredBlob(w http.ResponseWriter, r *http.Request, req rou
 }
 
 func (s *Server) getBlobMiss(w http.ResponseWriter, r *http.Request, req route.Request) {
-	up, err := s.mirrorFor(req)
+	src, err := s.mirror.Source(req.Registry)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	if up == nil {
+	if src == nil {
 		s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is unknown", req.Digest))
 		return
 	}
 	if r.Method == http.MethodHead {
-		s.headBlobUpstream(w, r, req, up)
+		s.headBlobUpstream(w, r, req, src)
 		return
 	}
-	negKey := "b|" + up.Registry().Name + "|" + req.Digest.String()
-	if err, ok := s.negative.get(negKey); ok {
-		s.stats.Absorbed.Add(1)
+	ranged := r.Header.Get("Range") != ""
+	fill, err := s.mirror.Fetch(r.Context(), src, req.Repo, req.Digest, ranged)
+	if errors.Is(err, mirror.ErrCachingPaused) {
+		s.passThroughMiss(w, r, req, src)
+		return
+	}
+	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	s.stats.BlobMisses.Add(1)
-	if s.cachingPaused() && r.Header.Get("Range") == "" {
-		s.passThroughMiss(w, r, req, up)
-		return
-	}
-	fill, joined := s.joinFill(r.Context(), up, req.Repo, req.Digest)
 	if fill == nil { // committed in the meantime
 		if !s.serveStoredBlob(w, r, req) {
 			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s vanished from the store", req.Digest))
 		}
 		return
 	}
-	if joined {
-		s.stats.CoalescedWaiters.Add(1)
-	}
-	s.followFill(w, r, req, up, fill)
+	s.followFill(w, r, req, src, fill)
 }
 
-// headBlobUpstream answers a HEAD for a blob we lack: from a fill in progress
-// if there is one, else with an (uncounted) upstream HEAD. A HEAD never
-// starts a download.
-func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client) {
-	var size int64 = -1
-	s.fillMu.Lock()
-	f := s.fills[req.Digest.String()]
-	s.fillMu.Unlock()
-	if f != nil {
-		select {
-		case <-f.ready:
-			if f.err == nil {
-				size = f.size
-			}
-		default:
-		}
-	}
-	if size < 0 {
-		ns := up.Registry().Name
-		resp, err := s.admitted(r.Context(), up, kindBlobHead, func(ctx context.Context) (*http.Response, error) {
-			return up.Blob(ctx, http.MethodHead, req.Repo, req.Digest, 0)
-		})
-		if err != nil {
-			s.fail(w, r, upstreamFailure(ns, err))
-			return
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			s.fail(w, r, s.upstreamStatus(ns, resp, apierr.BlobUnknown, "blob "+req.Digest.String()))
-			return
-		}
-		size = resp.ContentLength
+// headBlobUpstream answers a HEAD for a blob we lack, with the size the
+// mirror learns without starting a download.
+func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req route.Request, src mirror.Source) {
+	size, err := s.mirror.BlobSize(r.Context(), src, req.Repo, req.Digest)
+	if err != nil {
+		s.fail(w, r, err)
+		return
 	}
 	h := w.Header()
 	h.Set("Docker-Content-Digest", req.Digest.String())
@@ -140,30 +110,29 @@ func (s *Server) headBlobUpstream(w http.ResponseWriter, r *http.Request, req ro
 // the headers went out aborts the connection, so it cannot mistake a short
 // body for a whole one either. A Range request waits for the commit
 // (serveRangeAfterCommit).
-func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Request, up *upstream.Client, f *blobFill) {
-	select {
-	case <-f.ready:
-	case <-r.Context().Done():
+func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Request, src mirror.Source, f *mirror.Fill) {
+	size, err := f.Ready(r.Context())
+	if r.Context().Err() != nil {
 		return
 	}
-	if f.err != nil {
-		if diskFull(f.err) && r.Header.Get("Range") == "" {
-			s.passThroughMiss(w, r, req, up)
+	if err != nil {
+		if mirror.DiskFull(err) && r.Header.Get("Range") == "" {
+			s.passThroughMiss(w, r, req, src)
 			return
 		}
-		s.fail(w, r, f.err)
+		s.fail(w, r, err)
 		return
 	}
 	if rng := r.Header.Get("Range"); rng != "" {
-		if _, _, _, ok := httpx.ParseRange(rng, f.size); f.size >= 0 && !ok {
-			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", f.size))
-			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", rng, f.size))
+		if _, _, _, ok := httpx.ParseRange(rng, size); size >= 0 && !ok {
+			w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", size))
+			s.fail(w, r, apierr.New(apierr.RangeInvalid, "range %q is not satisfiable for %d bytes", rng, size))
 			return
 		}
 		s.serveRangeAfterCommit(w, r, req, f)
 		return
 	}
-	rc, err := f.writer.Follow()
+	rc, err := f.Follow()
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -176,9 +145,9 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 	h.Set("Accept-Ranges", "bytes")
 
 	var body io.Reader = rc
-	if f.size >= 0 {
-		body = &verifiedTail{r: rc, remaining: f.size}
-		h.Set("Content-Length", strconv.FormatInt(f.size, 10))
+	if size >= 0 {
+		body = &verifiedTail{r: rc, remaining: size}
+		h.Set("Content-Length", strconv.FormatInt(size, 10))
 	}
 	w.WriteHeader(http.StatusOK)
 	cw := &httpx.CountingWriter{ResponseWriter: w}
@@ -188,10 +157,10 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 		if r.Context().Err() != nil {
 			return // the client left; the fill goes on for the others
 		}
-		if diskFull(err) {
+		if mirror.DiskFull(err) {
 			// The disk filled mid-fill: finish this response from the
 			// upstream, from the first byte the client has not had.
-			if perr := s.passThrough(r.Context(), w, r, req, up, cw.N, true); perr == nil {
+			if perr := s.passThrough(r.Context(), w, req, src, cw.N, true); perr == nil {
 				return
 			} else {
 				err = perr
@@ -206,14 +175,13 @@ func (s *Server) followFill(w http.ResponseWriter, r *http.Request, req route.Re
 // once the fill has committed: a range's bytes can only be verified with the
 // whole blob, and a client cannot check a range against the digest itself,
 // so none of them is sent before.
-func (s *Server) serveRangeAfterCommit(w http.ResponseWriter, r *http.Request, req route.Request, f *blobFill) {
-	select {
-	case <-f.done:
-	case <-r.Context().Done():
+func (s *Server) serveRangeAfterCommit(w http.ResponseWriter, r *http.Request, req route.Request, f *mirror.Fill) {
+	err := f.Wait(r.Context())
+	if r.Context().Err() != nil {
 		return
 	}
-	if f.result != nil {
-		s.fail(w, r, f.result)
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	if !s.serveStoredBlob(w, r, req) {
@@ -261,6 +229,8 @@ func (v *verifiedTail) Read(p []byte) (int, error) {
 
 // copyFlushing copies and flushes after each chunk so clients see bytes as
 // the upstream delivers them, not when a buffer fills.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 func copyFlushing(w *httpx.CountingWriter, r io.Reader) (int64, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
@@ -284,19 +254,4 @@ func copyFlushing(w *httpx.CountingWriter, r io.Reader) (int64, error) {
 			return total, rerr
 		}
 	}
-}
-
-// deleteBlob unlinks a blob from one local repository (mirrored names never
-// get here: checkName refused them). The content goes only when nothing
-// else, local or mirrored, holds or references it.
-func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, req route.Request) {
-	if _, err := s.store.UnlinkBlob(s.localRepo(req), req.Digest); err != nil {
-		if errors.Is(err, cachestore.ErrNotFound) {
-			s.fail(w, r, apierr.New(apierr.BlobUnknown, "blob %s is not in %s", req.Digest, req.Repo))
-			return
-		}
-		s.fail(w, r, err)
-		return
-	}
-	w.WriteHeader(http.StatusAccepted)
 }

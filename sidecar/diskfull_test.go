@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/mirror"
 	"github.com/pullcache/pullcache/upstream"
 )
 
@@ -65,10 +66,10 @@ func TestDiskFullPassesThroughAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mirror := httptest.NewServer(srv.Handler())
-	t.Cleanup(func() { mirror.Close(); srv.Wait(); store.Close() })
-	mu2, _ := url.Parse(mirror.URL)
-	e := &env{up: up, upURL: u, srv: srv, mirror: mirror, mirrorHost: mu2.Host, store: store}
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(func() { ts.Close(); srv.Wait(); store.Close() })
+	mu2, _ := url.Parse(ts.URL)
+	e := &env{up: up, upURL: u, srv: srv, mirror: ts, mirrorHost: mu2.Host, store: store}
 
 	img := e.seed(t, "library/big:1", 1, 2<<20) // a 2 MiB layer on a 1 MiB volume
 	want, _ := img.Digest()
@@ -101,7 +102,7 @@ func TestDiskFullPassesThroughAndResumes(t *testing.T) {
 		t.Fatalf("remount: %v: %s", err, out)
 	}
 	mu.Lock()
-	now = now.Add(cachingPauseFor + time.Second)
+	now = now.Add(mirror.CachingPause + time.Second)
 	mu.Unlock()
 	if _, err := e.pull(t.Context(), "big:1"); err != nil {
 		t.Fatal(err)

@@ -83,9 +83,9 @@ func (s *Server) checkName(req route.Request) error {
 		return apierr.New(apierr.Denied, "%s is a mirrored repository and read-only; push under the local prefix (%s), e.g. %s",
 			pathName(req), strings.Join(s.opts.LocalPrefixes, ", "), s.opts.LocalPrefixes[0]+lastComponent(req.Repo))
 	}
-	up, _ := s.mirrorFor(req)
-	if up != nil && len(up.Registry().NormalizeRepo(req.Repo)) > maxUpstreamRepoLen {
-		return apierr.New(apierr.NameInvalid, "repository name %s is longer than %d characters at %s", req.Repo, maxUpstreamRepoLen, up.Registry().Name)
+	src, _ := s.mirror.Source(req.Registry)
+	if src != nil && len(src.Repo(req.Repo)) > maxUpstreamRepoLen {
+		return apierr.New(apierr.NameInvalid, "repository name %s is longer than %d characters at %s", req.Repo, maxUpstreamRepoLen, src.Name())
 	}
 	return nil
 }

@@ -1,34 +1,36 @@
-// Package sidecar is pullcache's HTTP face: a Distribution API (/v2/) mirror
-// that serves content from the cachestore, fetches misses from configured
-// upstreams exactly once however many clients ask, and keeps pushed content
-// (BuildKit's registry cache, images shared between jobs) in a local
-// namespace that pulls consult first.
+// Package sidecar is pullcache's HTTP face: it parses each /v2/ request once
+// (route), refuses what no handler may do (unknown registries, writes to
+// mirrored names), hands pulls of mirrored names to package mirror and the
+// local namespace to package push, and writes their answers, errors as OCI
+// error JSON (apierr). Beside /v2/ it serves /healthz, /metrics and the
+// owner's control endpoints (ctlapi: stats, touch reports, maintenance).
+//
+// Contracts: a Server's Handler may be called concurrently. Work that
+// outlives a request (blob fills, revalidations, the janitor) belongs to
+// the mirror: Wait stops and joins it, after the HTTP server has shut down
+// and before the store is closed.
 package sidecar
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
-
-	"golang.org/x/sync/singleflight"
 
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/mirror"
+	"github.com/pullcache/pullcache/push"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/sidecar/route"
+	"github.com/pullcache/pullcache/stats"
 	"github.com/pullcache/pullcache/upstream"
 )
-
-// LocalNamespace is the store namespace of pushed content.
-const LocalNamespace = cachestore.LocalNamespace
 
 // DefaultLocalPrefix is where pushes go unless Options.LocalPrefixes says
 // otherwise.
@@ -67,9 +69,13 @@ type Options struct {
 	// revalidation before it is served the cached copy while revalidation
 	// finishes in the background. Default 2s.
 	RevalidateWait time.Duration
-	// OnDiskFull is called (in its own goroutine) when a store write hits
-	// ENOSPC and caching pauses, e.g. to evict. Optional.
+	// OnDiskFull is called (in its own goroutine, joined by Wait) when a
+	// store write hits ENOSPC and caching pauses, e.g. to evict. Optional.
 	OnDiskFull func()
+	// Janitor, if set, runs from New until Wait (its context is cancelled
+	// then): the store's GC and eviction loop. An error other than the
+	// cancellation is logged.
+	Janitor func(ctx context.Context) error
 	// Logger receives operational logs; never credentials.
 	Logger *slog.Logger
 	// Now is the clock (tests).
@@ -85,42 +91,22 @@ type Server struct {
 	opts      Options
 	store     *cachestore.Store
 	upstreams map[string]*upstream.Client
+	mirror    *mirror.Mirror
+	push      *push.Namespace
 	log       *slog.Logger
-	stats     *Stats
+	stats     *stats.Stats
 	admit     *admit.Admitter
-	negative  *negativeCache
-	clients   *clientTracker
-	throttles throttleLog
-
-	manifestFlight singleflight.Group
-
-	// pausedUntil (unix nanoseconds) is set when the volume was full.
-	pausedUntil atomic.Int64
-
-	fillMu sync.Mutex
-	fills  map[string]*blobFill
-	fillWG sync.WaitGroup
+	clients   *stats.Clients
 }
 
-// New validates opts and returns a Server.
+// New validates opts and returns a Server, with its mirror (and the
+// mirror's janitor, if opts.Janitor is set) running: call Wait to end it.
 func New(opts Options) (*Server, error) {
 	if opts.Store == nil {
 		return nil, errors.New("sidecar: Options.Store is required")
 	}
-	if opts.TagTTL == 0 {
-		opts.TagTTL = 10 * time.Minute
-	}
 	if opts.MaxManifestSize <= 0 {
 		opts.MaxManifestSize = 4 << 20
-	}
-	if opts.FillTimeout <= 0 {
-		opts.FillTimeout = 30 * time.Minute
-	}
-	if opts.ManifestTimeout <= 0 {
-		opts.ManifestTimeout = 60 * time.Second
-	}
-	if opts.RevalidateWait <= 0 {
-		opts.RevalidateWait = 2 * time.Second
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -138,50 +124,48 @@ func New(opts Options) (*Server, error) {
 		store:     opts.Store,
 		upstreams: make(map[string]*upstream.Client),
 		log:       opts.Logger,
-		stats:     newStats(),
-		fills:     make(map[string]*blobFill),
+		stats:     stats.New(),
 		admit:     opts.Admitter,
-		negative:  newNegativeCache(opts.Now),
 	}
-	s.clients = newClientTracker(opts.Now, opts.Logger)
+	s.clients = stats.NewClients(opts.Now, opts.Logger)
+	var sources []mirror.Source
 	for _, u := range opts.Upstreams {
 		s.upstreams[u.Registry().Name] = u
-		if s.admit != nil {
-			// Show the quotas learned before a restart in the stats at once.
-			if err := s.admit.Preload(admit.Key{Upstream: u.Registry().Name, Identity: u.Identity()}); err != nil {
-				return nil, fmt.Errorf("sidecar: loading admission state: %w", err)
-			}
-		}
+		sources = append(sources, mirror.Upstream(u))
 	}
-	if d := opts.DefaultUpstream; d != "" && s.upstreams[d] == nil {
-		return nil, fmt.Errorf("sidecar: default upstream %q is not among the configured upstreams (%s)", d, strings.Join(s.UpstreamNames(), ", "))
+	s.push = push.New(push.Options{Store: opts.Store, Stats: s.stats, MaxManifestSize: opts.MaxManifestSize, Now: opts.Now})
+	s.mirror, err = mirror.New(mirror.Options{
+		Store: opts.Store, Sources: sources, Default: opts.DefaultUpstream,
+		TagTTL: opts.TagTTL, MaxManifestSize: opts.MaxManifestSize, FillTimeout: opts.FillTimeout,
+		ManifestTimeout: opts.ManifestTimeout, RevalidateWait: opts.RevalidateWait,
+		Admitter: opts.Admitter, Stats: s.stats, OnDiskFull: opts.OnDiskFull, Janitor: opts.Janitor,
+		Logger: opts.Logger, Now: opts.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
 	}
 	return s, nil
 }
 
 // UpstreamNames lists the configured upstream registry names, sorted.
-func (s *Server) UpstreamNames() []string {
-	names := make([]string, 0, len(s.upstreams))
-	for n := range s.upstreams {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
-}
+func (s *Server) UpstreamNames() []string { return s.mirror.Names() }
 
 // Stats exposes the server's counters.
-func (s *Server) Stats() *Stats { return s.stats }
+func (s *Server) Stats() *stats.Stats { return s.stats }
 
-// Wait blocks until every background blob fill has finished. Call it after
-// the HTTP server has shut down, before closing the store.
-func (s *Server) Wait() { s.fillWG.Wait() }
+// Wait stops the janitor and blocks until everything the mirror runs
+// detached has finished: blob fills, revalidations that outlived their
+// request, OnDiskFull. Call it after the HTTP server has shut down, before
+// closing the store. Calling it again is harmless (tests do, to let fills
+// settle); the janitor does not restart.
+func (s *Server) Wait() { s.mirror.Close() }
 
 // Handler returns the HTTP handler: /v2/..., /healthz, /_pullcache/stats and
 // /metrics. /v2/ paths are dispatched by hand, not through http.ServeMux,
 // because ServeMux cleans paths ("/v2/a/../b") before the parser could
 // reject them.
 func (s *Server) Handler() http.Handler {
-	metrics := s.metricsHandler()
+	metrics := stats.Handler(s.stats, s.admit)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p := r.URL.EscapedPath()
 		switch {
@@ -207,8 +191,8 @@ func (s *Server) Handler() http.Handler {
 func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
 	client := clientName(r)
-	r = r.WithContext(withClient(r.Context(), client))
-	s.clients.request(client)
+	r = r.WithContext(mirror.WithClient(r.Context(), client))
+	s.clients.Request(client)
 	req, err := route.Parse(r)
 	if err == nil {
 		err = s.checkName(req)
@@ -259,30 +243,13 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 // cause; the client sees only the generic message apierr chooses.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	status := apierr.StatusOf(err)
-	var a absorbed
-	s.clients.failure(clientOf(r.Context()), r.Method+" "+r.URL.Path, errors.As(err, &a))
+	s.clients.Failure(mirror.ClientOf(r.Context()), r.Method+" "+r.URL.Path, mirror.Absorbed(err))
 	if status >= 500 && status != http.StatusServiceUnavailable {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	} else {
 		s.log.Debug("request refused", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
 	apierr.Write(w, r, err)
-}
-
-// mirrorFor returns the upstream a pull may fall through to: the one the
-// client named, or the default. It never invents one: an unknown registry is
-// a client error and no request leaves the machine.
-func (s *Server) mirrorFor(req route.Request) (*upstream.Client, error) {
-	if req.Registry != "" {
-		if u := s.upstreams[req.Registry]; u != nil {
-			return u, nil
-		}
-		return nil, apierr.New(apierr.NameUnknown, "registry %q is not an upstream of this mirror (configured: %s)", req.Registry, strings.Join(s.UpstreamNames(), ", "))
-	}
-	if s.opts.DefaultUpstream == "" {
-		return nil, nil
-	}
-	return s.upstreams[s.opts.DefaultUpstream], nil
 }
 
 // localRepo is the local-namespace key of a local request: the repository

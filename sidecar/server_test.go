@@ -18,11 +18,17 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"go.uber.org/goleak"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/upstream"
 )
+
+// TestMain fails the package if a test leaves a goroutine behind: every
+// fill and revalidation is joined by Server.Wait.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // countingUpstream wraps an in-process registry and counts requests by
 // kind, the way a real upstream's access log would.
@@ -172,3 +178,6 @@ func TestPullThroughThenWarm(t *testing.T) {
 		}
 	}
 }
+
+// sha256Hash is the canonical digest of b.
+func sha256Hash(b []byte) v1.Hash { return digest.Sum(digest.SHA256, b) }

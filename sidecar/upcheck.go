@@ -8,6 +8,7 @@ import (
 
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/mirror"
 )
 
 // `pullcache doctor` asks the owner two things no counter answers: what this
@@ -55,10 +56,10 @@ func (s *Server) serveUpstreamCheck(w http.ResponseWriter, r *http.Request) {
 		ref = "latest"
 	}
 	c := ctlapi.UpstreamCheck{Upstream: ns, Endpoint: up.Registry().Endpoint.String(), Identity: up.Identity(), Probe: repo + ":" + ref}
-	ctx, cancel := context.WithTimeout(withClient(r.Context(), "doctor"), 30*time.Second)
+	ctx, cancel := context.WithTimeout(mirror.WithClient(r.Context(), "doctor"), 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	resp, err := s.upManifest(ctx, up, http.MethodHead, repo, ref)
+	resp, err := s.mirror.Probe(ctx, ns, repo, ref)
 	c.MirrorTime = time.Now().UTC()
 	c.RTTMillis = time.Since(start).Milliseconds()
 	if err != nil {

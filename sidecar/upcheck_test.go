@@ -76,8 +76,8 @@ func TestUpstreamCheckReadsQuotaWithAHead(t *testing.T) {
 	hub.SetForce429(true)
 	hubfake.SeedRandomImage(t, hub.AdminHost, "library/app", "2", 1, 256)
 	do(t, "GET", mirror.URL+"/v2/library/app/manifests/2", nil, nil)
-	events := srv.throttles.list()
-	if len(events) != 1 || events[0].Kind != "pull-limit" || events[0].Dialect != admit.DialectDockerHub || events[0].Until == nil || events[0].Request != kindManifestGet {
+	events := srv.Stats().Throttles()
+	if len(events) != 1 || events[0].Kind != "pull-limit" || events[0].Dialect != admit.DialectDockerHub || events[0].Until == nil || events[0].Request != "manifest_get" {
 		t.Errorf("throttle log %+v, want one pull-limit with its wait", events)
 	}
 }

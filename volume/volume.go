@@ -40,8 +40,8 @@ func (r Role) String() string {
 type Service interface {
 	// Handler serves every request the mirror knows.
 	Handler() http.Handler
-	// Wait blocks until background work that uses the store (blob fills)
-	// has finished.
+	// Wait stops and joins all background work that uses the store (for
+	// *sidecar.Server: blob fills, revalidations, the janitor).
 	Wait()
 }
 

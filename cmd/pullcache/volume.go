@@ -52,18 +52,19 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 			o := mirrorOpts
 			o.Store, o.Admitter = store, admitter
 			o.OnDiskFull = func() { freeSpace(store, cfg.maxSize, log) }
+			var evict *cachestore.EvictOptions
+			if cfg.maxSize > 0 {
+				evict = &cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), UploadIdle: uploadIdle(cfg.uploadTimeout)}
+			}
+			// The server runs the janitor and stops it in Wait, before
+			// the store closes; an error it returns is logged there.
+			o.Janitor = func(ctx context.Context) error { return store.RunJanitor(ctx, cfg.gcInterval, evict, log) }
 			srv, err := sidecar.New(o)
 			if err != nil {
 				admitter.Close()
 				return nil, err
 			}
-			ctx, stopJanitor := context.WithCancel(context.Background())
-			var evict *cachestore.EvictOptions
-			if cfg.maxSize > 0 {
-				evict = &cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), UploadIdle: uploadIdle(cfg.uploadTimeout)}
-			}
-			go store.RunJanitor(ctx, cfg.gcInterval, evict, log)
-			return mirror{srv, admitter, stopJanitor}, nil
+			return mirror{srv, admitter}, nil
 		},
 	})
 }
@@ -79,14 +80,10 @@ func uploadIdle(timeout time.Duration) time.Duration {
 // it persists in the index when the owner leaves.
 type mirror struct {
 	*sidecar.Server
-	admitter    *admit.Admitter
-	stopJanitor context.CancelFunc
+	admitter *admit.Admitter
 }
 
-func (m mirror) Close() error {
-	m.stopJanitor()
-	return m.admitter.Close()
-}
+func (m mirror) Close() error { return m.admitter.Close() }
 
 // freeSpace runs when a store write hit ENOSPC below --max-size (or with
 // no cap): the disk is fuller than the cap assumed, so evict down to the low

@@ -93,8 +93,8 @@ var rules = []rule{
 		}
 		return bad
 	}},
-	{"sidecar links neither volume, volume nor internal/cli", func(g graph) []string {
-		forbidden := []string{module + "/volume", module + "/volume", module + "/internal/cli"}
+	{"sidecar links neither volume nor internal/cli", func(g graph) []string {
+		forbidden := []string{module + "/volume", module + "/internal/cli"}
 		var bad []string
 		p, ok := g[module+"/sidecar"]
 		if !ok {
@@ -142,6 +142,49 @@ var rules = []rule{
 		}
 		return bad
 	}},
+	// mirror is policy without an HTTP face: it may use sidecar/route and
+	// sidecar/apierr, never the face itself, nor the local namespace, the
+	// volume or the commands.
+	{"mirror links neither sidecar, push, volume nor internal/cli", func(g graph) []string {
+		return linksNone(g, "mirror", "sidecar", "push", "volume", "internal/cli")
+	}},
+	{"push links neither mirror, sidecar, volume nor internal/cli", func(g graph) []string {
+		return linksNone(g, "push", "mirror", "sidecar", "volume", "internal/cli")
+	}},
+	{"stats links nothing of the module but admit", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/stats") {
+				continue
+			}
+			for _, d := range p.Deps {
+				if inModule(d) && !within(d, module+"/stats") && !within(d, module+"/admit") {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+				}
+			}
+		}
+		return bad
+	}},
+}
+
+// linksNone reports every package at or below from that links one of the
+// packages named in forbidden (each exactly: "sidecar" is not
+// "sidecar/apierr"), or one below "internal/cli".
+func linksNone(g graph, from string, forbidden ...string) []string {
+	var bad []string
+	for _, p := range g.modulePackages() {
+		if !within(p.ImportPath, module+"/"+from) {
+			continue
+		}
+		for _, d := range p.Deps {
+			for _, f := range forbidden {
+				if d == module+"/"+f || (f == "internal/cli" && within(d, module+"/"+f)) {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+				}
+			}
+		}
+	}
+	return bad
 }
 
 // loadGraph asks the go command for the module's packages and everything
@@ -228,6 +271,11 @@ func TestRulesBite(t *testing.T) {
 		{rules[5].name, pkg{ImportPath: m("buildkit"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
 		{rules[5].name, pkg{ImportPath: m("scripts/benchrun"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
 		{rules[4].name, pkg{ImportPath: m("volume"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
+		{rules[6].name, pkg{ImportPath: m("mirror"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
+		{rules[6].name, pkg{ImportPath: m("mirror"), Imports: []string{m("stats")}, Deps: []string{m("stats"), m("push")}}},
+		{rules[6].name, pkg{ImportPath: m("mirror"), Imports: []string{m("internal/cli/serve")}, Deps: []string{m("internal/cli/serve")}}},
+		{rules[7].name, pkg{ImportPath: m("push"), Imports: []string{m("mirror")}, Deps: []string{m("mirror")}}},
+		{rules[8].name, pkg{ImportPath: m("stats"), Imports: []string{m("cachestore")}, Deps: []string{m("cachestore")}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)

@@ -1,4 +1,4 @@
-package sidecar
+package mirror
 
 import (
 	"context"
@@ -18,11 +18,11 @@ import (
 	"github.com/pullcache/pullcache/upstream"
 )
 
-// A blobFill is one download of a blob from upstream into the store. Every
+// A Fill is one download of a blob from upstream into the store. Every
 // client asking for the blob while it runs follows it: they read the bytes
 // from the store's temp file as they arrive, so N clients cost one upstream
 // GET and no extra memory.
-type blobFill struct {
+type Fill struct {
 	digest v1.Hash
 
 	// ready is closed once the upstream answered: either writer and size
@@ -38,50 +38,65 @@ type blobFill struct {
 	result error
 }
 
+// Ready waits until the upstream answered: it returns the blob's size (-1
+// if the upstream did not say) or why the fill failed to start.
+func (f *Fill) Ready(ctx context.Context) (int64, error) {
+	select {
+	case <-f.ready:
+		return f.size, f.err
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Follow returns a reader of the blob's bytes as they reach the store; it
+// reports io.EOF only after the store verified and committed the blob.
+// Call it only after Ready returned no error; close what it returns.
+func (f *Fill) Follow() (io.ReadCloser, error) { return f.writer.Follow() }
+
+// Wait waits until the fill committed or failed for good: nil means the
+// blob is in the store.
+func (f *Fill) Wait(ctx context.Context) error {
+	select {
+	case <-f.done:
+		return f.result
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// readySize is the size of a fill that already answered, or -1.
+func (f *Fill) readySize() int64 {
+	select {
+	case <-f.ready:
+		if f.err == nil {
+			return f.size
+		}
+	default:
+	}
+	return -1
+}
+
 // maxFillAttempts bounds how often one fill resumes after upstream drops.
 const maxFillAttempts = 6
-
-// joinFill returns the fill in progress for d, starting one if there is
-// none. It returns nil if the blob is in the store by now: a fill that
-// finished between the caller's store lookup and this call must not be
-// repeated (fills leave the map only after their commit).
-func (s *Server) joinFill(ctx context.Context, up *upstream.Client, repo string, d v1.Hash) (f *blobFill, joined bool) {
-	key := d.String()
-	s.fillMu.Lock()
-	defer s.fillMu.Unlock()
-	if f := s.fills[key]; f != nil {
-		return f, true
-	}
-	if _, err := s.store.StatBlob(d); err == nil {
-		return nil, false
-	}
-	f = &blobFill{digest: d, ready: make(chan struct{}), done: make(chan struct{}), size: -1}
-	s.fills[key] = f
-	s.fillWG.Add(1)
-	go s.runFill(context.WithoutCancel(ctx), f, up, repo)
-	return f, false
-}
 
 // runFill downloads the blob, resuming with Range when the upstream drops the
 // connection, and commits it only after the store verified digest and size.
 // It runs under its own context: no client's disconnect cancels it.
-func (s *Server) runFill(ctx context.Context, f *blobFill, up *upstream.Client, repo string) {
-	defer s.fillWG.Done()
-	ctx, cancel := context.WithTimeout(ctx, s.opts.FillTimeout)
+func (m *Mirror) runFill(ctx context.Context, f *Fill, src Source, repo string) {
+	ctx, cancel := context.WithTimeout(ctx, m.opts.FillTimeout)
 	defer cancel()
-	err := s.fill(ctx, f, up, repo)
-	if err != nil && !errors.Is(err, errCachingPaused) {
-		s.negative.put("b|"+up.Registry().Name+"|"+f.digest.String(), err)
+	err := m.fill(ctx, f, src, repo)
+	if err != nil && !errors.Is(err, ErrCachingPaused) {
+		m.negative.put("b|"+src.Name()+"|"+f.digest.String(), err)
 	}
 	if err != nil {
 		if f.writer != nil {
 			f.writer.Abort(err)
 		}
-		s.log.Warn("blob fill failed", "upstream", up.Registry().Name, "repo", repo, "digest", f.digest, "err", err)
+		m.log.Warn("blob fill failed", "upstream", src.Name(), "repo", repo, "digest", f.digest, "err", err)
 	}
-	s.fillMu.Lock()
-	delete(s.fills, f.digest.String())
-	s.fillMu.Unlock()
+	m.fillDone(f)
 	if f.writer == nil {
 		f.err = err
 		close(f.ready)
@@ -90,8 +105,8 @@ func (s *Server) runFill(ctx context.Context, f *blobFill, up *upstream.Client, 
 	close(f.done)
 }
 
-func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, repo string) error {
-	ns := up.Registry().Name
+func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) error {
+	ns := src.Name()
 	var lastErr error
 	// Where the registry redirected the last attempt (a CDN's signed URL):
 	// a resume goes there first, and back to the registry once it stops
@@ -99,25 +114,25 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 	var cdn *url.URL
 	for attempt := 0; attempt < maxFillAttempts; attempt++ {
 		if attempt > 0 {
-			s.stats.FillResumes.Add(1)
+			m.stats.FillResumes.Add(1)
 			if err := sleepCtx(ctx, backoff(attempt)); err != nil {
 				return fmt.Errorf("giving up after %w (last: %w)", err, lastErr)
 			}
 		}
 		// Resume where this fill got to, or where a dead owner's fill did.
-		offset := s.store.PartialSize(f.digest)
+		offset := m.store.PartialSize(f.digest)
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := s.blobFrom(ctx, up, repo, f.digest, offset, &cdn)
+		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, &cdn)
 		if err != nil {
-			lastErr = upstreamFailure(ns, err)
+			lastErr = src.Failure(err)
 			if !retryable(lastErr) {
 				return lastErr
 			}
 			continue
 		}
-		body, err := s.positionBody(ns, resp, offset)
+		body, err := m.positionBody(src, resp, offset)
 		if err != nil {
 			resp.Body.Close()
 			if retryable(err) {
@@ -131,12 +146,11 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 			if resp.StatusCode == http.StatusPartialContent {
 				_, _, size, _ = httpx.ParseContentRange(resp.Header.Get("Content-Range"))
 			}
-			w, err := s.store.NewBlobWriter(f.digest, size)
+			w, err := m.store.NewBlobWriter(f.digest, size)
 			if err != nil {
 				resp.Body.Close()
 				if isNoSpace(err) {
-					s.pauseCaching(err)
-					return fmt.Errorf("%w: %w", errCachingPaused, err)
+					return m.pauseCaching(err)
 				}
 				return err
 			}
@@ -149,18 +163,17 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 				continue
 			}
 			if offset > 0 {
-				s.stats.FillResumes.Add(1)
-				s.log.Info("resuming a download a previous owner left unfinished", "digest", f.digest, "from", offset)
+				m.stats.FillResumes.Add(1)
+				m.log.Info("resuming a download a previous owner left unfinished", "digest", f.digest, "from", offset)
 			}
 		}
 		n, copyErr := copyToWriter(f.writer, body)
 		resp.Body.Close()
-		s.stats.BytesUpstream.Add(n)
+		m.stats.BytesUpstream.Add(n)
 		var we *writeError
 		if errors.As(copyErr, &we) {
 			if isNoSpace(we.err) {
-				s.pauseCaching(we.err)
-				return fmt.Errorf("%w: %w", errCachingPaused, we.err)
+				return m.pauseCaching(we.err)
 			}
 			return we.err // the store refused bytes (size exceeded): not the upstream's fault
 		}
@@ -174,8 +187,7 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 		}
 		if _, err := f.writer.Commit(); err != nil {
 			if isNoSpace(err) {
-				s.pauseCaching(err)
-				return fmt.Errorf("%w: %w", errCachingPaused, err)
+				return m.pauseCaching(err)
 			}
 			if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
 				return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
@@ -194,10 +206,10 @@ func (s *Server) fill(ctx context.Context, f *blobFill, up *upstream.Client, rep
 // sends it back to the registry for a fresh redirect. An upstream that
 // refuses the Range (416) is asked for the whole blob instead;
 // positionBody then skips the bytes already held.
-func (s *Server) blobFrom(ctx context.Context, up *upstream.Client, repo string, d v1.Hash, offset int64, cdn **url.URL) (*http.Response, error) {
+func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset int64, cdn **url.URL) (*http.Response, error) {
 	if *cdn != nil && offset > 0 {
-		resp, err := s.admitted(ctx, up, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
-			return up.Resume(ctx, *cdn, offset)
+		resp, err := m.admitted(ctx, src, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
+			return src.Resume(ctx, *cdn, offset)
 		})
 		if err == nil && (resp.StatusCode == http.StatusPartialContent || resp.StatusCode == http.StatusOK) {
 			return resp, nil
@@ -210,11 +222,11 @@ func (s *Server) blobFrom(ctx context.Context, up *upstream.Client, repo string,
 		*cdn = nil
 	}
 	get := func(off int64) (*http.Response, error) {
-		resp, err := s.admitted(ctx, up, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
-			return up.Blob(ctx, http.MethodGet, repo, d, off)
+		resp, err := m.admitted(ctx, src, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+			return src.Blob(ctx, http.MethodGet, repo, d, off)
 		})
 		if err == nil {
-			*cdn = up.RedirectedTo(resp)
+			*cdn = src.RedirectedTo(resp)
 		}
 		return resp, err
 	}
@@ -228,7 +240,7 @@ func (s *Server) blobFrom(ctx context.Context, up *upstream.Client, repo string,
 
 // positionBody checks the upstream's answer to a (possibly ranged) blob GET
 // and returns a body that starts at offset.
-func (s *Server) positionBody(ns string, resp *http.Response, offset int64) (io.Reader, error) {
+func (m *Mirror) positionBody(src Source, resp *http.Response, offset int64) (io.Reader, error) {
 	switch resp.StatusCode {
 	case http.StatusOK:
 		if offset > 0 {
@@ -244,7 +256,7 @@ func (s *Server) positionBody(ns string, resp *http.Response, offset int64) (io.
 		}
 		return resp.Body, nil
 	default:
-		return nil, s.upstreamStatus(ns, resp, apierr.BlobUnknown, "blob")
+		return nil, src.Check(resp, apierr.BlobUnknown, "blob")
 	}
 }
 

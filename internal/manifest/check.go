@@ -1,9 +1,14 @@
-package sidecar
+// Package manifest is the gate a manifest passes before pullcache stores
+// it, pushed or mirrored: its media type, its JSON shape, its size cap.
+// Pure functions, safe for concurrent use.
+package manifest
 
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"mime"
 )
 
@@ -17,20 +22,21 @@ const (
 	mediaDockerList     = "application/vnd.docker.distribution.manifest.list.v2+json"
 )
 
-var manifestMediaTypes = map[string]bool{
+// MediaTypes are the manifest media types pullcache stores.
+var MediaTypes = map[string]bool{
 	mediaOCIManifest:    true,
 	mediaOCIIndex:       true,
 	mediaDockerManifest: true,
 	mediaDockerList:     true,
 }
 
-// checkManifest is the gate every manifest passes before it is stored: the
+// Check is the gate every manifest passes before it is stored: the
 // media type (the Content-Type, or the body's mediaType when the
 // Content-Type is absent or generic) is a known manifest type, the body is
 // a JSON object with schemaVersion 2, and a mediaType field, when present,
 // agrees with the Content-Type. It returns the media type to store the
 // manifest under; an error says what is wrong, for the caller to wrap.
-func checkManifest(contentType string, body []byte) (string, error) {
+func Check(contentType string, body []byte) (string, error) {
 	var probe struct {
 		SchemaVersion *int    `json:"schemaVersion"`
 		MediaType     *string `json:"mediaType"`
@@ -57,7 +63,7 @@ func checkManifest(contentType string, body []byte) (string, error) {
 	switch {
 	case mt == "":
 		return "", fmt.Errorf("manifest has no media type (Content-Type or mediaType field)")
-	case !manifestMediaTypes[mt]:
+	case !MediaTypes[mt]:
 		return "", fmt.Errorf("media type %q is not a manifest type this registry stores (OCI image manifest or index, Docker schema 2 manifest or list)", mt)
 	case probe.SchemaVersion == nil:
 		return "", fmt.Errorf("manifest has no schemaVersion")
@@ -75,4 +81,24 @@ func genericContentType(mt string) bool {
 		return true
 	}
 	return false
+}
+
+// IsIndex reports whether mt is an index (OCI) or manifest list (Docker).
+func IsIndex(mt string) bool { return mt == mediaOCIIndex || mt == mediaDockerList }
+
+// ErrTooLarge is ReadLimited's answer to a body over its cap.
+var ErrTooLarge = errors.New("body too large")
+
+// ReadLimited reads r whole, or fails with ErrTooLarge once it passes max
+// bytes (reading at most max+1).
+func ReadLimited(r io.Reader, max int64) ([]byte, error) {
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > max {
+		return nil, ErrTooLarge
+	}
+	return buf.Bytes(), nil
 }

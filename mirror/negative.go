@@ -1,6 +1,7 @@
-package sidecar
+package mirror
 
 import (
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -112,4 +113,11 @@ func asAPIError(err error) (*apierr.Error, bool) {
 		err = u.Unwrap()
 	}
 	return nil, false
+}
+
+// Absorbed reports whether err was answered from the negative cache rather
+// than by the upstream (the clients' stats count those apart).
+func Absorbed(err error) bool {
+	var a absorbed
+	return errors.As(err, &a)
 }

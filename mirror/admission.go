@@ -1,4 +1,4 @@
-package sidecar
+package mirror
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/sidecar/apierr"
-	"github.com/pullcache/pullcache/upstream"
 )
 
 // Every request to an upstream goes through admitted: it waits for the
@@ -28,36 +27,22 @@ const (
 	kindReferrers    = "referrers"
 )
 
-type clientKey struct{}
-
-// withClient records which client a request (and any fill it starts) acts
-// for: admission queues are fair across clients.
-func withClient(ctx context.Context, client string) context.Context {
-	return context.WithValue(ctx, clientKey{}, client)
-}
-
-func clientOf(ctx context.Context) string {
-	if c, ok := ctx.Value(clientKey{}).(string); ok {
-		return c
-	}
-	return "internal"
-}
-
-func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string, do func(context.Context) (*http.Response, error)) (*http.Response, error) {
-	ns := up.Registry().Name
+// admitted sends one request of kind to src through admission.
+func (m *Mirror) admitted(ctx context.Context, src Source, kind string, do func(context.Context) (*http.Response, error)) (*http.Response, error) {
+	ns := src.Name()
 	var ticket *admit.Ticket
-	if s.admit != nil {
-		key := admit.Key{Upstream: ns, Identity: up.Identity()}
+	if m.admit != nil {
+		key := admit.Key{Upstream: ns, Identity: src.Identity()}
 		var err error
 		if kind == kindManifestGet {
-			ticket, err = s.admit.Counted(ctx, key, clientOf(ctx))
+			ticket, err = m.admit.Counted(ctx, key, ClientOf(ctx))
 		} else {
-			ticket, err = s.admit.Uncounted(ctx, key, clientOf(ctx))
+			ticket, err = m.admit.Uncounted(ctx, key, ClientOf(ctx))
 		}
 		if err != nil {
 			var te *admit.ThrottledError
 			if errors.As(err, &te) {
-				s.stats.Throttled.Add(1)
+				m.stats.Throttled.Add(1)
 				return nil, apierr.Wrap(apierr.TooManyRequests, err,
 					"pullcache is holding requests to %s to stay within its rate limit (%s); retry later", ns, te.Reason).
 					WithRetryAfter(te.RetryAfter)
@@ -66,27 +51,43 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 		}
 	}
 	resp, err := do(ctx) // the upstream client has normalized any throttle
-	s.countUpstream(ns, kind, resp, err)
+	status := 0
+	if err == nil {
+		status = resp.StatusCode
+	}
+	m.stats.UpstreamRequest(ns, kind, status)
 	if err != nil {
 		ticket.Fail(err)
 		return nil, err
 	}
 	if th, ok := admit.ThrottleOf(resp.StatusCode, resp.Header); ok {
-		s.log.Warn("upstream throttled a request", "upstream", ns, "kind", kind,
+		m.log.Warn("upstream throttled a request", "upstream", ns, "kind", kind,
 			"throttle", th.Describe(), "class", th.Kind.String(), "status", th.Status,
 			"retry_after", th.RetryAfter, "retry_after_given", th.HasRetryAfter)
-		s.throttles.add(ns, kind, clientOf(ctx), th, s.opts.Now())
+		m.stats.Throttle(ns, kind, ClientOf(ctx), th, m.opts.Now())
 	}
 	ticket.WrapBody(resp)
 	return resp, nil
 }
 
-func (s *Server) upManifest(ctx context.Context, up *upstream.Client, method, repo, ref string) (*http.Response, error) {
+func (m *Mirror) upManifest(ctx context.Context, src Source, method, repo, ref string) (*http.Response, error) {
 	kind := kindManifestGet
 	if method == http.MethodHead {
 		kind = kindManifestHead
 	}
-	return s.admitted(ctx, up, kind, func(ctx context.Context) (*http.Response, error) {
-		return up.Manifest(ctx, method, repo, ref)
+	return m.admitted(ctx, src, kind, func(ctx context.Context) (*http.Response, error) {
+		return src.Manifest(ctx, method, repo, ref)
 	})
+}
+
+// Probe sends a manifest HEAD for repo:ref to the source named ns through
+// admission, like any other HEAD (`pullcache doctor` reads the quota
+// headers of the answer, which Docker Hub does not count). The caller
+// closes the body.
+func (m *Mirror) Probe(ctx context.Context, ns, repo, ref string) (*http.Response, error) {
+	src := m.sources[ns]
+	if src == nil {
+		return nil, apierr.New(apierr.NameUnknown, "not an upstream of this mirror: %s", ns)
+	}
+	return m.upManifest(ctx, src, http.MethodHead, repo, ref)
 }

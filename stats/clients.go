@@ -1,4 +1,4 @@
-package sidecar
+package stats
 
 import (
 	"log/slog"
@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-// clientTracker counts requests per client so that the culprit of a retry
+// Clients counts requests per client so that the culprit of a retry
 // storm is obvious: in the stats, and in a warning log that names the client
 // and the reference it keeps asking for.
 
@@ -19,7 +19,9 @@ const (
 	maxClients     = 1024
 )
 
-type clientTracker struct {
+// Clients counts requests per client; safe for concurrent use. Create it
+// with NewClients.
+type Clients struct {
 	now func() time.Time
 	log *slog.Logger
 
@@ -46,11 +48,13 @@ type storm struct {
 	warned bool
 }
 
-func newClientTracker(now func() time.Time, log *slog.Logger) *clientTracker {
-	return &clientTracker{now: now, log: log, clients: map[string]*ClientStats{}, storms: map[stormKey]*storm{}}
+// NewClients returns an empty tracker; now is the clock, log receives the
+// retry-storm warnings.
+func NewClients(now func() time.Time, log *slog.Logger) *Clients {
+	return &Clients{now: now, log: log, clients: map[string]*ClientStats{}, storms: map[stormKey]*storm{}}
 }
 
-func (c *clientTracker) get(client string) *ClientStats {
+func (c *Clients) get(client string) *ClientStats {
 	cs := c.clients[client]
 	if cs == nil {
 		if len(c.clients) >= maxClients {
@@ -62,7 +66,7 @@ func (c *clientTracker) get(client string) *ClientStats {
 	return cs
 }
 
-func (c *clientTracker) dropQuietest() {
+func (c *Clients) dropQuietest() {
 	var victim string
 	var oldest time.Time
 	for k, cs := range c.clients {
@@ -73,7 +77,8 @@ func (c *clientTracker) dropQuietest() {
 	delete(c.clients, victim)
 }
 
-func (c *clientTracker) request(client string) {
+// Request records one request of client.
+func (c *Clients) Request(client string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cs := c.get(client)
@@ -81,9 +86,9 @@ func (c *clientTracker) request(client string) {
 	cs.LastSeen = c.now()
 }
 
-// failure records a failed request; repeated failures of one reference by
+// Failure records a failed request; repeated failures of one reference by
 // one client within a minute are logged as a retry storm, once per window.
-func (c *clientTracker) failure(client, ref string, wasAbsorbed bool) {
+func (c *Clients) Failure(client, ref string, wasAbsorbed bool) {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -114,8 +119,8 @@ func (c *clientTracker) failure(client, ref string, wasAbsorbed bool) {
 	}
 }
 
-// top returns the n busiest clients.
-func (c *clientTracker) top(n int) []ClientStats {
+// Top returns the n busiest clients.
+func (c *Clients) Top(n int) []ClientStats {
 	c.mu.Lock()
 	out := make([]ClientStats, 0, len(c.clients))
 	for _, cs := range c.clients {
