@@ -3,6 +3,7 @@ package sidecar
 import (
 	"encoding/json"
 	"errors"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"io"
 	"net/http"
 	"strings"
@@ -17,7 +18,7 @@ import (
 // loopback) may use them.
 
 func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
-	if !isLocalPeer(r.RemoteAddr) {
+	if !httpx.LocalPeer(r.RemoteAddr) {
 		http.Error(w, "store maintenance is for local clients only", http.StatusForbidden)
 		return
 	}

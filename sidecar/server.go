@@ -15,8 +15,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -190,7 +190,7 @@ func (s *Server) Handler() http.Handler {
 
 func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
-	client := clientName(r)
+	client := httpx.ClientName(r)
 	r = r.WithContext(mirror.WithClient(r.Context(), client))
 	s.clients.Request(client)
 	req, err := route.Parse(r)
@@ -255,34 +255,3 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 // localRepo is the local-namespace key of a local request: the repository
 // as the client named it ("cache/app").
 func (s *Server) localRepo(req route.Request) string { return req.Repo }
-
-// clientName identifies a client in logs, per-client counters and the fair
-// admission queue: the remote address without its port, or the job name a
-// trusted local forwarder (a follower sidecar, a job wrapper) put in
-// X-Pullcache-Client.
-func clientName(r *http.Request) string {
-	host := r.RemoteAddr
-	if c := r.Header.Get("X-Pullcache-Client"); c != "" && len(c) <= 128 && isLocalPeer(host) {
-		return c
-	}
-	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.HasSuffix(host, "]") {
-		host = host[:i]
-	}
-	if host == "" || host == "@" {
-		return "local"
-	}
-	return host
-}
-
-// isLocalPeer reports whether a request came over loopback or a unix socket.
-func isLocalPeer(remoteAddr string) bool {
-	if remoteAddr == "" || remoteAddr == "@" {
-		return true // unix socket
-	}
-	host, _, err := net.SplitHostPort(remoteAddr)
-	if err != nil {
-		return false
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"encoding/json"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"io"
 	"net/http"
 
@@ -21,7 +22,7 @@ func (s *Server) serveTouch(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "POST only", http.StatusMethodNotAllowed)
 		return
 	}
-	if !isLocalPeer(r.RemoteAddr) {
+	if !httpx.LocalPeer(r.RemoteAddr) {
 		http.Error(w, "only local followers may report reads", http.StatusForbidden)
 		return
 	}
