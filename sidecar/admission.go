@@ -66,7 +66,7 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 		}
 	}
 	resp, err := do(ctx) // the upstream client has normalized any throttle
-	s.countUpstream(ns, kind, resp, err)
+	s.countUpstream(up.StatsName(), kind, resp, err) // "parent:<ns>" through a parent tier
 	if err != nil {
 		ticket.Fail(err)
 		return nil, err
