@@ -66,7 +66,8 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 		}
 	}
 	resp, err := do(ctx) // the upstream client has normalized any throttle
-	s.countUpstream(up.StatsName(), kind, resp, err) // "parent:<ns>" through a parent tier
+	// Through a parent tier the stats say so: "parent:<ns>".
+	s.countUpstream(up.StatsName(), kind, resp, err)
 	if err != nil {
 		ticket.Fail(err)
 		return nil, err
