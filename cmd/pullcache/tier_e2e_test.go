@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/internal/testing/realenv"
+	"github.com/pullcache/pullcache/scripts/benchrun/imagegen"
 )
 
 // startChild starts a pullcache whose upstreams are reached through parent.
@@ -63,8 +66,13 @@ func TestE2ETierChildrenShareOneParent(t *testing.T) {
 	realenv.RequireE2E(t)
 	hub, reg := startHub(t, hubfake.Options{Quota: 100})
 	ghcr, ghcrReg := startHub(t, hubfake.Options{})
-	const layers, layerSize = 6, 25 << 20 // 150 MiB
-	want := realenv.SeedImage(t, reg.Host(), "library/big", "1", layers, layerSize)
+	// The bench corpus's large image: 150 MiB in 6 layers.
+	img, layerBytes, err := imagegen.RandomImage(11, imagegen.LargeLayers, v1.Platform{OS: "linux", Architecture: "amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	layers := int64(len(imagegen.LargeLayers))
+	want := realenv.Push(t, reg.Host(), "library/big", "1", img)
 	wantGHCR := realenv.SeedImage(t, ghcrReg.Host(), "org/tool", "2", 1, 64<<10)
 
 	parent := realenv.StartPullcache(t, "", "--upstream", "docker.io="+hub.URL, "--upstream", "ghcr.io="+ghcr.URL, "--default-upstream", "docker.io")
@@ -94,7 +102,7 @@ func TestE2ETierChildrenShareOneParent(t *testing.T) {
 	}
 	c := hub.Counts()
 	t.Logf("%d concurrent cold pulls of a %d MiB, %d-layer image over %d children: wall %v; at the upstream: counted=%d manifestGET=%d manifestHEAD=%d blobGET=%d 429s=%d",
-		pulls, layers*layerSize>>20, layers, len(children), wall.Round(time.Millisecond), c.Counted, c.ManifestGET, c.ManifestHEAD, c.BlobGET, c.TooMany)
+		pulls, layerBytes>>20, layers, len(children), wall.Round(time.Millisecond), c.Counted, c.ManifestGET, c.ManifestHEAD, c.BlobGET, c.TooMany)
 	for i, ch := range children {
 		t.Logf("child %d asked the parent: manifest GET %d, blob GET %d", i,
 			upstreamRequests(t, ch, "parent:docker.io", "manifest_get"), upstreamRequests(t, ch, "parent:docker.io", "blob_get"))
@@ -127,6 +135,7 @@ func TestE2ETierChildrenShareOneParent(t *testing.T) {
 	}
 
 	parent.Kill(t)
+	downStart := time.Now()
 	for i, ch := range children {
 		for _, ref := range []string{"library/big:1", "library/big@" + want.String()} {
 			if got, err := hubfake.Pull(t.Context(), ch.Host, ref); err != nil || got != want {
@@ -134,6 +143,7 @@ func TestE2ETierChildrenShareOneParent(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("parent down: %d cached pulls served in %v", 2*len(children), time.Since(downStart).Round(time.Millisecond))
 	for _, path := range []string{"/v2/library/never/manifests/1", "/v2/org/absent/manifests/1?ns=ghcr.io",
 		"/v2/library/big/blobs/sha256:" + fmt.Sprintf("%064x", 7)} {
 		code, ra := httpStatus(t, http.MethodGet, children[2].URL()+path)
