@@ -58,8 +58,15 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 			var te *admit.ThrottledError
 			if errors.As(err, &te) {
 				s.stats.Throttled.Add(1)
+				// "pull rate limit" for counted requests: a child pullcache
+				// (--parent) reads it as a pull limit, holding back its
+				// pulls only, not its blob downloads from this cache.
+				limit := "rate limit"
+				if kind == kindManifestGet {
+					limit = "pull rate limit"
+				}
 				return nil, apierr.Wrap(apierr.TooManyRequests, err,
-					"pullcache is holding requests to %s to stay within its rate limit (%s); retry later", ns, te.Reason).
+					"pullcache is holding requests to %s to stay within its %s (%s); retry later", ns, limit, te.Reason).
 					WithRetryAfter(te.RetryAfter)
 			}
 			return nil, err

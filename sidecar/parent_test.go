@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 
@@ -46,6 +47,12 @@ func newServer(t *testing.T, clients []*upstream.Client, adm *admit.Admitter) (*
 
 func newTier(t *testing.T) *tier {
 	t.Helper()
+	return newTierWith(t, admit.Options{})
+}
+
+// newTierWith is newTier with the parent's admission options.
+func newTierWith(t *testing.T, parentAdmit admit.Options) *tier {
+	t.Helper()
 	tr := &tier{hub: hubfake.Start(t, hubfake.Options{Quota: 100}), ghcr: hubfake.Start(t, hubfake.Options{})}
 	var direct []*upstream.Client
 	for name, h := range map[string]*hubfake.Hub{"docker.io": tr.hub, "ghcr.io": tr.ghcr} {
@@ -56,7 +63,7 @@ func newTier(t *testing.T) *tier {
 		}
 		direct = append(direct, c)
 	}
-	_, tr.parent = newServer(t, direct, admit.New(admit.Options{}))
+	_, tr.parent = newServer(t, direct, admit.New(parentAdmit))
 
 	pu, _ := url.Parse(tr.parent.URL)
 	var via []*upstream.Client
@@ -144,6 +151,33 @@ func TestTierRelaysThrottle(t *testing.T) {
 	}
 	if c := tr.hub.Counts(); c.TooMany != 1 {
 		t.Errorf("upstream 429s = %d, want 1 (the parent blocks too)", c.TooMany)
+	}
+}
+
+// The parent holding back a pull to stay within its own quota is a pull
+// limit to the child: its counted requests wait, its blob downloads (from
+// the parent's cache) go on at once.
+func TestTierParentQuotaHoldsPullsNotBlobs(t *testing.T) {
+	t.Parallel()
+	tr := newTierWith(t, admit.Options{Limits: map[string]admit.Limit{"docker.io": {Count: 1, Window: time.Hour, Burst: 1}},
+		TrustDefaultLimit: true, Reserve: -1, QueueTimeout: -1})
+	hubfake.SeedRandomImage(t, tr.hub.AdminHost, "library/app", "1", 1, 4096)
+	hubfake.SeedRandomImage(t, tr.hub.AdminHost, "library/app", "2", 1, 4096)
+	resp, body := do(t, http.MethodGet, tr.child.URL+"/v2/library/app/manifests/1", map[string]string{"Accept": upstream.ManifestAccept[3]}, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("first pull: %s %s", resp.Status, body)
+	}
+	var m struct{ Layers []struct{ Digest string } }
+	if err := json.Unmarshal(body, &m); err != nil || len(m.Layers) == 0 {
+		t.Fatalf("manifest: %v %s", err, body)
+	}
+	resp, body = do(t, http.MethodGet, tr.child.URL+"/v2/library/app/manifests/2", nil, nil)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("pull over the parent's quota: %s Retry-After %q %s; want 429 with Retry-After", resp.Status, resp.Header.Get("Retry-After"), body)
+	}
+	resp, body = do(t, http.MethodGet, tr.child.URL+"/v2/library/app/blobs/"+m.Layers[0].Digest, nil, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("blob of the admitted image after the parent's quota 429: %s %s; want 200 (only pulls wait)", resp.Status, body)
 	}
 }
 
