@@ -85,6 +85,15 @@ func (s *Server) admitted(ctx context.Context, up *upstream.Client, kind string,
 			"retry_after", th.RetryAfter, "retry_after_given", th.HasRetryAfter)
 		s.throttles.add(ns, kind, clientOf(ctx), th, s.opts.Now())
 	}
+	if up.Parent() {
+		// A parent's answer: its quota headers are the parent's to
+		// spend (upstream.WithoutRateLimitHeaders); the rest is learned.
+		view := *resp
+		view.Header = upstream.WithoutRateLimitHeaders(resp.Header)
+		ticket.WrapBody(&view)
+		resp.Body = view.Body
+		return resp, nil
+	}
 	ticket.WrapBody(resp)
 	return resp, nil
 }

@@ -576,8 +576,16 @@ func (s *Server) upstreamStatus(ns string, resp *http.Response, notFound apierr.
 		if !th.HasRetryAfter {
 			wait = throttleDefaultWait(th)
 		}
-		return apierr.New(apierr.TooManyRequests, "upstream %s: %s (HTTP %d); retry later", ns, th.Describe(), th.Status).
+		e := apierr.New(apierr.TooManyRequests, "upstream %s: %s (HTTP %d); retry later", ns, th.Describe(), th.Status).
 			WithRetryAfter(max(wait, time.Second))
+		// The upstream's quota figures travel down unchanged (to a child
+		// pullcache, say).
+		for k, vs := range upstream.RateLimitHeaders(resp.Header) {
+			for _, v := range vs {
+				e.WithHeader(k, v)
+			}
+		}
+		return e
 	}
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound:

@@ -141,6 +141,22 @@ func TestTierRelaysThrottle(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests || err != nil || ra < 1 || errCode(t, body) != "TOOMANYREQUESTS" {
 		t.Fatalf("throttled pull through the tier: %s Retry-After %q %s; want 429 TOOMANYREQUESTS with Retry-After", resp.Status, resp.Header.Get("Retry-After"), body)
 	}
+	// The upstream's figures, as the upstream sent them, through both tiers.
+	for k, want := range map[string]string{"Ratelimit-Limit": "100;w=21600", "Ratelimit-Remaining": "0;w=21600"} {
+		if got := resp.Header.Get(k); got != want {
+			t.Errorf("429 through the tier: %s = %q, want the upstream's %q", k, got, want)
+		}
+	}
+	if resp.Header.Get(admit.SourceHeader) == "" {
+		t.Errorf("429 through the tier: no %s", admit.SourceHeader)
+	}
+	// ...which the child does not make a quota of its own: that is the
+	// parent's to spend.
+	for _, q := range tr.childSrv.admit.Snapshot() {
+		if q.ReportedLimit != 0 || !q.Limit.Unlimited() {
+			t.Errorf("child's quota %v learned limit %d (%v) from the parent's answer; want none", q.Key, q.ReportedLimit, q.Limit)
+		}
+	}
 	before := tr.childSrv.stats.UpstreamRequests("parent:docker.io", kindManifestGet)
 	resp, _ = do(t, http.MethodGet, tr.child.URL+"/v2/library/app/manifests/2", nil, nil)
 	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {

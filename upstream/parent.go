@@ -15,9 +15,12 @@ package upstream
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/pullcache/pullcache/admit"
 )
 
 // ParseParent checks a --parent URL: http(s)://HOST[:PORT], no path, query
@@ -85,4 +88,44 @@ func (c *Client) query(rawQuery string) string {
 	}
 	q.Set("ns", c.reg.Name)
 	return q.Encode()
+}
+
+// rateLimitHeaders are the headers in which registries report a quota, in
+// every dialect admission reads (Docker Hub's ratelimit-*, the IETF
+// drafts' RateLimit fields, docker-ratelimit-source).
+var rateLimitHeaders = []string{"Ratelimit-Limit", "Ratelimit-Remaining", "Ratelimit-Reset",
+	"Ratelimit-Policy", "Ratelimit", admit.SourceHeader}
+
+// RateLimitHeaders returns the quota headers of h (nil if there are none),
+// for a mirror to pass the upstream's figures down to its own client
+// unchanged, as a parent does to its children.
+func RateLimitHeaders(h http.Header) http.Header {
+	var out http.Header
+	for _, k := range rateLimitHeaders {
+		if vs := h.Values(k); len(vs) > 0 {
+			if out == nil {
+				out = http.Header{}
+			}
+			out[k] = append([]string(nil), vs...)
+		}
+	}
+	return out
+}
+
+// WithoutRateLimitHeaders returns h without its quota headers (h itself
+// when it has none). A child's admission learns from a parent's answer
+// through it: the quota those headers describe is spent and enforced by
+// the parent, and a child that also spent it, one token per request it
+// sends the parent (most of which the parent answers from its cache),
+// would count every pull twice and refuse pulls the parent would serve. A
+// 429 with Retry-After, and its classification, still reach admission.
+func WithoutRateLimitHeaders(h http.Header) http.Header {
+	if RateLimitHeaders(h) == nil {
+		return h
+	}
+	out := h.Clone()
+	for _, k := range rateLimitHeaders {
+		out.Del(k)
+	}
+	return out
 }
