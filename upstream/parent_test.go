@@ -2,6 +2,7 @@ package upstream_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -262,6 +263,42 @@ func TestParseParent(t *testing.T) {
 		}
 		if ok && err == nil && (u.Path != "" || u.Host == "") {
 			t.Errorf("ParseParent(%q) = %v: want a bare endpoint", in, u)
+		}
+	}
+}
+
+// An https parent is verified against RootCAs (--parent-ca): with its CA
+// the pull goes through, without it the TLS failure names the cause.
+func TestParentOverTLSWithItsCA(t *testing.T) {
+	t.Parallel()
+	p := &fakeParent{}
+	srv := httptest.NewTLSServer(p)
+	t.Cleanup(srv.Close)
+	pu, err := upstream.ParseParent(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, _ := upstream.ParseRegistry("docker.io")
+	roots := x509.NewCertPool()
+	roots.AddCert(srv.Certificate())
+	for _, tc := range []struct {
+		roots *x509.CertPool
+		ok    bool
+	}{{roots, true}, {nil, false}} {
+		c, err := upstream.NewClient(reg, upstream.Options{Parent: pu, RootCAs: tc.roots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := drain(c.Manifest(t.Context(), http.MethodGet, "alpine", "3.20"))
+		if tc.ok {
+			if err != nil || resp.StatusCode != http.StatusOK {
+				t.Errorf("with the parent's CA: %v %v, want 200", resp, err)
+			}
+			continue
+		}
+		var ue *upstream.UnreachableError
+		if !errors.As(err, &ue) || !strings.Contains(ue.Cause, "unknown authority") {
+			t.Errorf("without the parent's CA: %v, want an unreachable error naming the unknown authority", err)
 		}
 	}
 }
