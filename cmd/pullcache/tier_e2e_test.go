@@ -9,11 +9,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/internal/testing/realenv"
@@ -173,11 +176,33 @@ func TestE2ETierDistributionProxyParent(t *testing.T) {
 	if code != http.StatusOK {
 		t.Errorf("cold manifest HEAD through the distribution proxy: HTTP %d, want 200", code)
 	}
+	ref, err := name.ParseReference(origin.Host()+"/library/app:1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(ref, remote.WithContext(t.Context()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigName()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _ = httpStatus(t, http.MethodHead, child.URL()+"/v2/library/app/blobs/"+cfg.String())
+	t.Logf("cold blob HEAD through a distribution proxy parent: %d", code)
+	if code != http.StatusOK {
+		t.Errorf("cold blob HEAD through the distribution proxy: HTTP %d, want 200", code)
+	}
+	origin.ResetCounts()
 	if got, err := hubfake.Pull(t.Context(), child.Host, "app:1"); err != nil || got != want {
 		t.Fatalf("pull through a child of distribution's proxy: %v %v, want %s", got, err, want)
 	}
 	if got, err := hubfake.Pull(t.Context(), child.Host, "library/app:1"); err != nil || got != want {
 		t.Fatalf("second pull (warm child): %v %v", got, err)
+	}
+	// And a real client, crane, as a CI job would pull.
+	if out, err := realenv.CraneErr(t, "pull", "--format", "oci", child.Host+"/library/app:1", filepath.Join(t.TempDir(), "img")); err != nil {
+		t.Errorf("crane pull through the child: %v: %s", err, out)
 	}
 	oc := origin.Counts()
 	mget, bget := upstreamRequests(t, child, "parent:docker.io", "manifest_get"), upstreamRequests(t, child, "parent:docker.io", "blob_get")
