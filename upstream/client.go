@@ -57,7 +57,8 @@ type Options struct {
 	// Keychain and CredentialHosts are then not used: the parent holds the
 	// upstream credentials and quota.
 	Parent *url.URL
-	// RootCAs verifies an https endpoint (nil: the system roots).
+	// RootCAs verifies TLS servers, the endpoint and the hosts its
+	// redirects lead to (nil: the system roots).
 	RootCAs *x509.CertPool
 }
 

@@ -22,7 +22,7 @@ type tierConfig struct {
 
 func tierFlags(fs *flag.FlagSet, t *tierConfig) {
 	fs.StringVar(&t.parent, "parent", "", "http(s)://HOST[:PORT] of a parent pullcache (or any mirror that understands containerd's ?ns=): every upstream request goes there with ?ns=<registry>, and the parent holds the upstream credentials and quota; --upstream then only names the registries clients may ask for")
-	fs.StringVar(&t.parentCA, "parent-ca", "", "PEM file of the CA that signed an https --parent's certificate (default: the system roots)")
+	fs.StringVar(&t.parentCA, "parent-ca", "", "PEM file of the CA that signed an https --parent's certificate, trusted besides the system roots")
 }
 
 // endpoint parses --parent and --parent-ca: nil, nil without a parent.
@@ -46,7 +46,11 @@ func (t tierConfig) endpoint(log *slog.Logger) (*url.URL, *x509.CertPool, error)
 		if err != nil {
 			return nil, nil, fmt.Errorf("--parent-ca: %w", err)
 		}
-		roots = x509.NewCertPool()
+		// Added to the system roots, not instead of them: a parent may
+		// redirect a blob to storage with a public certificate.
+		if roots, err = x509.SystemCertPool(); err != nil {
+			roots = x509.NewCertPool()
+		}
 		if !roots.AppendCertsFromPEM(pem) {
 			return nil, nil, fmt.Errorf("--parent-ca %s: no PEM certificate in it", t.parentCA)
 		}
