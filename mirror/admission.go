@@ -43,8 +43,15 @@ func (m *Mirror) admitted(ctx context.Context, src Source, kind string, do func(
 			var te *admit.ThrottledError
 			if errors.As(err, &te) {
 				m.stats.Throttled.Add(1)
+				// "pull rate limit" for counted requests: a child pullcache
+				// (--parent) reads it as a pull limit, holding back its
+				// pulls only, not its blob downloads from this cache.
+				limit := "rate limit"
+				if kind == kindManifestGet {
+					limit = "pull rate limit"
+				}
 				return nil, apierr.Wrap(apierr.TooManyRequests, err,
-					"pullcache is holding requests to %s to stay within its rate limit (%s); retry later", ns, te.Reason).
+					"pullcache is holding requests to %s to stay within its %s (%s); retry later", ns, limit, te.Reason).
 					WithRetryAfter(te.RetryAfter)
 			}
 			return nil, err
@@ -55,7 +62,8 @@ func (m *Mirror) admitted(ctx context.Context, src Source, kind string, do func(
 	if err == nil {
 		status = resp.StatusCode
 	}
-	m.stats.UpstreamRequest(ns, kind, status)
+	// Through a parent tier the stats say so: "parent:<ns>".
+	m.stats.UpstreamRequest(src.StatsName(), kind, status)
 	if err != nil {
 		ticket.Fail(err)
 		return nil, err
@@ -65,6 +73,15 @@ func (m *Mirror) admitted(ctx context.Context, src Source, kind string, do func(
 			"throttle", th.Describe(), "class", th.Kind.String(), "status", th.Status,
 			"retry_after", th.RetryAfter, "retry_after_given", th.HasRetryAfter)
 		m.stats.Throttle(ns, kind, ClientOf(ctx), th, m.opts.Now())
+	}
+	if learn := src.Learnable(resp.Header); learn != nil {
+		// A parent's answer: its quota headers are the parent's to
+		// spend; admission learns from the rest, the client gets all.
+		view := *resp
+		view.Header = learn
+		ticket.WrapBody(&view)
+		resp.Body = view.Body
+		return resp, nil
 	}
 	ticket.WrapBody(resp)
 	return resp, nil

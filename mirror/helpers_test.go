@@ -104,9 +104,11 @@ const testManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.
 
 func newFakeSource() *fakeSource { return &fakeSource{body: []byte(testManifest)} }
 
-func (f *fakeSource) Name() string            { return "docker.io" }
-func (f *fakeSource) Identity() string        { return "anonymous" }
-func (f *fakeSource) Repo(repo string) string { return repo }
+func (f *fakeSource) Name() string                      { return "docker.io" }
+func (f *fakeSource) Identity() string                  { return "anonymous" }
+func (f *fakeSource) StatsName() string                 { return f.Name() }
+func (f *fakeSource) Learnable(http.Header) http.Header { return nil }
+func (f *fakeSource) Repo(repo string) string           { return repo }
 
 func (f *fakeSource) Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error) {
 	f.mu.Lock()

@@ -35,6 +35,13 @@ type Source interface {
 	Name() string
 	// Identity names the credential charged upstream (admission keys on it).
 	Identity() string
+	// StatsName is where requests actually go, for the stats: Name, or
+	// "parent:<name>" through a parent tier.
+	StatsName() string
+	// Learnable returns the headers of an answer admission may learn from
+	// when they differ from the answer's own (a parent tier's quota headers
+	// are the parent's to spend), or nil to learn from them all.
+	Learnable(h http.Header) http.Header
 	// Repo is repo as this source names it (Docker Hub's library/).
 	Repo(repo string) string
 	Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error)
@@ -60,6 +67,12 @@ type upstreamSource struct{ *upstream.Client }
 
 func (u upstreamSource) Name() string            { return u.Registry().Name }
 func (u upstreamSource) Repo(repo string) string { return u.Registry().NormalizeRepo(repo) }
+func (u upstreamSource) Learnable(h http.Header) http.Header {
+	if u.Parent() {
+		return upstream.WithoutRateLimitHeaders(h)
+	}
+	return nil
+}
 func (u upstreamSource) Check(resp *http.Response, notFound apierr.Code, what string) error {
 	return u.CheckResponse(resp, notFound, what)
 }

@@ -50,8 +50,16 @@ func (c *Client) CheckResponse(resp *http.Response, notFound apierr.Code, what s
 		if !th.HasRetryAfter {
 			wait = throttleDefaultWait(th)
 		}
-		return apierr.New(apierr.TooManyRequests, "upstream %s: %s (HTTP %d); retry later", ns, th.Describe(), th.Status).
+		e := apierr.New(apierr.TooManyRequests, "upstream %s: %s (HTTP %d); retry later", ns, th.Describe(), th.Status).
 			WithRetryAfter(max(wait, time.Second))
+		// The upstream's quota figures travel down unchanged (to a child
+		// pullcache, say).
+		for k, vs := range RateLimitHeaders(resp.Header) {
+			for _, v := range vs {
+				e.WithHeader(k, v)
+			}
+		}
+		return e
 	}
 	switch code := resp.StatusCode; {
 	case code == http.StatusNotFound:

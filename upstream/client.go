@@ -2,6 +2,8 @@ package upstream
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,11 +51,22 @@ type Options struct {
 	// Logger receives refused redirects and withheld credentials (nil:
 	// discarded).
 	Logger *slog.Logger
+	// Parent, when set, is another pullcache (or any mirror that
+	// understands containerd's ?ns=) that every request goes to instead of
+	// the registry's endpoint, naming the registry in ?ns= (parent.go).
+	// Keychain and CredentialHosts are then not used: the parent holds the
+	// upstream credentials and quota.
+	Parent *url.URL
+	// RootCAs verifies TLS servers, the endpoint and the hosts its
+	// redirects lead to (nil: the system roots).
+	RootCAs *x509.CertPool
 }
 
-// Client talks to one upstream registry. It is safe for concurrent use.
+// Client talks to one upstream registry, directly or through a parent
+// pullcache (Options.Parent). It is safe for concurrent use.
 type Client struct {
-	reg      Registry
+	reg      Registry // with a parent, Endpoint is the parent's
+	parent   bool
 	ggcrReg  name.Registry
 	auth     authn.Authenticator
 	identity string
@@ -77,6 +90,10 @@ const maxTransports = 1024
 // NewClient returns a client for reg. Credentials are resolved once here so
 // that a broken keychain fails at start-up, not on the first pull.
 func NewClient(reg Registry, opts Options) (*Client, error) {
+	reg, opts, err := viaParent(reg, opts)
+	if err != nil {
+		return nil, err
+	}
 	var nameOpts []name.Option
 	if reg.Endpoint.Scheme == "http" {
 		nameOpts = append(nameOpts, name.Insecure)
@@ -102,13 +119,14 @@ func NewClient(reg Registry, opts Options) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	guard := newDialGuard(reg.Name, hostPort(reg.Endpoint), proxyHosts(), opts.Resolver)
-	var plain http.RoundTripper = newTransport(guard)
+	var plain http.RoundTripper = newTransport(guard, opts.RootCAs)
 	if opts.UserAgent != "" {
 		plain = &userAgent{inner: plain, ua: opts.UserAgent}
 	}
 	policy := newCredentialPolicy(reg.Name, reg.Endpoint, opts.CredentialHosts, log)
 	return &Client{
 		reg:        reg,
+		parent:     opts.Parent != nil,
 		ggcrReg:    gr,
 		auth:       auth,
 		identity:   identity,
@@ -126,9 +144,12 @@ func NewClient(reg Registry, opts Options) (*Client, error) {
 // the guard, bodies are passed through byte-exact (no transparent gzip),
 // idle connections are kept for the bursts CI produces, and HTTPS_PROXY is
 // honoured.
-func newTransport(guard *dialGuard) *http.Transport {
+func newTransport(guard *dialGuard, roots *x509.CertPool) *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DialContext = guard.DialContext
+	if roots != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
 	t.DisableCompression = true
 	t.MaxIdleConnsPerHost = 64
 	t.ResponseHeaderTimeout = 60 * time.Second
@@ -295,7 +316,7 @@ func (c *Client) do(ctx context.Context, method, repo, suffix, rawQuery string, 
 	}
 	u := *c.reg.Endpoint
 	u.Path = "/v2/" + repo + suffix
-	u.RawQuery = rawQuery
+	u.RawQuery = c.query(rawQuery)
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), nil)
 	if err != nil {
 		return nil, err

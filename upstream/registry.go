@@ -4,7 +4,9 @@
 // It follows the redirects every public registry sends (redirect.go) without
 // carrying credentials beyond the registry (credentials.go) and only to
 // addresses the dial guard allows (netguard.go), and rewrites each
-// registry's throttling dialect into one canonical 429 (throttle.go).
+// registry's throttling dialect into one canonical 429 (throttle.go). A
+// Client may instead reach every registry through a parent pullcache,
+// naming the registry in ?ns= and holding no credentials (parent.go).
 //
 // A Client is safe for concurrent use; responses' bodies must be closed.
 //

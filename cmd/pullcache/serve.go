@@ -63,6 +63,8 @@ type serveConfig struct {
 	idleTimeout       time.Duration
 	slowClientTimeout time.Duration
 	uploadTimeout     time.Duration
+
+	tier tierConfig // --parent, --parent-ca (parent.go)
 }
 
 // maxHeaderBytes caps a request's header block: registry requests carry a
@@ -105,6 +107,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 90*time.Second, "close a keep-alive connection idle this long")
 	fs.DurationVar(&cfg.slowClientTimeout, "slow-client-timeout", time.Minute, "cut a response whose client takes less than 128KiB in this long (a stalled or crawling reader), so it stops holding its blob (0: never)")
 	fs.DurationVar(&cfg.uploadTimeout, "upload-timeout", cachestore.DefaultUploadTimeout, "remove a push upload session untouched this long (checked every --gc-interval); its bytes count toward --max-size meanwhile, and one idle for a minute may be removed sooner to stay under it")
+	tierFlags(fs, &cfg.tier)
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json")
 	fs.Usage = func() {
@@ -151,12 +154,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	parent, parentRoots, err := cfg.tier.endpoint(log)
+	if err != nil {
+		return err
+	}
 	var clients []*upstream.Client
 	for _, reg := range regs {
 		c, err := upstream.NewClient(reg, upstream.Options{
 			UserAgent:       "pullcache/" + versionString(),
 			CredentialHosts: credHosts[reg.Name],
 			Logger:          log,
+			Parent:          parent,
+			RootCAs:         parentRoots,
 		})
 		if err != nil {
 			return err
@@ -342,6 +351,9 @@ func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*a
 			return nil, fmt.Errorf("--upstream-rate %q: %w", v, err)
 		}
 		rates[name] = r
+	}
+	if regs, err := upstreamRegistries(cfg.upstreams); err == nil {
+		cfg.tier.childAdmission(regs, cfg.rps, limits, rates)
 	}
 	return admit.New(admit.Options{
 		Limits:            limits,

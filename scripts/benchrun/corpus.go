@@ -3,15 +3,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/pullcache/pullcache/scripts/benchrun/imagegen"
 )
 
 // corpusSpec sizes the images. Layer sizes are in bytes, biggest first, the
@@ -30,7 +30,7 @@ const mib = 1 << 20
 func fullCorpus() corpusSpec {
 	return corpusSpec{
 		Small:     []int64{3 * mib},
-		Large:     []int64{60 * mib, 40 * mib, 25 * mib, 15 * mib, 8 * mib, 2 * mib}, // 150 MiB
+		Large:     imagegen.LargeLayers, // 150 MiB
 		Multi:     []int64{4 * mib, 1 * mib},
 		Distinct:  []int64{1536 << 10, 512 << 10},
 		NDistinct: 20,
@@ -74,41 +74,8 @@ type corpus struct {
 	TotalBytes               int64 // bytes stored upstream
 }
 
-// randomImage builds a Docker schema 2 image of incompressible layers. The
-// layers are not tarballs: pull clients only move and digest-verify them,
-// and generating them needs no gzip pass.
-func randomImage(seed uint64, sizes []int64, p v1.Platform) (v1.Image, int64, error) {
-	rng := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), 'p', 'c'}))
-	img := empty.Image
-	var total int64
-	for _, size := range sizes {
-		buf := make([]byte, size)
-		for i := 0; i+8 <= len(buf); i += 8 {
-			v := rng.Uint64()
-			for j := range 8 {
-				buf[i+j] = byte(v >> (8 * j))
-			}
-		}
-		var err error
-		img, err = mutate.AppendLayers(img, static.NewLayer(buf, types.DockerLayer))
-		if err != nil {
-			return nil, 0, err
-		}
-		total += size
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		return nil, 0, err
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = p.OS, p.Architecture
-	cf.Config.Cmd = []string{"/bin/app", fmt.Sprint(seed)}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		return nil, 0, err
-	}
-	return img, total, nil
-}
+// randomImage is the corpus's image generator, shared with the e2e tests.
+var randomImage = imagegen.RandomImage
 
 // imageSize is what one pull of img reads: manifest, config and layers.
 func imageSize(img v1.Image, layerBytes int64) (int64, error) {
