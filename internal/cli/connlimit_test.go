@@ -1,0 +1,46 @@
+package cli
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+)
+
+func TestConnectionCapFitsTheFileLimit(t *testing.T) {
+	t.Parallel()
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct{ maxConns, fileLimit, want int }{
+		{4096, 1 << 20, 4096}, // plenty of descriptors
+		{4096, 4096, 3584},    // an eighth kept for files, upstreams, the socket
+		{4096, 1024, 896},     // at least 128 kept
+		{4096, 100, 16},       // never below 16
+		{0, 1024, 0},          // no limit asked: none imposed
+		{4096, 0, 4096},       // limit unknown
+	} {
+		if got := connectionCap(tc.maxConns, tc.fileLimit, log); got != tc.want {
+			t.Errorf("connectionCap(%d, %d) = %d, want %d", tc.maxConns, tc.fileLimit, got, tc.want)
+		}
+	}
+}
+
+func TestLimitFlagDefaults(t *testing.T) {
+	var cfg serveConfig
+	fs := serveFlags(&cfg, nil)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.maxConns != 4096 || cfg.maxConnsPerClient != 512 || cfg.idleTimeout != 90*time.Second || cfg.slowClientTimeout != time.Minute || cfg.uploadTimeout != time.Hour {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	t.Setenv("PULLCACHE_UPLOAD_TIMEOUT", "5m")
+	t.Setenv("PULLCACHE_MAX_CONNS_PER_CLIENT", "64")
+	cfg = serveConfig{}
+	fs = serveFlags(&cfg, nil)
+	fs.Parse(nil)
+	if err := applyEnv(fs); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.uploadTimeout != 5*time.Minute || cfg.maxConnsPerClient != 64 {
+		t.Errorf("from the environment: upload timeout %v, per-client %d", cfg.uploadTimeout, cfg.maxConnsPerClient)
+	}
+}
