@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"io/fs"
 	"net"
@@ -164,7 +165,7 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		startTimeout:    60 * time.Second,
 	}
 	if in.listen == "" {
-		in.listen = "127.0.0.1:5055"
+		in.listen = config.DefaultListen
 	}
 	if _, port, err := net.SplitHostPort(in.listen); err != nil || port == "0" || port == "" {
 		return in, fmt.Errorf("input listen=%q: want host:port with a fixed port", in.listen)
@@ -173,7 +174,7 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		if tmp := a.Getenv("RUNNER_TEMP"); tmp != "" {
 			in.dir = filepath.Join(tmp, "pullcache")
 		} else {
-			in.dir = defaultDir()
+			in.dir = config.DefaultDir()
 		}
 	}
 	if in.tagTTL != "" {
@@ -190,12 +191,12 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		}
 	}
 	if in.maxSize != "" {
-		if _, err := parseSize(in.maxSize); err != nil {
+		if _, err := config.ParseSize(in.maxSize); err != nil {
 			return in, fmt.Errorf("input max-size: %w", err)
 		}
 	}
 	if in.archiveMaxSize != "" {
-		if _, err := parseSize(in.archiveMaxSize); err != nil {
+		if _, err := config.ParseSize(in.archiveMaxSize); err != nil {
 			return in, fmt.Errorf("input archive-max-size: %w", err)
 		}
 	}
@@ -216,7 +217,7 @@ func readActionInputs(a *githubactions.Action) (actionInputs, error) {
 		return in, err
 	}
 	if v := a.GetInput("start-timeout"); v != "" {
-		if in.startTimeout, err = parseDuration(v); err != nil || in.startTimeout <= 0 {
+		if in.startTimeout, err = config.ParseDuration(v); err != nil || in.startTimeout <= 0 {
 			return in, fmt.Errorf("input start-timeout=%q: want a duration like 60s", v)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -70,7 +71,7 @@ func restoreCache(ctx context.Context, r runner, in actionInputs) {
 	}
 	var max int64
 	if in.archiveMaxSize != "" {
-		max, _ = parseSize(in.archiveMaxSize)
+		max, _ = config.ParseSize(in.archiveMaxSize)
 	}
 	if err := os.MkdirAll(filepath.Dir(in.archive), 0o755); err != nil {
 		r.Warningf("cache: %v", err)

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -52,7 +53,7 @@ func checkReusable(ctx context.Context, mirror string, in actionInputs, explicit
 		}
 	}
 	if in.maxSize != "" {
-		if want, _ := parseSize(in.maxSize); about.MaxSize != want {
+		if want, _ := config.ParseSize(in.maxSize); about.MaxSize != want {
 			diffs = append(diffs, fmt.Sprintf("max-size %d bytes, not %s", about.MaxSize, in.maxSize))
 		}
 	}

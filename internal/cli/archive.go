@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,7 +16,7 @@ import (
 // at the top of cachestore/archive.go) to FILE, or stdout for "-".
 func export(args []string, stdout, stderr io.Writer) error {
 	var dir string
-	var maxSize sizeFlag
+	var maxSize config.Size
 	var since durationFlag
 	fs := storeFlagSet("export", stderr, &dir)
 	fs.Var(&since, "since", "only images used within this duration (e.g. 72h); pinned images always go")
@@ -137,7 +138,7 @@ type durationFlag time.Duration
 
 func (d *durationFlag) String() string { return time.Duration(*d).String() }
 func (d *durationFlag) Set(v string) error {
-	x, err := parseDuration(v)
+	x, err := config.ParseDuration(v)
 	if err != nil || x < 0 {
 		return fmt.Errorf("invalid duration %q (use e.g. 72h, 30m)", v)
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"log/slog"
 	"os"
@@ -81,7 +82,7 @@ func parseBuildkitFlags(fs *flag.FlagSet, args []string, addr *string) error {
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "addr" })
 	explicit := *addr
-	if err := applyEnv(fs); err != nil {
+	if err := config.ApplyEnv(fs); err != nil {
 		return err
 	}
 	*addr = explicit
@@ -95,8 +96,8 @@ func parseBuildkitFlags(fs *flag.FlagSet, args []string, addr *string) error {
 // buildkit.DaemonOptions.
 type daemonConfig struct {
 	addr, dir, root, mirror, binary, snapshotter string
-	registries, extraArgs                        listFlag
-	maxUsed, reserved, minFree                   sizeFlag
+	registries, extraArgs                        config.List
+	maxUsed, reserved, minFree                   config.Size
 }
 
 func (c daemonConfig) options(stderr io.Writer, log *slog.Logger) buildkit.DaemonOptions {
@@ -128,9 +129,9 @@ func (c daemonConfig) options(stderr io.Writer, log *slog.Logger) buildkit.Daemo
 func parseDaemonFlags(args []string, stderr io.Writer) (daemonConfig, error) {
 	var c daemonConfig
 	fs := buildkitFlags("daemon", stderr, &c.addr)
-	fs.StringVar(&c.dir, "dir", defaultDir(), "cache directory (the shared volume); the daemon's state goes to <dir>/buildkit")
+	fs.StringVar(&c.dir, "dir", config.DefaultDir(), "cache directory (the shared volume); the daemon's state goes to <dir>/buildkit")
 	fs.StringVar(&c.root, "root", "", "buildkitd's state directory instead of <dir>/buildkit")
-	fs.StringVar(&c.mirror, "mirror", "127.0.0.1:5055", "the mirror's host:port as buildkitd reaches it; empty for none")
+	fs.StringVar(&c.mirror, "mirror", config.DefaultListen, "the mirror's host:port as buildkitd reaches it; empty for none")
 	fs.Var(&c.registries, "registry", "registry whose pulls go through the mirror (repeatable; default: the built-in upstreams)")
 	fs.StringVar(&c.binary, "buildkitd", "buildkitd", "the buildkitd binary")
 	fs.StringVar(&c.snapshotter, "snapshotter", "", "OCI worker snapshotter (default: buildkitd's auto)")
@@ -205,14 +206,14 @@ func buildkitUsageCmd(ctx context.Context, args []string, stdout, stderr io.Writ
 func buildkitPrune(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		addr         string
-		keep         sizeFlag
+		keep         config.Size
 		keepDuration time.Duration
-		filters      listFlag
+		filters      config.List
 	)
 	fs := buildkitFlags("prune", stderr, &addr)
 	fs.Var(&keep, "keep-storage", "keep the most recently used cache up to this size (e.g. 10GiB)")
 	fs.Func("keep-duration", "keep cache used within this duration (e.g. 72h)", func(v string) error {
-		d, err := parseDuration(v)
+		d, err := config.ParseDuration(v)
 		keepDuration = d
 		return err
 	})

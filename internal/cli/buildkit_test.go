@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pullcache/pullcache/config"
 	"github.com/pullcache/pullcache/upstream"
 )
 
@@ -25,7 +26,7 @@ func TestBuildkitDaemonFlags(t *testing.T) {
 			name: "defaults", wantAddr: defaultBuildkitAddr,
 			check: func(t *testing.T, c daemonConfig) {
 				o := c.options(io.Discard, nil)
-				if o.Dir != defaultDir() || o.Root != "" || o.Mirror != "127.0.0.1:5055" {
+				if o.Dir != config.DefaultDir() || o.Root != "" || o.Mirror != "127.0.0.1:5055" {
 					t.Errorf("options = %+v", o)
 				}
 				var builtin []string

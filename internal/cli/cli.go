@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "stats":
 		return stats(ctx, args[1:], stdout, stderr)
 	case "config":
-		return config(args[1:], stdout, stderr)
+		return clientConfig(args[1:], stdout, stderr)
 	case "doctor":
 		return doctor(ctx, args[1:], stdout, stderr)
 	case "warm":

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"github.com/pullcache/pullcache/config"
 	"log/slog"
 	"testing"
 	"time"
@@ -24,23 +25,23 @@ func TestConnectionCapFitsTheFileLimit(t *testing.T) {
 }
 
 func TestLimitFlagDefaults(t *testing.T) {
-	var cfg serveConfig
+	var cfg config.Serve
 	fs := serveFlags(&cfg, nil)
 	if err := fs.Parse(nil); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.maxConns != 4096 || cfg.maxConnsPerClient != 512 || cfg.idleTimeout != 90*time.Second || cfg.slowClientTimeout != time.Minute || cfg.uploadTimeout != time.Hour {
+	if cfg.MaxConns != 4096 || cfg.MaxConnsPerClient != 512 || cfg.IdleTimeout != 90*time.Second || cfg.SlowClientTimeout != time.Minute || cfg.UploadTimeout != time.Hour {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	t.Setenv("PULLCACHE_UPLOAD_TIMEOUT", "5m")
 	t.Setenv("PULLCACHE_MAX_CONNS_PER_CLIENT", "64")
-	cfg = serveConfig{}
+	cfg = config.Serve{}
 	fs = serveFlags(&cfg, nil)
 	fs.Parse(nil)
-	if err := applyEnv(fs); err != nil {
+	if err := config.ApplyEnv(fs); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.uploadTimeout != 5*time.Minute || cfg.maxConnsPerClient != 64 {
-		t.Errorf("from the environment: upload timeout %v, per-client %d", cfg.uploadTimeout, cfg.maxConnsPerClient)
+	if cfg.UploadTimeout != 5*time.Minute || cfg.MaxConnsPerClient != 64 {
+		t.Errorf("from the environment: upload timeout %v, per-client %d", cfg.UploadTimeout, cfg.MaxConnsPerClient)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"strings"
@@ -84,7 +85,7 @@ type doctorConfig struct {
 func doctorFlags(cfg *doctorConfig, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("pullcache doctor", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:5055", "address of the running mirror, as clients reach it")
+	fs.StringVar(&cfg.addr, "addr", config.DefaultListen, "address of the running mirror, as clients reach it")
 	fs.StringVar(&cfg.dir, "dir", "", "the mirror's cache directory, for the disk-space check (default: what the mirror reports)")
 	fs.BoolVar(&cfg.asJSON, "json", false, `print {"checks":[...],"quota":[...]} instead of the table`)
 	fs.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "bound on each request doctor makes")
@@ -120,7 +121,7 @@ func doctor(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if fs.NArg() > 0 {
 		return fmt.Errorf("doctor takes no arguments, got %q", fs.Args())
 	}
-	if err := applyEnv(fs); err != nil {
+	if err := config.ApplyEnv(fs); err != nil {
 		return err
 	}
 	rep := runDoctor(ctx, cfg)

@@ -68,7 +68,7 @@ func TestBuildkitAndRegistriesConf(t *testing.T) {
 		body := tc.body
 		if body == "" {
 			var b bytes.Buffer
-			if err := config([]string{"buildkit", "--mirror", addr, "--registry", "docker.io"}, &b, &b); err != nil {
+			if err := clientConfig([]string{"buildkit", "--mirror", addr, "--registry", "docker.io"}, &b, &b); err != nil {
 				t.Fatal(err)
 			}
 			body = b.String()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ const cliLockTimeout = 500 * time.Millisecond
 func storeFlagSet(name string, stderr io.Writer, dir *string) *flag.FlagSet {
 	fs := flag.NewFlagSet("pullcache "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(dir, "dir", defaultDir(), "cache directory (the shared volume)")
+	fs.StringVar(dir, "dir", config.DefaultDir(), "cache directory (the shared volume)")
 	return fs
 }
 
@@ -43,7 +44,7 @@ func parseStoreFlags(fs *flag.FlagSet, args []string) error {
 		}
 		return errUsage
 	}
-	return applyEnv(fs)
+	return config.ApplyEnv(fs)
 }
 
 var errHelp = errors.New("help shown")
@@ -99,7 +100,7 @@ func lockOwner(path string) (int, bool) {
 // current usage (pins and in-use content are kept).
 func gc(args []string, stdout, stderr io.Writer) error {
 	var dir string
-	var maxSize sizeFlag
+	var maxSize config.Size
 	fs := storeFlagSet("gc", stderr, &dir)
 	fs.Var(&maxSize, "max-size", "size cap of the cache (e.g. 20GiB); gc evicts down to 85% of it")
 	verbose := fs.Bool("v", false, "list every evicted image and blob")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"net/http"
 	"sort"
@@ -19,7 +20,7 @@ import (
 func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("pullcache stats", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", "127.0.0.1:5055", "address of the running mirror")
+	addr := fs.String("addr", config.DefaultListen, "address of the running mirror")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -27,7 +28,7 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return errUsage
 	}
-	if err := applyEnv(fs); err != nil {
+	if err := config.ApplyEnv(fs); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"log/slog"
 	"sort"
 	"strings"
@@ -19,24 +20,24 @@ import (
 // and its blob fills before it hands the volume over.
 const volumeDrain = 30 * time.Second
 
-// startVolume joins the shared volume at cfg.dir. Any number of serve
+// startVolume joins the shared volume at cfg.Dir. Any number of serve
 // processes may share it: the one holding the index lock runs the mirror
 // made from mirrorOpts, the others follow it (sidecar/owner) and build the
 // mirror (and its admitter, whose state lives in the index) only if they
 // are elected.
-func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) (*volume.Volume, error) {
+func startVolume(cfg config.Serve, mirrorOpts sidecar.Options, log *slog.Logger) (*volume.Volume, error) {
 	// A follower builds its mirror only when elected, possibly hours later;
 	// what can be checked without a store is checked now.
 	if d := mirrorOpts.DefaultUpstream; d != "" && !hasUpstream(mirrorOpts.Upstreams, d) {
 		return nil, fmt.Errorf("default upstream %q is not among the configured upstreams (%s)", d, upstreamNames(mirrorOpts.Upstreams))
 	}
 	return volume.Start(volume.Options{
-		Dir:           cfg.dir,
+		Dir:           cfg.Dir,
 		Logger:        log,
 		LocalPrefixes: mirrorOpts.LocalPrefixes,
-		Store:         cachestore.Options{UploadTimeout: cfg.uploadTimeout},
+		Store:         cachestore.Options{UploadTimeout: cfg.UploadTimeout},
 		Build: func(store *cachestore.Store) (volume.Service, error) {
-			for _, ref := range cfg.pins {
+			for _, ref := range cfg.Pins {
 				ns, repo, id, err := parsePinRef(ref)
 				if err == nil {
 					err = store.Pin(ns, repo, id)
@@ -51,7 +52,7 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 			}
 			o := mirrorOpts
 			o.Store, o.Admitter = store, admitter
-			o.OnDiskFull = func() { freeSpace(store, cfg.maxSize, log) }
+			o.OnDiskFull = func() { freeSpace(store, cfg.MaxSize, log) }
 			srv, err := sidecar.New(o)
 			if err != nil {
 				admitter.Close()
@@ -59,10 +60,10 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 			}
 			ctx, stopJanitor := context.WithCancel(context.Background())
 			var evict *cachestore.EvictOptions
-			if cfg.maxSize > 0 {
-				evict = &cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), UploadIdle: uploadIdle(cfg.uploadTimeout)}
+			if cfg.MaxSize > 0 {
+				evict = &cachestore.EvictOptions{MaxSize: int64(cfg.MaxSize), UploadIdle: uploadIdle(cfg.UploadTimeout)}
 			}
-			go store.RunJanitor(ctx, cfg.gcInterval, evict, log)
+			go store.RunJanitor(ctx, cfg.GCInterval, evict, log)
 			return mirror{srv, admitter, stopJanitor}, nil
 		},
 	})
@@ -91,7 +92,7 @@ func (m mirror) Close() error {
 // freeSpace runs when a store write hit ENOSPC below --max-size (or with
 // no cap): the disk is fuller than the cap assumed, so evict down to the low
 // watermark of what the cache holds now (or of the cap, if smaller).
-func freeSpace(store *cachestore.Store, maxSize sizeFlag, log *slog.Logger) {
+func freeSpace(store *cachestore.Store, maxSize config.Size, log *slog.Logger) {
 	_, used, err := store.Usage()
 	if err != nil || used == 0 {
 		return

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"runtime"
@@ -26,7 +27,7 @@ import (
 type warmConfig struct {
 	addr        string
 	platform    string
-	files       listFlag
+	files       config.List
 	maxWait     time.Duration
 	concurrency int
 	timeout     time.Duration
@@ -51,7 +52,7 @@ func warm(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var cfg warmConfig
 	fs := flag.NewFlagSet("pullcache warm", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:5055", "address of the running mirror")
+	fs.StringVar(&cfg.addr, "addr", config.DefaultListen, "address of the running mirror")
 	fs.StringVar(&cfg.platform, "platform", "linux/"+runtime.GOARCH, "platform to fetch from multi-platform images: os/arch[/variant], or all")
 	fs.Var(&cfg.files, "f", "file of images: a list, a compose file, a Dockerfile or a GitHub Actions workflow (repeatable)")
 	fs.DurationVar(&cfg.maxWait, "max-wait", 10*time.Minute, "longest wait for the budget before an image is skipped")
@@ -67,7 +68,7 @@ func warm(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return errUsage
 	}
-	if err := applyEnv(fs); err != nil {
+	if err := config.ApplyEnv(fs); err != nil {
 		return err
 	}
 	refs := append([]string(nil), fs.Args()...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"path/filepath"
@@ -26,7 +27,7 @@ that points a container runtime at this mirror:
 `
 
 // config prints client configuration for the mirror.
-func config(args []string, stdout, stderr io.Writer) error {
+func clientConfig(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		fmt.Fprint(stderr, configUsage)
 		return errUsage
@@ -34,8 +35,8 @@ func config(args []string, stdout, stderr io.Writer) error {
 	kind := args[0]
 	fs := flag.NewFlagSet("pullcache config "+kind, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	mirror := fs.String("mirror", "127.0.0.1:5055", "the mirror's host:port as the client reaches it")
-	var registries listFlag
+	mirror := fs.String("mirror", config.DefaultListen, "the mirror's host:port as the client reaches it")
+	var registries config.List
 	fs.Var(&registries, "registry", "registry to route through the mirror (repeatable; default: the built-in upstreams)")
 	hostsDir := fs.String("hosts-dir", "", "containerd: write <dir>/<registry>/hosts.toml instead of printing")
 	if err := fs.Parse(args[1:]); err != nil {

@@ -1,4 +1,4 @@
-package cli
+package config
 
 import (
 	"flag"
@@ -13,13 +13,16 @@ import (
 // underscores: CI systems configure services through the environment. An
 // explicit flag wins over the environment.
 
-func envName(flagName string) string {
+// EnvName is the environment variable that sets flagName when the command
+// line does not.
+func EnvName(flagName string) string {
 	return "PULLCACHE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// applyEnv sets every flag not given on the command line from its
-// environment variable.
-func applyEnv(fs *flag.FlagSet) error {
+// ApplyEnv sets every flag of fs not given on the command line from its
+// environment variable. Call it after fs.Parse; a List flag takes a list
+// split by splitEnvList.
+func ApplyEnv(fs *flag.FlagSet) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error
@@ -27,18 +30,18 @@ func applyEnv(fs *flag.FlagSet) error {
 		if given[f.Name] || err != nil {
 			return
 		}
-		v, ok := os.LookupEnv(envName(f.Name))
+		v, ok := os.LookupEnv(EnvName(f.Name))
 		if !ok {
 			return
 		}
-		if lv, isList := f.Value.(*listFlag); isList {
+		if lv, isList := f.Value.(*List); isList {
 			for _, item := range splitEnvList(v) {
 				lv.Set(item)
 			}
 			return
 		}
 		if e := f.Value.Set(v); e != nil {
-			err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
+			err = fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, e)
 		}
 	})
 	return err
@@ -59,26 +62,27 @@ func splitEnvList(v string) []string {
 	return out
 }
 
-// listFlag collects a repeatable flag.
-type listFlag []string
+// List collects a repeatable flag.
+type List []string
 
-func (l *listFlag) String() string     { return strings.Join(*l, ",") }
-func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+func (l *List) String() string     { return strings.Join(*l, ",") }
+func (l *List) Set(v string) error { *l = append(*l, v); return nil }
 
-// sizeFlag parses sizes like 4MiB, 20GiB, 512k, 1000.
-type sizeFlag int64
+// Size is a byte count given like 4MiB, 20GiB, 512k or 1000.
+type Size int64
 
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-func (s *sizeFlag) Set(v string) error {
-	n, err := parseSize(v)
+func (s *Size) String() string { return strconv.FormatInt(int64(*s), 10) }
+func (s *Size) Set(v string) error {
+	n, err := ParseSize(v)
 	if err != nil {
 		return err
 	}
-	*s = sizeFlag(n)
+	*s = Size(n)
 	return nil
 }
 
-func parseSize(v string) (int64, error) {
+// ParseSize parses a byte count with an optional binary or decimal unit.
+func ParseSize(v string) (int64, error) {
 	v = strings.TrimSpace(v)
 	units := []struct {
 		suffix string
@@ -104,8 +108,9 @@ func parseSize(v string) (int64, error) {
 	return n, nil
 }
 
-// durationFlag is time.Duration that also accepts plain seconds.
-func parseDuration(v string) (time.Duration, error) {
+// ParseDuration is time.ParseDuration that also accepts plain seconds, the
+// way CI inputs are usually written.
+func ParseDuration(v string) (time.Duration, error) {
 	if n, err := strconv.Atoi(v); err == nil {
 		return time.Duration(n) * time.Second, nil
 	}
