@@ -116,3 +116,18 @@ func ParseDuration(v string) (time.Duration, error) {
 	}
 	return time.ParseDuration(v)
 }
+
+// HumanSize renders a byte count in binary units (1.5 GiB), as the
+// commands print sizes.
+func HumanSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/pullcache/pullcache/ghaction"
 	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
 
@@ -96,7 +97,7 @@ func TestE2EActionFromRelease(t *testing.T) {
 			t.Fatalf("%s: main.js: %v\n%s", what, err, out)
 		}
 		state := readRunnerFile(t, e.state)
-		pid, _ := strconv.Atoi(state[statePID])
+		pid, _ := strconv.Atoi(state[ghaction.StatePID])
 		t.Cleanup(func() {
 			if serverAlive(pid) {
 				syscall.Kill(-pid, syscall.SIGKILL)

@@ -11,7 +11,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -30,190 +29,11 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/sethvargo/go-githubactions"
 
+	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/ghaction"
 	"github.com/pullcache/pullcache/internal/testing/realenv"
-	"github.com/pullcache/pullcache/sidecar"
 )
-
-func TestInputLines(t *testing.T) {
-	t.Parallel()
-	got := inputLines("\n  docker.io=100/6h,burst=20 \n# a comment\n\nghcr.io=unlimited\n")
-	want := []string{"docker.io=100/6h,burst=20", "ghcr.io=unlimited"}
-	if !slices.Equal(got, want) {
-		t.Fatalf("inputLines = %q, want %q", got, want)
-	}
-}
-
-func fakeInputs(env map[string]string) *githubactions.Action {
-	return githubactions.New(githubactions.WithGetenv(func(k string) string { return env[k] }))
-}
-
-func TestReadActionInputs(t *testing.T) {
-	t.Parallel()
-	in, err := readActionInputs(fakeInputs(map[string]string{
-		"RUNNER_TEMP":              "/runner/tmp",
-		"INPUT_UPSTREAMS":          "docker.io=https://registry-1.docker.io\nghcr.io=https://ghcr.io\n",
-		"INPUT_DEFAULT-UPSTREAM":   "none",
-		"INPUT_LIMITS":             "docker.io=100/6h,burst=20",
-		"INPUT_TAG-TTL":            "5m",
-		"INPUT_MAX-SIZE":           "8GiB",
-		"INPUT_ARCHIVE":            "rel/cache.zst",
-		"INPUT_ARCHIVE-MAX-SIZE":   "5GiB",
-		"INPUT_CONFIGURE-DOCKER":   "True",
-		"INPUT_CONFIGURE-BUILDKIT": "false",
-		"INPUT_START-TIMEOUT":      "90",
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wantArgs := []string{"serve", "--listen", "127.0.0.1:5055", "--dir", "/runner/tmp/pullcache",
-		"--upstream", "docker.io=https://registry-1.docker.io", "--upstream", "ghcr.io=https://ghcr.io",
-		"--default-upstream=", "--limit", "docker.io=100/6h,burst=20", "--tag-ttl", "5m", "--max-size", "8GiB"}
-	if got := in.serveArgs(); !slices.Equal(got, wantArgs) {
-		t.Errorf("serveArgs =\n %q\nwant\n %q", got, wantArgs)
-	}
-	if !in.configureDocker || in.configureBK || in.startTimeout != 90*time.Second {
-		t.Errorf("bools/timeout: %+v", in)
-	}
-	if !filepath.IsAbs(in.archive) || !strings.HasSuffix(in.archive, "rel/cache.zst") {
-		t.Errorf("archive not made absolute: %q", in.archive)
-	}
-	if got := in.registries(); !slices.Equal(got, []string{"docker.io", "ghcr.io"}) {
-		t.Errorf("registries = %q", got)
-	}
-
-	for name, env := range map[string]map[string]string{
-		"port 0":        {"INPUT_LISTEN": "127.0.0.1:0"},
-		"no port":       {"INPUT_LISTEN": "localhost"},
-		"bad bool":      {"INPUT_CONFIGURE-DOCKER": "yes"},
-		"bad ttl":       {"INPUT_TAG-TTL": "soon"},
-		"bad max size":  {"INPUT_ARCHIVE-MAX-SIZE": "big"},
-		"bad cache cap": {"INPUT_MAX-SIZE": "lots"},
-		"bad timeout":   {"INPUT_START-TIMEOUT": "-5s"},
-		"zero timeout":  {"INPUT_START-TIMEOUT": "0"},
-		"bad buildkitd": {"INPUT_CONFIGURE-BUILDKIT": "1"},
-	} {
-		if _, err := readActionInputs(fakeInputs(env)); err == nil {
-			t.Errorf("%s: %v accepted", name, env)
-		}
-	}
-}
-
-func TestMirrorHost(t *testing.T) {
-	t.Parallel()
-	for listen, want := range map[string]string{
-		"127.0.0.1:5055": "127.0.0.1:5055",
-		"0.0.0.0:5001":   "127.0.0.1:5001",
-		":5002":          "127.0.0.1:5002",
-		"[::]:5003":      "[::1]:5003",
-		"10.1.2.3:5004":  "10.1.2.3:5004",
-	} {
-		if got := mirrorHost(listen); got != want {
-			t.Errorf("mirrorHost(%q) = %q, want %q", listen, got, want)
-		}
-	}
-}
-
-func TestMergeRegistryMirror(t *testing.T) {
-	t.Parallel()
-	const url = "http://127.0.0.1:5055"
-	for _, tc := range []struct {
-		name, in    string
-		wantChanged bool
-		wantMirrors []string
-		wantKeep    string // a key that must survive
-		wantErr     bool
-	}{
-		{name: "no file", in: "", wantChanged: true, wantMirrors: []string{url}},
-		{name: "other keys", in: `{"exec-opts":["native.cgroupdriver=cgroupfs"],"max-concurrent-downloads":3}`, wantChanged: true, wantMirrors: []string{url}, wantKeep: "max-concurrent-downloads"},
-		{name: "mirror first", in: `{"registry-mirrors":["https://mirror.gcr.io"]}`, wantChanged: true, wantMirrors: []string{url, "https://mirror.gcr.io"}},
-		{name: "already there", in: `{"registry-mirrors":["https://mirror.gcr.io","http://127.0.0.1:5055/"]}`, wantChanged: false},
-		{name: "invalid json", in: `{"registry-mirrors":`, wantErr: true},
-		{name: "mirrors not a list", in: `{"registry-mirrors":"http://x"}`, wantErr: true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			out, changed, err := mergeRegistryMirror([]byte(tc.in), url)
-			if (err != nil) != tc.wantErr {
-				t.Fatalf("err = %v, want error %v", err, tc.wantErr)
-			}
-			if err != nil {
-				return
-			}
-			if changed != tc.wantChanged {
-				t.Fatalf("changed = %v", changed)
-			}
-			if !changed {
-				if string(out) != tc.in {
-					t.Errorf("unchanged content rewritten: %s", out)
-				}
-				return
-			}
-			var cfg map[string]json.RawMessage
-			if err := json.Unmarshal(out, &cfg); err != nil {
-				t.Fatalf("output not JSON: %v\n%s", err, out)
-			}
-			var mirrors []string
-			json.Unmarshal(cfg["registry-mirrors"], &mirrors)
-			if !slices.Equal(mirrors, tc.wantMirrors) {
-				t.Errorf("registry-mirrors = %q, want %q", mirrors, tc.wantMirrors)
-			}
-			if tc.wantKeep != "" && cfg[tc.wantKeep] == nil {
-				t.Errorf("%s lost:\n%s", tc.wantKeep, out)
-			}
-		})
-	}
-}
-
-func TestRedactArgs(t *testing.T) {
-	t.Parallel()
-	got := redactArgs([]string{"--upstream", "docker.io=https://user:s3cret@registry-1.docker.io", "--limit", "docker.io=100/6h"})
-	if strings.Contains(strings.Join(got, " "), "s3cret") || got[1] != "docker.io=https://%2A%2A%2A@registry-1.docker.io" || got[3] != "docker.io=100/6h" {
-		t.Fatalf("redactArgs = %q", got)
-	}
-}
-
-func TestRenderSummary(t *testing.T) {
-	t.Parallel()
-	var s sidecar.Snapshot
-	s.Manifests.Hits, s.Manifests.Misses, s.Manifests.Revalidated = 3, 1, 4
-	s.Blobs.Hits, s.Blobs.Misses = 9, 1
-	s.StaleServed, s.Throttled = 2, 4
-	s.Upstream = map[string]map[string]map[string]int64{
-		"docker.io": {"manifest": {"200": 1, "429": 4}, "blob": {"200": 1}},
-	}
-	md := renderSummary("127.0.0.1:5055", &s, nil)
-	for _, want := range []string{
-		"| manifests | 3 | 4 | 2 | 1 | 90% |", // every answer: hit, revalidated, stale, miss
-		"| blobs | 9 | – | – | 1 | 90% |",
-		"| 6 | 2 | 4 | 0 |", // upstream total, stale, throttled, absorbed
-		"| docker.io | manifest | 429 | 4 |",
-		"Throttled requests",
-	} {
-		if !strings.Contains(md, want) {
-			t.Errorf("summary lacks %q:\n%s", want, md)
-		}
-	}
-	s.BytesServed, s.BytesUpstream = 30<<20, 10<<20
-	st := map[string]string{"STATE_" + stateReadyMillis: "41", "STATE_" + stateCache: "true",
-		"STATE_" + stateCacheRestored: "pullcache-linux-amd64-aa", "STATE_" + stateCacheBytes: "2048"}
-	r := runner{Action: githubactions.New(githubactions.WithGetenv(func(k string) string { return st[k] }))}
-	next := renderNextJob(r, &s, &cacheResult{key: "pullcache-linux-amd64-bb", size: 4096, saved: true})
-	for _, want := range []string{
-		"20.0 MiB not downloaded, 9 counted pulls not sent upstream",
-		"time to ready: 41 ms",
-		"archive restored: `pullcache-linux-amd64-aa` (2.0 KiB)",
-		"archive saved: `pullcache-linux-amd64-bb` (4.0 KiB)",
-	} {
-		if !strings.Contains(next, want) {
-			t.Errorf("next-job summary lacks %q:\n%s", want, next)
-		}
-	}
-	if md := renderSummary("127.0.0.1:5055", nil, errors.New("connection refused")); !strings.Contains(md, "connection refused") {
-		t.Errorf("summary without stats: %s", md)
-	}
-}
 
 // A process that ignores SIGTERM is killed after the grace period, with
 // its process group.
@@ -426,7 +246,7 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 	}
 	outputs := readRunnerFile(t, e.output)
 	state := readRunnerFile(t, e.state)
-	pid, _ := strconv.Atoi(state[statePID])
+	pid, _ := strconv.Atoi(state[ghaction.StatePID])
 	t.Cleanup(func() { // only if stop below never ran or failed
 		if serverAlive(pid) {
 			syscall.Kill(-pid, syscall.SIGKILL)
@@ -437,7 +257,7 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 		t.Fatalf("outputs = %q, want mirror %s\n%s", outputs, mirror, out)
 	}
 	if pid <= 0 || !serverAlive(pid) {
-		t.Fatalf("state pid %q is not a running server; state = %q", state[statePID], state)
+		t.Fatalf("state pid %q is not a running server; state = %q", state[ghaction.StatePID], state)
 	}
 	// Detached: its own session, so the step's process group ending does
 	// not take it along.
@@ -482,7 +302,7 @@ func testActionFlow(t *testing.T, e *actionEnv, start, stop []string) {
 		t.Fatalf("second start: %v\n%s", err, out)
 	}
 	reuseState := readRunnerFile(t, reuse.state)
-	if reuseState[statePID] != "" || reuseState[stateMirror] != mirror {
+	if reuseState[ghaction.StatePID] != "" || reuseState[ghaction.StateMirror] != mirror {
 		t.Errorf("reusing start saved %q", reuseState)
 	}
 	if out, err := reuse.run(stateEnv(reuseState), e.bin, "action", "stop"); err != nil || !serverAlive(pid) {
@@ -675,4 +495,12 @@ func requireNodeInE2E(t *testing.T) {
 	if os.Getenv("PULLCACHE_E2E") == "1" {
 		t.Fatal("node is missing but PULLCACHE_E2E=1: scripts/install-test-deps installs it")
 	}
+}
+
+// healthz asks the mirror at host whether it serves, as action start does.
+func healthz(ctx context.Context, host string) error {
+	c := ctlapi.NewClient(host, 2*time.Second)
+	defer c.Close()
+	_, err := c.Healthz(ctx)
+	return err
 }

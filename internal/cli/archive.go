@@ -3,11 +3,12 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/pullcache/pullcache/cachestore"
 )
@@ -32,34 +33,41 @@ func export(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	file := fs.Arg(0)
+	_, err := exportArchive(dir, fs.Arg(0), cachestore.ExportOptions{Since: time.Duration(since), MaxSize: int64(maxSize)}, stdout, stderr)
+	return err
+}
+
+// exportArchive writes the store at dir to file ("-": stdout), reporting
+// progress and what it wrote on stderr.
+func exportArchive(dir, file string, opts cachestore.ExportOptions, stdout, stderr io.Writer) (cachestore.ExportStats, error) {
 	if file == "-" && isTerminal(stdout) {
-		return errors.New("refusing to write a binary archive to a terminal; give a FILE or redirect stdout")
+		return cachestore.ExportStats{}, errors.New("refusing to write a binary archive to a terminal; give a FILE or redirect stdout")
 	}
 	s, err := openStore(dir)
 	if err != nil {
-		return err
+		return cachestore.ExportStats{}, err
 	}
 	defer s.Close()
 
 	out, commit, discard, err := createOutput(file, stdout)
 	if err != nil {
-		return err
+		return cachestore.ExportStats{}, err
 	}
 	p := newProgress(stderr, "export", time.Now)
-	st, err := s.Export(out, cachestore.ExportOptions{Since: time.Duration(since), MaxSize: int64(maxSize), Progress: p.update})
+	opts.Progress = p.update
+	st, err := s.Export(out, opts)
 	p.done()
 	if err != nil {
 		discard()
-		return err
+		return st, err
 	}
 	if err := commit(); err != nil {
-		return err
+		return st, err
 	}
 	fmt.Fprintf(stderr, "exported %d images, %d blobs (%s), %d manifests, %d tags, %d referrers, %d pins\n",
-		st.Images, st.Blobs, human(st.Bytes), st.Manifests, st.Tags, st.Referrers, st.Pins)
+		st.Images, st.Blobs, config.HumanSize(st.Bytes), st.Manifests, st.Tags, st.Referrers, st.Pins)
 	fmt.Fprintf(stderr, "content %s\n", st.Content)
-	return nil
+	return st, nil
 }
 
 // createOutput opens FILE as a temp file renamed into place on commit, so
@@ -108,8 +116,14 @@ func importArchive(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 		fs.Usage()
 		return errUsage
 	}
+	return importFile(dir, fs.Arg(0), stdin, stdout, stderr)
+}
+
+// importFile merges the archive in file ("-": stdin) into the store at
+// dir, every blob verified.
+func importFile(dir, file string, stdin io.Reader, stdout, stderr io.Writer) error {
 	in := stdin
-	if file := fs.Arg(0); file != "-" {
+	if file != "-" {
 		f, err := os.Open(file)
 		if err != nil {
 			return err
@@ -129,7 +143,7 @@ func importArchive(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 		return err
 	}
 	fmt.Fprintf(stdout, "imported %d blobs (%s), %d already present; %d manifests, %d tags, %d referrers, %d pins\n",
-		st.Added, human(st.Bytes), st.Skipped, st.Manifests, st.Tags, st.Referrers, st.Pins)
+		st.Added, config.HumanSize(st.Bytes), st.Skipped, st.Manifests, st.Tags, st.Referrers, st.Pins)
 	return nil
 }
 
@@ -192,7 +206,7 @@ func (p *progress) line() string {
 	c := p.cur
 	rate := ""
 	if el := p.now().Sub(p.start).Seconds(); el > 0 {
-		rate = fmt.Sprintf(", %s/s", human(int64(float64(c.Bytes)/el)))
+		rate = fmt.Sprintf(", %s/s", config.HumanSize(int64(float64(c.Bytes)/el)))
 	}
 	total := ""
 	if c.TotalBlobs > 0 {
@@ -200,9 +214,9 @@ func (p *progress) line() string {
 	}
 	totalBytes := ""
 	if c.TotalBytes > 0 {
-		totalBytes = " / " + human(c.TotalBytes)
+		totalBytes = " / " + config.HumanSize(c.TotalBytes)
 	}
-	return fmt.Sprintf("%s: %d%s blobs, %s%s%s", p.verb, c.Blobs, total, human(c.Bytes), totalBytes, rate)
+	return fmt.Sprintf("%s: %d%s blobs, %s%s%s", p.verb, c.Blobs, total, config.HumanSize(c.Bytes), totalBytes, rate)
 }
 
 func (p *progress) print() {

@@ -8,14 +8,16 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"log/slog"
 	"os"
 	"sort"
 	"time"
 
+	"github.com/pullcache/pullcache/config"
+
 	"github.com/moby/buildkit/client"
+
 	"github.com/pullcache/pullcache/buildkit"
 	"github.com/pullcache/pullcache/upstream"
 )
@@ -194,10 +196,10 @@ func buildkitUsageCmd(ctx context.Context, args []string, stdout, stderr io.Writ
 		return json.NewEncoder(stdout).Encode(s)
 	}
 	fmt.Fprintf(stdout, "buildkitd %s\n", addr)
-	fmt.Fprintf(stdout, "  total        %s in %d records (%d in use)\n", human(s.TotalBytes), s.Records, s.InUse)
-	fmt.Fprintf(stdout, "  reclaimable  %s\n", human(s.ReclaimableBytes))
+	fmt.Fprintf(stdout, "  total        %s in %d records (%d in use)\n", config.HumanSize(s.TotalBytes), s.Records, s.InUse)
+	fmt.Fprintf(stdout, "  reclaimable  %s\n", config.HumanSize(s.ReclaimableBytes))
 	if s.SharedBytes > 0 {
-		fmt.Fprintf(stdout, "  shared       %s\n", human(s.SharedBytes))
+		fmt.Fprintf(stdout, "  shared       %s\n", config.HumanSize(s.SharedBytes))
 	}
 	printByType(stdout, s.ByType)
 	return nil
@@ -240,7 +242,7 @@ func buildkitPrune(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if *asJSON {
 		return json.NewEncoder(stdout).Encode(s)
 	}
-	fmt.Fprintf(stdout, "freed %s in %d records\n", human(s.FreedBytes), s.Records)
+	fmt.Fprintf(stdout, "freed %s in %d records\n", config.HumanSize(s.FreedBytes), s.Records)
 	printByType(stdout, s.ByType)
 	return nil
 }
@@ -262,6 +264,6 @@ func printByType(w io.Writer, m map[string]buildkit.TypeUsage) {
 	}
 	sort.Strings(types)
 	for _, t := range types {
-		fmt.Fprintf(w, "  %-18s %4d records  %s\n", t, m[t].Records, human(m[t].Bytes))
+		fmt.Fprintf(w, "  %-18s %4d records  %s\n", t, m[t].Records, config.HumanSize(m[t].Bytes))
 	}
 }

@@ -1,21 +1,20 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/pullcache/pullcache/buildkit"
+	"github.com/pullcache/pullcache/config"
+
+	"github.com/pullcache/pullcache/clientconf"
 	"github.com/pullcache/pullcache/upstream"
 )
 
-const configUsage = `Usage: pullcache config docker|containerd|buildkit [flags]
+const configUsage = `Usage: pullcache config docker|containerd|buildkit|podman [flags]
 
 Prints (or, for containerd with --hosts-dir, writes) the client configuration
 that points a container runtime at this mirror:
@@ -24,6 +23,8 @@ that points a container runtime at this mirror:
               dockerd mirrors nothing else)
   containerd  hosts.toml per registry, for --hosts-dir / config_path
   buildkit    buildkitd.toml [registry] sections
+  podman      registries.conf (Podman, skopeo, Buildah) with a mirror per
+              registry, by name in the path (<mirror>/ghcr.io)
 `
 
 // config prints client configuration for the mirror.
@@ -53,41 +54,34 @@ func clientConfig(args []string, stdout, stderr io.Writer) error {
 	host := strings.TrimPrefix(strings.TrimPrefix(*mirror, "http://"), "https://")
 	switch kind {
 	case "docker":
-		b, _ := json.MarshalIndent(map[string]any{"registry-mirrors": []string{"http://" + host}}, "", "  ")
-		fmt.Fprintf(stdout, "%s\n", b)
+		stdout.Write(clientconf.DockerSnippet("http://" + host))
 		return nil
 	case "buildkit":
-		fmt.Fprint(stdout, buildkit.MirrorConfig{Mirror: host, Registries: registries, PlainHTTP: true}.TOML())
+		fmt.Fprint(stdout, clientconf.Buildkitd{Mirror: host, Registries: registries, PlainHTTP: true}.TOML())
+		return nil
+	case "podman":
+		var mirrors []clientconf.RegistryMirror
+		for _, reg := range registries {
+			// docker.io goes to the mirror's root (its default upstream
+			// when it has one); the others by name in the path.
+			mirrors = append(mirrors, clientconf.RegistryMirror{Registry: reg, Mirror: host + "/" + reg})
+		}
+		fmt.Fprint(stdout, clientconf.RegistriesConf(mirrors...))
 		return nil
 	case "containerd":
 		for _, reg := range registries {
-			toml := containerdHostsTOML(reg, host)
+			h := clientconf.Hosts{Registry: reg, Mirror: "http://" + host}
 			if *hostsDir == "" {
-				fmt.Fprintf(stdout, "# %s\n%s\n", filepath.Join(reg, "hosts.toml"), toml)
+				fmt.Fprintf(stdout, "# %s\n%s\n", filepath.Join(reg, "hosts.toml"), h.TOML())
 				continue
 			}
-			dir := filepath.Join(*hostsDir, reg)
-			if err := os.MkdirAll(dir, 0o755); err != nil {
+			if err := h.Write(*hostsDir); err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(toml), 0o644); err != nil {
-				return err
-			}
-			fmt.Fprintln(stdout, "wrote", filepath.Join(dir, "hosts.toml"))
+			fmt.Fprintln(stdout, "wrote", h.Path(*hostsDir))
 		}
 		return nil
 	}
 	fmt.Fprint(stderr, configUsage)
 	return errUsage
-}
-
-// containerdHostsTOML routes pulls and resolves of registry through the
-// mirror; containerd falls back to the registry itself if the mirror fails,
-// and adds ?ns=<registry> to every mirrored request.
-func containerdHostsTOML(registry, mirrorHost string) string {
-	server := "https://" + registry
-	if registry == "docker.io" {
-		server = "https://registry-1.docker.io"
-	}
-	return fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", server, "http://"+mirrorHost)
 }

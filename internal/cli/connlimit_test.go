@@ -1,10 +1,11 @@
 package cli
 
 import (
-	"github.com/pullcache/pullcache/config"
 	"log/slog"
 	"testing"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 )
 
 func TestConnectionCapFitsTheFileLimit(t *testing.T) {

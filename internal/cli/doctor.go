@@ -6,12 +6,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 )
 
 // `pullcache doctor` is the field's diagnosis playbook for `toomanyrequests`

@@ -2,9 +2,7 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"sort"
@@ -13,52 +11,21 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pullcache/pullcache/config"
+
 	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar"
 )
 
-// mirrorProbe asks the running mirror over plain HTTP, as clients do.
+// mirrorProbe asks the running mirror over plain HTTP, as clients do; addr
+// is kept for messages.
 type mirrorProbe struct {
-	addr    string
-	client  *http.Client
-	timeout time.Duration
+	*ctlapi.Client
+	addr string
 }
 
 func newMirrorProbe(addr string, timeout time.Duration) *mirrorProbe {
-	addr = strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "https://"), "/")
-	return &mirrorProbe{addr: addr, client: &http.Client{}, timeout: timeout}
-}
-
-// get fetches path; a non-200 answer is an error naming the status and the
-// start of the body.
-func (m *mirrorProbe) get(ctx context.Context, path string) ([]byte, http.Header, error) {
-	ctx, cancel := context.WithTimeout(ctx, m.timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.addr+path, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := m.client.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return nil, nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return body, resp.Header, fmt.Errorf("%s answered %s: %s", path, resp.Status, strings.TrimSpace(string(body[:min(len(body), 200)])))
-	}
-	return body, resp.Header, nil
-}
-
-func (m *mirrorProbe) getJSON(ctx context.Context, path string, v any) error {
-	body, _, err := m.get(ctx, path)
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(body, v)
+	return &mirrorProbe{Client: ctlapi.NewClient(addr, timeout), addr: addr}
 }
 
 // mirrorStats is /_pullcache/stats plus the role the volume adds.
@@ -90,7 +57,7 @@ func (i mirrorInfo) upstreamNames() []string {
 
 func checkMirror(ctx context.Context, m *mirrorProbe, cfg doctorConfig, rep *doctorReport) mirrorInfo {
 	var info mirrorInfo
-	body, _, err := m.get(ctx, "/healthz")
+	body, _, err := m.Get(ctx, "/healthz")
 	if err != nil {
 		rep.add("mirror", statusFail,
 			fmt.Sprintf("nothing answers at %s: %v", m.addr, err),
@@ -100,11 +67,11 @@ func checkMirror(ctx context.Context, m *mirrorProbe, cfg doctorConfig, rep *doc
 	info.up = true
 	info.role = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(body)), "ok"))
 	var about ctlapi.About
-	if err := m.getJSON(ctx, ctlapi.AdminPath+"about", &about); err == nil {
+	if err := m.GetJSON(ctx, ctlapi.AdminPath+"about", &about); err == nil {
 		info.about = &about
 	}
 	var st mirrorStats
-	if err := m.getJSON(ctx, ctlapi.StatsPath, &st); err == nil {
+	if err := m.GetJSON(ctx, ctlapi.StatsPath, &st); err == nil {
 		info.stats = &st
 		if st.Role != "" {
 			info.role = st.Role
@@ -122,7 +89,7 @@ func checkMirror(ctx context.Context, m *mirrorProbe, cfg doctorConfig, rep *doc
 	}
 	rep.add("mirror", statusOK,
 		fmt.Sprintf("%s answers: %s, version %s, volume %s, upstreams %s (default %s), %d blobs cached (%s)",
-			m.addr, orDash(info.role), about.Version, about.Dir, strings.Join(names, ","), orDash(about.DefaultUpstream), st.Store.Blobs, human(st.Store.Bytes)), "")
+			m.addr, orDash(info.role), about.Version, about.Dir, strings.Join(names, ","), orDash(about.DefaultUpstream), st.Store.Blobs, config.HumanSize(st.Store.Bytes)), "")
 	checkVolume(cfg, about, st, rep)
 	return info
 }
@@ -142,16 +109,16 @@ func checkVolume(cfg doctorConfig, about ctlapi.About, st mirrorStats, rep *doct
 	free := int64(fsst.Bavail) * int64(fsst.Bsize)
 	total := int64(fsst.Blocks) * int64(fsst.Bsize)
 	used := st.Store.Bytes
-	detail := fmt.Sprintf("%s: cache holds %s, %s free of %s", dir, human(used), human(free), human(total))
+	detail := fmt.Sprintf("%s: cache holds %s, %s free of %s", dir, config.HumanSize(used), config.HumanSize(free), config.HumanSize(total))
 	switch {
 	case about.MaxSize <= 0:
 		rep.add("volume", statusWarn, detail+"; no --max-size: the cache grows until the disk is full, then caching pauses",
-			fmt.Sprintf("restart the mirror with --max-size %s (PULLCACHE_MAX_SIZE): least recently used images are evicted between 95%% and 85%% of it", human(suggestMaxSize(used, free))))
+			fmt.Sprintf("restart the mirror with --max-size %s (PULLCACHE_MAX_SIZE): least recently used images are evicted between 95%% and 85%% of it", config.HumanSize(suggestMaxSize(used, free))))
 	case about.MaxSize > used+free:
-		rep.add("volume", statusWarn, detail+fmt.Sprintf("; --max-size %s is more than the cache plus the free space (%s): the disk fills before eviction starts", human(about.MaxSize), human(used+free)),
-			fmt.Sprintf("lower --max-size to %s, or give the volume more space", human(suggestMaxSize(used, free))))
+		rep.add("volume", statusWarn, detail+fmt.Sprintf("; --max-size %s is more than the cache plus the free space (%s): the disk fills before eviction starts", config.HumanSize(about.MaxSize), config.HumanSize(used+free)),
+			fmt.Sprintf("lower --max-size to %s, or give the volume more space", config.HumanSize(suggestMaxSize(used, free))))
 	default:
-		rep.add("volume", statusOK, detail+fmt.Sprintf("; --max-size %s fits", human(about.MaxSize)), "")
+		rep.add("volume", statusOK, detail+fmt.Sprintf("; --max-size %s fits", config.HumanSize(about.MaxSize)), "")
 	}
 }
 
@@ -189,7 +156,7 @@ func checkUpstreams(ctx context.Context, m *mirrorProbe, info mirrorInfo, rep *d
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = m.getJSON(ctx, ctlapi.AdminPath+"upstream?ns="+url.QueryEscape(u.Name), &checks[i])
+			errs[i] = m.GetJSON(ctx, ctlapi.AdminPath+"upstream?ns="+url.QueryEscape(u.Name), &checks[i])
 		}()
 	}
 	wg.Wait()

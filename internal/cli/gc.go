@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/pullcache/pullcache/cachestore"
 )
@@ -129,12 +130,12 @@ func gc(args []string, stdout, stderr io.Writer) error {
 			if u.Image {
 				kind = "image"
 			}
-			fmt.Fprintf(stdout, "evicted %s %s  %s in %d blobs, last used %s  %s\n", kind, u.Root, human(u.Bytes), u.Blobs,
+			fmt.Fprintf(stdout, "evicted %s %s  %s in %d blobs, last used %s  %s\n", kind, u.Root, config.HumanSize(u.Bytes), u.Blobs,
 				u.LastUsed.Format(time.RFC3339), strings.Join(u.Tags, " "))
 		}
 	}
 	fmt.Fprintf(stdout, "freed %s: %d images, %d blobs, %d tags (cache %s → %s, cap %s)\n",
-		human(res.Bytes), images(res), res.Blobs, res.Tags, human(res.Before), human(res.After), human(int64(maxSize)))
+		config.HumanSize(res.Bytes), images(res), res.Blobs, res.Tags, config.HumanSize(res.Before), config.HumanSize(res.After), config.HumanSize(int64(maxSize)))
 	if res.After > int64(maxSize) {
 		fmt.Fprintf(stdout, "still over the cap: %d pinned images and %d in use were kept\n", res.SkippedPinned, res.SkippedInUse)
 	}

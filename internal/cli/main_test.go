@@ -3,12 +3,13 @@ package cli
 import (
 	"bytes"
 	"context"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/pullcache/pullcache/sidecar"
 )

@@ -1,15 +1,11 @@
 package cli
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/pullcache/pullcache/cachestore"
@@ -42,21 +38,18 @@ func openMaintainer(dir string) (maintainer, error) {
 	return newOwnerClient(sock), nil
 }
 
-// ownerClient asks the owning server to do store maintenance.
+// ownerClient asks the owning server to do store maintenance over the
+// volume's socket.
 type ownerClient struct {
-	http *http.Client
+	c *ctlapi.Client
 }
 
 func newOwnerClient(sock string) *ownerClient {
-	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}
-	return &ownerClient{http: &http.Client{Transport: tr, Timeout: 10 * time.Minute}}
+	return &ownerClient{c: ctlapi.NewSocketClient(sock, 10*time.Minute)}
 }
 
 func (c *ownerClient) Close() error {
-	c.http.CloseIdleConnections()
+	c.c.Close()
 	return nil
 }
 
@@ -83,32 +76,15 @@ func (c *ownerClient) Evict(o cachestore.EvictOptions) (cachestore.EvictResult, 
 // call sends one maintenance request; a 404 answer is cachestore.ErrNotFound
 // so callers handle both paths alike.
 func (c *ownerClient) call(method, op string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, "http://owner"+ctlapi.AdminPath+op, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("asking the running pullcache serve (its socket): %w", err)
-	}
-	defer resp.Body.Close()
+	err := c.c.Do(context.Background(), method, ctlapi.AdminPath+op, in, out)
+	var se *ctlapi.StatusError
 	switch {
-	case resp.StatusCode == http.StatusNotFound:
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("%w: %s", cachestore.ErrNotFound, strings.TrimSpace(string(msg)))
-	case resp.StatusCode >= 300:
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("the running pullcache serve answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	case out != nil:
-		return json.NewDecoder(resp.Body).Decode(out)
+	case err == nil:
+		return nil
+	case errors.Is(err, ctlapi.ErrNotFound) && errors.As(err, &se):
+		return fmt.Errorf("%w: %s", cachestore.ErrNotFound, se.Body)
+	case errors.As(err, &se):
+		return fmt.Errorf("the running pullcache serve answered %s: %s", se.Status, se.Body)
 	}
-	return nil
+	return fmt.Errorf("asking the running pullcache serve (its socket): %w", err)
 }

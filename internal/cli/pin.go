@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/cachestore/digest"
 )

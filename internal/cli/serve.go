@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
-	"net/http"
 	"sort"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/sidecar"
@@ -33,18 +33,15 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+ctlapi.StatsPath, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
+	c := ctlapi.NewClient(*addr, 0)
+	defer c.Close()
+	body, err := c.Stats(ctx)
+	var se *ctlapi.StatusError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Errorf("%s answered %s", *addr, se.Status)
+	case err != nil:
 		return fmt.Errorf("is pullcache running at %s? %w", *addr, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s answered %s", *addr, resp.Status)
 	}
 	if *asJSON {
 		_, err := stdout.Write(body)
@@ -58,8 +55,8 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "blobs       %d hits, %d misses\n", s.Blobs.Hits, s.Blobs.Misses)
 	fmt.Fprintf(stdout, "coalesced   %d requests joined a fetch in flight\n", s.CoalescedWaiters)
 	fmt.Fprintf(stdout, "stale       %d tags served from cache while upstream failed\n", s.StaleServed)
-	fmt.Fprintf(stdout, "bytes       %s served, %s from upstream\n", human(s.BytesServed), human(s.BytesUpstream))
-	fmt.Fprintf(stdout, "store       %d blobs, %s\n", s.Store.Blobs, human(s.Store.Bytes))
+	fmt.Fprintf(stdout, "bytes       %s served, %s from upstream\n", config.HumanSize(s.BytesServed), config.HumanSize(s.BytesUpstream))
+	fmt.Fprintf(stdout, "store       %d blobs, %s\n", s.Store.Blobs, config.HumanSize(s.Store.Bytes))
 	fmt.Fprintf(stdout, "absorbed    %d failing requests answered from the negative cache\n", s.Absorbed)
 	fmt.Fprintf(stdout, "throttled   %d requests answered 429 to stay within quota\n", s.Throttled)
 	if s.DiskFullEvents > 0 {
@@ -111,17 +108,4 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return nil
-}
-
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pullcache/pullcache/config"
+
 	"github.com/pullcache/pullcache/cachestore"
 )
 
@@ -35,7 +37,7 @@ func verify(args []string, stdout, stderr io.Writer) error {
 }
 
 func printReport(w io.Writer, rep cachestore.VerifyReport, repair bool) {
-	fmt.Fprintf(w, "checked %d blobs, %s re-hashed\n", rep.Blobs, human(rep.Bytes))
+	fmt.Fprintf(w, "checked %d blobs, %s re-hashed\n", rep.Blobs, config.HumanSize(rep.Bytes))
 	verb := "found"
 	if rep.Repaired {
 		verb = "repaired"
@@ -56,14 +58,14 @@ func printReport(w io.Writer, rep cachestore.VerifyReport, repair bool) {
 		fmt.Fprintf(w, "%s: manifest record %s without its blob\n", verb, d)
 	}
 	for _, u := range rep.ExpiredUploads {
-		fmt.Fprintf(w, "%s: expired upload session %s (%s, untouched since %s)\n", verb, u.ID, human(u.Size), u.Touched.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "%s: expired upload session %s (%s, untouched since %s)\n", verb, u.ID, config.HumanSize(u.Size), u.Touched.UTC().Format(time.RFC3339))
 	}
 	if len(rep.Uploads) > 0 {
 		// Not a problem: pushes in progress, or abandoned ones the
 		// janitor removes after --upload-timeout.
-		fmt.Fprintf(w, "note: %d upload sessions hold %s (counted toward --max-size; expire after --upload-timeout)\n", len(rep.Uploads), human(rep.UploadBytes))
+		fmt.Fprintf(w, "note: %d upload sessions hold %s (counted toward --max-size; expire after --upload-timeout)\n", len(rep.Uploads), config.HumanSize(rep.UploadBytes))
 		for _, u := range rep.Uploads {
-			fmt.Fprintf(w, "note: upload session %s: %s, last touched %s\n", u.ID, human(u.Size), u.Touched.UTC().Format(time.RFC3339))
+			fmt.Fprintf(w, "note: upload session %s: %s, last touched %s\n", u.ID, config.HumanSize(u.Size), u.Touched.UTC().Format(time.RFC3339))
 		}
 	}
 	for _, img := range rep.Incomplete {

@@ -3,11 +3,12 @@ package cli
 import (
 	"context"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"log/slog"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/pullcache/pullcache/config"
 	"io"
 	"os"
 	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/pullcache/pullcache/config"
 
 	"github.com/google/go-containerregistry/pkg/name"
 )

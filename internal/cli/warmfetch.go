@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullcache/pullcache/config"
+
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/upstream"
@@ -146,7 +148,7 @@ func (m manifest) isIndex() bool {
 // ok is false when its stats cannot be read from here.
 func (w *warmer) upstreamCounts(ctx context.Context, ns string) (manifests, blobs int64, ok bool) {
 	var st mirrorStats
-	if err := w.probe.getJSON(ctx, ctlapi.StatsPath, &st); err != nil {
+	if err := w.probe.GetJSON(ctx, ctlapi.StatsPath, &st); err != nil {
 		return 0, 0, false
 	}
 	for kind, byStatus := range st.Upstream[ns] {
@@ -220,7 +222,7 @@ func (w *warmer) image(ctx context.Context, ref string) warmResult {
 	if blobErr != nil && !errors.As(blobErr, &budget) {
 		return warmResult{ref, warmFailed, fmt.Sprintf("%d of %d blobs fetched: %v", n, len(blobs), blobErr)}
 	}
-	what := fmt.Sprintf("%d manifests, %d of %d blobs (%s)", nManifests, n, len(blobs), human(size))
+	what := fmt.Sprintf("%d manifests, %d of %d blobs (%s)", nManifests, n, len(blobs), config.HumanSize(size))
 	if len(skipped) > 0 || n < len(blobs) {
 		detail := what
 		if len(skipped) > 0 {

@@ -129,14 +129,14 @@ func startPullcache(t testing.TB, host, dir string, env, wrapper, args []string)
 func (p *Pullcache) URL() string { return "http://" + p.Host }
 
 // PID is the server's process id.
-func (p *Pullcache) PID() int { return p.proc.cmd.Process.Pid }
+func (p *Pullcache) PID() int { return p.proc.PID() }
 
 // Kill sends SIGKILL and waits for the process to die.
 func (p *Pullcache) Kill(t testing.TB) {
 	t.Helper()
-	_ = p.proc.cmd.Process.Signal(syscall.SIGKILL)
+	_ = syscall.Kill(p.proc.PID(), syscall.SIGKILL)
 	select {
-	case <-p.proc.done:
+	case <-p.proc.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("pullcache did not die after SIGKILL")
 	}
@@ -146,9 +146,9 @@ func (p *Pullcache) Kill(t testing.TB) {
 // volume) and waits for the process to exit.
 func (p *Pullcache) Stop(t testing.TB) {
 	t.Helper()
-	_ = p.proc.cmd.Process.Signal(syscall.SIGTERM)
+	_ = syscall.Kill(p.proc.PID(), syscall.SIGTERM)
 	select {
-	case <-p.proc.done:
+	case <-p.proc.Done():
 	case <-time.After(40 * time.Second):
 		t.Fatal("pullcache did not exit after SIGTERM")
 	}

@@ -1,7 +1,4 @@
-// Package buildkit holds what BuildKit needs to use pullcache: the
-// buildkitd.toml that routes its pulls through the mirror and lets it push
-// its registry cache into the mirror's local namespace.
-package buildkit
+package clientconf
 
 import (
 	"fmt"
@@ -9,8 +6,9 @@ import (
 	"strings"
 )
 
-// MirrorConfig describes how buildkitd should reach pullcache.
-type MirrorConfig struct {
+// Buildkitd describes how buildkitd should reach pullcache: the [registry]
+// sections of its buildkitd.toml.
+type Buildkitd struct {
 	// Mirror is pullcache's host:port as buildkitd reaches it.
 	Mirror string
 	// Registries are the upstream names whose pulls go through the mirror
@@ -25,7 +23,7 @@ type MirrorConfig struct {
 // TOML renders the [registry] sections of a buildkitd.toml. The mirror's
 // own host gets a section too, so that cache export/import to
 // type=registry,ref=<mirror>/... works over plain HTTP.
-func (c MirrorConfig) TOML() string {
+func (c Buildkitd) TOML() string {
 	regs := append([]string(nil), c.Registries...)
 	sort.Strings(regs)
 	var b strings.Builder
