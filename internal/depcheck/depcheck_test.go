@@ -93,8 +93,8 @@ var rules = []rule{
 		}
 		return bad
 	}},
-	{"sidecar links neither volume, volume nor internal/cli", func(g graph) []string {
-		forbidden := []string{module + "/volume", module + "/volume", module + "/internal/cli"}
+	{"sidecar links neither volume nor internal/cli", func(g graph) []string {
+		forbidden := []string{module + "/volume", module + "/internal/cli"}
 		var bad []string
 		p, ok := g[module+"/sidecar"]
 		if !ok {
@@ -139,6 +139,42 @@ var rules = []rule{
 		}
 		return bad
 	}},
+	// The serve configuration parses what the upstream and admission
+	// packages define, and nothing that serves: a config that linked the
+	// sidecar could not be shared by the clients of a mirror.
+	{"config links no package of the module but admit, upstream and cachestore", linksOnly("config", "admit", "upstream", "cachestore")},
+	// The control protocol is wire types and one client: every layer may
+	// use it, so it may use none.
+	{"ctlapi links no other package of the module", linksOnly("ctlapi")},
+	{"clientconf and internal/proc link no package of the module but internal/proc", func(g graph) []string {
+		return append(linksOnly("clientconf", "internal/proc")(g), linksOnly("internal/proc")(g)...)
+	}},
+}
+
+// linksOnly is a rule: the packages at root (and below) link no package of
+// the module outside root and allowed (each with what is below it).
+func linksOnly(root string, allowed ...string) func(g graph) []string {
+	return func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/"+root) {
+				continue
+			}
+		deps:
+			for _, d := range p.Deps {
+				if !inModule(d) || within(d, module+"/"+root) {
+					continue
+				}
+				for _, a := range allowed {
+					if within(d, module+"/"+a) {
+						continue deps
+					}
+				}
+				bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+			}
+		}
+		return bad
+	}
 }
 
 // loadGraph asks the go command for the module's packages and everything
@@ -206,6 +242,10 @@ func TestRulesBite(t *testing.T) {
 			pkg{ImportPath: m("cachestore"), Imports: []string{m("cachestore/digest")}, Deps: []string{m("cachestore/digest")}},
 			pkg{ImportPath: m("cachestore/digest")},
 			pkg{ImportPath: m("internal/testing/hubfake"), Imports: []string{"testing"}, Deps: []string{"testing"}},
+			pkg{ImportPath: m("config"), Imports: []string{m("admit")}, Deps: []string{m("admit"), "golang.org/x/time/rate"}},
+			pkg{ImportPath: m("clientconf"), Imports: []string{m("internal/proc")}, Deps: []string{m("internal/proc")}},
+			pkg{ImportPath: m("internal/proc")},
+			pkg{ImportPath: m("ctlapi"), Imports: []string{"net/http"}, Deps: []string{"net/http"}},
 		)
 	}
 	for _, r := range rules {
@@ -224,6 +264,11 @@ func TestRulesBite(t *testing.T) {
 		{rules[5].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/testing/hubfake")}, Deps: []string{m("internal/testing/hubfake"), "testing"}}},
 		{rules[5].name, pkg{ImportPath: m("buildkit"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
 		{rules[4].name, pkg{ImportPath: m("volume"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
+		{rules[3].name, pkg{ImportPath: m("sidecar"), Imports: []string{m("internal/cli")}, Deps: []string{m("internal/cli")}}},
+		{rules[6].name, pkg{ImportPath: m("config"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar"), m("admit")}}},
+		{rules[7].name, pkg{ImportPath: m("ctlapi"), Imports: []string{m("cachestore")}, Deps: []string{m("cachestore")}}},
+		{rules[8].name, pkg{ImportPath: m("clientconf"), Imports: []string{m("buildkit")}, Deps: []string{m("buildkit"), m("internal/proc")}}},
+		{rules[8].name, pkg{ImportPath: m("internal/proc"), Imports: []string{m("ctlapi")}, Deps: []string{m("ctlapi")}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)
