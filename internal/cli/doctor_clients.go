@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pelletier/go-toml/v2"
+	"github.com/pullcache/pullcache/clientconf"
 )
 
 // The clients on this machine, configured and effective: does each one send
@@ -24,34 +24,6 @@ import (
 // dockerd, what the running daemon reports), compares every mirror entry
 // with the mirror's address, and names the exact line or command that fixes
 // it. A client that is not installed is reported as such, not failed.
-
-// pointsAt reports whether a configured mirror ("http://127.0.0.1:5055",
-// "127.0.0.1:5055", "127.0.0.1:5055/ghcr.io") is the mirror at addr. Two
-// loopback spellings of the same port are the same mirror.
-func pointsAt(configured, addr string) bool {
-	c := configured
-	if i := strings.Index(c, "://"); i >= 0 {
-		c = c[i+3:]
-	}
-	c, _, _ = strings.Cut(c, "/")
-	ch, cp, err1 := net.SplitHostPort(c)
-	ah, ap, err2 := net.SplitHostPort(addr)
-	if err1 != nil || err2 != nil {
-		return strings.EqualFold(c, addr)
-	}
-	if cp != ap {
-		return false
-	}
-	return strings.EqualFold(ch, ah) || (isLoopbackHost(ch) && isLoopbackHost(ah))
-}
-
-func isLoopbackHost(h string) bool {
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
-}
 
 // checkDockerd asks the running Docker Engine (its /info, what `docker
 // info` prints) for the registry mirrors it actually uses.
@@ -94,7 +66,7 @@ func checkDockerd(ctx context.Context, cfg doctorConfig, rep *doctorReport) {
 	fix := fmt.Sprintf(`add "registry-mirrors": ["http://%s"] to /etc/docker/daemon.json (pullcache config docker --mirror %s prints it) and restart dockerd`, cfg.addr, cfg.addr)
 	mirrors := info.RegistryConfig.Mirrors
 	for _, m := range mirrors {
-		if pointsAt(m, cfg.addr) {
+		if clientconf.PointsAt(m, cfg.addr) {
 			rep.add("dockerd", statusOK, fmt.Sprintf("Docker Engine %s uses %s as its registry mirror (docker info); it mirrors Docker Hub only: pull other registries as %s/ghcr.io/org/app", info.ServerVersion, m, cfg.addr), "")
 			return
 		}
@@ -104,33 +76,6 @@ func checkDockerd(ctx context.Context, cfg doctorConfig, rep *doctorReport) {
 		return
 	}
 	rep.add("dockerd", statusFail, fmt.Sprintf("Docker Engine %s mirrors %s, not this mirror (%s)", info.ServerVersion, strings.Join(mirrors, ", "), cfg.addr), fix)
-}
-
-// readTOML decodes a TOML file into a generic map; a missing file is
-// fs.ErrNotExist.
-func readTOML(path string) (map[string]any, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var doc map[string]any
-	if err := toml.Unmarshal(b, &doc); err != nil {
-		return nil, err
-	}
-	return doc, nil
-}
-
-// lookup walks nested TOML tables.
-func lookup(doc map[string]any, keys ...string) any {
-	var cur any = doc
-	for _, k := range keys {
-		m, ok := cur.(map[string]any)
-		if !ok {
-			return nil
-		}
-		cur = m[k]
-	}
-	return cur
 }
 
 func installed(names ...string) string {
@@ -178,7 +123,8 @@ func checkContainerd(ctx context.Context, cfg doctorConfig, upstreams []string, 
 	}
 	configPath, section := cfg.containerdHostsDir, "--containerd-hosts-dir"
 	if configPath == "" {
-		doc, err := readTOML(cfg.containerdConfig)
+		var err error
+		configPath, section, err = clientconf.ContainerdConfigPath(cfg.containerdConfig)
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && version == "":
 			rep.add("containerd", statusOK, "no containerd on this machine (no "+cfg.containerdConfig+")", "")
@@ -187,15 +133,8 @@ func checkContainerd(ctx context.Context, cfg doctorConfig, upstreams []string, 
 			rep.add("containerd config_path", statusFail, fmt.Sprintf("cannot read %s: %v", cfg.containerdConfig, err), "fix the file's TOML syntax")
 			return
 		}
-		for _, sec := range []string{"io.containerd.grpc.v1.cri", "io.containerd.cri.v1.images", "io.containerd.transfer.v1.local"} {
-			if v, ok := lookup(doc, "plugins", sec, "registry", "config_path").(string); ok && v != "" {
-				configPath, section = v, fmt.Sprintf(`[plugins.%q.registry]`, sec)
-				break
-			}
-			if v, ok := lookup(doc, "plugins", sec, "config_path").(string); ok && v != "" {
-				configPath, section = v, fmt.Sprintf(`[plugins.%q]`, sec)
-				break
-			}
+		if configPath == "" {
+			section = "--containerd-hosts-dir"
 		}
 	}
 	setFix := fmt.Sprintf(`in %s set config_path = "/etc/containerd/certs.d" under [plugins."io.containerd.grpc.v1.cri".registry] (config version 2) or [plugins."io.containerd.cri.v1.images".registry] (version 3), run pullcache config containerd --mirror %s --hosts-dir /etc/containerd/certs.d, restart containerd`, cfg.containerdConfig, cfg.addr)
@@ -227,16 +166,14 @@ func checkContainerd(ctx context.Context, cfg doctorConfig, upstreams []string, 
 func checkHostsDir(dir string, upstreams []string, addr string, rep *doctorReport) {
 	var ok, missing, elsewhere []string
 	for _, reg := range upstreams {
-		doc, err := readTOML(filepath.Join(dir, reg, "hosts.toml"))
+		hosts, err := clientconf.HostsPullMirrors(dir, reg)
 		if err != nil {
 			missing = append(missing, reg)
 			continue
 		}
-		hosts, _ := doc["host"].(map[string]any)
 		found := false
-		for h, v := range hosts {
-			caps, _ := lookup(map[string]any{"h": v}, "h", "capabilities").([]any)
-			if pointsAt(h, addr) && (caps == nil || containsAny(caps, "pull")) {
+		for _, h := range hosts {
+			if clientconf.PointsAt(h, addr) {
 				found = true
 			}
 		}
@@ -279,22 +216,13 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func containsAny(list []any, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // checkBuildkit reads buildkitd.toml's [registry."docker.io"] mirrors.
 func checkBuildkit(cfg doctorConfig, upstreams []string, rep *doctorReport) {
 	if cfg.buildkitdConfig == "" {
 		return
 	}
 	fix := fmt.Sprintf("pullcache config buildkit --mirror %s > %s, then restart buildkitd (or docker buildx create --config %s)", cfg.addr, cfg.buildkitdConfig, cfg.buildkitdConfig)
-	doc, err := readTOML(cfg.buildkitdConfig)
+	doc, err := clientconf.ReadBuildkitd(cfg.buildkitdConfig)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if installed("buildkitd") == "" {
@@ -309,10 +237,9 @@ func checkBuildkit(cfg doctorConfig, upstreams []string, rep *doctorReport) {
 	}
 	var ok, not []string
 	for _, reg := range upstreams {
-		mirrors, _ := lookup(doc, "registry", reg, "mirrors").([]any)
 		found := false
-		for _, m := range mirrors {
-			if s, _ := m.(string); pointsAt(s, cfg.addr) {
+		for _, m := range doc.Mirrors(reg) {
+			if clientconf.PointsAt(m, cfg.addr) {
 				found = true
 			}
 		}
@@ -322,7 +249,7 @@ func checkBuildkit(cfg doctorConfig, upstreams []string, rep *doctorReport) {
 			not = append(not, reg)
 		}
 	}
-	httpOn, _ := lookup(doc, "registry", cfg.addr, "http").(bool)
+	httpOn := doc.PlainHTTP(cfg.addr)
 	status, detail := statusOK, cfg.buildkitdConfig+": mirrors through this mirror: "+orDash(strings.Join(ok, ", "))
 	if len(not) > 0 {
 		detail += "; not mirrored: " + strings.Join(not, ", ")
@@ -353,7 +280,7 @@ func checkRegistriesConf(cfg doctorConfig, upstreams []string, rep *doctorReport
 		return
 	}
 	fix := fmt.Sprintf("add to %s: [[registry]] prefix = \"docker.io\" location = \"docker.io\" with [[registry.mirror]] location = \"%s\" insecure = true (for another registry R: location = \"%s/R\")", cfg.registriesConf, cfg.addr, cfg.addr)
-	doc, err := readTOML(cfg.registriesConf)
+	entries, err := clientconf.ReadRegistriesConf(cfg.registriesConf)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		if installed("podman", "skopeo") == "" {
@@ -366,26 +293,14 @@ func checkRegistriesConf(cfg doctorConfig, upstreams []string, rep *doctorReport
 		rep.add("podman/skopeo", statusFail, fmt.Sprintf("cannot read %s: %v", cfg.registriesConf, err), "fix the file's TOML syntax")
 		return
 	}
-	regs, _ := doc["registry"].([]any)
 	var ok, insecureMissing []string
-	for _, r := range regs {
-		rm, _ := r.(map[string]any)
-		prefix, _ := rm["prefix"].(string)
-		location, _ := rm["location"].(string)
-		if prefix == "" {
-			prefix = location
+	for _, e := range entries {
+		if !clientconf.PointsAt(e.Location, cfg.addr) {
+			continue
 		}
-		mirrors, _ := rm["mirror"].([]any)
-		for _, m := range mirrors {
-			mm, _ := m.(map[string]any)
-			loc, _ := mm["location"].(string)
-			if !pointsAt(loc, cfg.addr) {
-				continue
-			}
-			ok = append(ok, prefix)
-			if insecure, _ := mm["insecure"].(bool); !insecure {
-				insecureMissing = append(insecureMissing, prefix)
-			}
+		ok = append(ok, e.Prefix)
+		if !e.Insecure {
+			insecureMissing = append(insecureMissing, e.Prefix)
 		}
 	}
 	status, detail := statusOK, cfg.registriesConf+": mirrored here: "+orDash(strings.Join(ok, ", "))

@@ -13,27 +13,6 @@ import (
 	"github.com/pullcache/pullcache/sidecar"
 )
 
-func TestPointsAt(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		configured, addr string
-		want             bool
-	}{
-		{"http://127.0.0.1:5055", "127.0.0.1:5055", true},
-		{"http://localhost:5055/", "127.0.0.1:5055", true},
-		{"127.0.0.1:5055/ghcr.io", "127.0.0.1:5055", true},
-		{"http://[::1]:5055", "127.0.0.1:5055", true},
-		{"http://127.0.0.1:5001", "127.0.0.1:5055", false},
-		{"https://mirror.gcr.io", "127.0.0.1:5055", false},
-		{"http://10.0.0.5:5055", "127.0.0.1:5055", false},
-		{"http://Mirror.internal:5055", "mirror.internal:5055", true},
-	} {
-		if got := pointsAt(tc.configured, tc.addr); got != tc.want {
-			t.Errorf("pointsAt(%q, %q) = %v", tc.configured, tc.addr, got)
-		}
-	}
-}
-
 func writeFile(t *testing.T, path, body string) string {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
