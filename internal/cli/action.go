@@ -67,7 +67,7 @@ func action(ctx context.Context, args []string, stdout, stderr io.Writer) (err e
 	if args[0] == "start" {
 		err = actionStart(ctx, r)
 	} else {
-		err = actionStop(ctx, r, stderr)
+		err = actionStop(ctx, r)
 	}
 	if err != nil {
 		// An annotation, so the runner shows the cause on the step
@@ -249,7 +249,7 @@ func configureDocker(ctx context.Context, r ghaction.Runner, mirrorURL, runDir s
 	return err
 }
 
-func actionStop(ctx context.Context, r ghaction.Runner, stderr io.Writer) error {
+func actionStop(ctx context.Context, r ghaction.Runner) error {
 	mirror := r.State(ghaction.StateMirror)
 	if mirror == "" {
 		fmt.Fprintln(r.Stdout, "pullcache was not started by this job; nothing to stop")
@@ -258,12 +258,14 @@ func actionStop(ctx context.Context, r ghaction.Runner, stderr io.Writer) error 
 	pid, _ := strconv.Atoi(r.State(ghaction.StatePID))
 	logPath := r.State(ghaction.StateLog)
 
+	snap, statsErr := fetchSnapshot(ctx, mirror)
 	r.Group("pullcache stats")
-	if err := stats(ctx, []string{"--addr", mirror}, r.Stdout, stderr); err != nil {
-		fmt.Fprintln(r.Stdout, err)
+	if statsErr != nil {
+		fmt.Fprintf(r.Stdout, "is pullcache running at %s? %v\n", mirror, statsErr)
+	} else {
+		printStats(r.Stdout, snap)
 	}
 	r.EndGroup()
-	snap, statsErr := fetchSnapshot(ctx, mirror)
 
 	if pid > 0 {
 		how, err := stopServer(ctx, pid, stopGrace)

@@ -47,10 +47,16 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_, err := stdout.Write(body)
 		return err
 	}
-	var s sidecar.Snapshot
-	if err := json.Unmarshal(body, &s); err != nil {
+	var snap sidecar.Snapshot
+	if err := json.Unmarshal(body, &snap); err != nil {
 		return fmt.Errorf("unexpected stats format: %w", err)
 	}
+	printStats(stdout, &snap)
+	return nil
+}
+
+// printStats prints a stats snapshot readably.
+func printStats(stdout io.Writer, s *sidecar.Snapshot) {
 	fmt.Fprintf(stdout, "manifests   %d hits, %d misses\n", s.Manifests.Hits, s.Manifests.Misses)
 	fmt.Fprintf(stdout, "blobs       %d hits, %d misses\n", s.Blobs.Hits, s.Blobs.Misses)
 	fmt.Fprintf(stdout, "coalesced   %d requests joined a fetch in flight\n", s.CoalescedWaiters)
@@ -107,5 +113,4 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintln(stdout)
 		}
 	}
-	return nil
 }
