@@ -86,6 +86,17 @@ func waitGone(ctx context.Context, pid int, within time.Duration, alive func(int
 // there is no /proc). A group ID cannot be reused while any member lives,
 // so every PID listed for a group this process created is one of its own.
 func GroupMembers(pgid int) []int {
+	return scan(func(_, pgrp int) bool { return pgrp == pgid })
+}
+
+// Children lists the PIDs whose parent is ppid (empty where there is no
+// /proc).
+func Children(ppid int) []int {
+	return scan(func(parent, _ int) bool { return parent == ppid })
+}
+
+// scan lists the processes in /proc for which match(ppid, pgrp) holds.
+func scan(match func(ppid, pgrp int) bool) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -107,7 +118,12 @@ func GroupMembers(pgid int) []int {
 			continue
 		}
 		f := strings.Fields(s[i+1:])
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) {
+		if len(f) < 3 {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		pgrp, _ := strconv.Atoi(f[2])
+		if match(ppid, pgrp) {
 			pids = append(pids, pid)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,17 @@ func TestTailAndWriteFileAtomic(t *testing.T) {
 	}
 	if got := Tail(filepath.Join(t.TempDir(), "missing"), 3); !strings.HasPrefix(got, "(") {
 		t.Errorf("Tail of a missing file = %q", got)
+	}
+}
+
+func TestChildren(t *testing.T) {
+	t.Parallel()
+	p, err := Start("sleep", []string{"60"}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Kill()
+	if got := Children(os.Getpid()); !slices.Contains(got, p.PID()) {
+		t.Errorf("Children(self) = %v, want it to hold %d", got, p.PID())
 	}
 }

@@ -105,7 +105,7 @@ func (p *proc) peakRSS() int64 {
 	}
 	pid := p.PID()
 	total := vmHWM(pid)
-	for _, c := range childPIDs(pid) {
+	for _, c := range iproc.Children(pid) {
 		total += vmHWM(c)
 	}
 	return total
@@ -120,7 +120,7 @@ func (p *proc) cpuTime() time.Duration {
 	}
 	pid := p.PID()
 	total := procCPU(pid)
-	for _, c := range childPIDs(pid) {
+	for _, c := range iproc.Children(pid) {
 		total += procCPU(c)
 	}
 	return total
@@ -162,34 +162,6 @@ func vmHWM(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func childPIDs(parent int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the parenthesised command name: state ppid ...
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 {
-			if ppid, _ := strconv.Atoi(f[1]); ppid == parent {
-				out = append(out, pid)
-			}
-		}
-	}
-	return out
 }
 
 // freeAddr returns a loopback address with a port free right now.
