@@ -92,7 +92,7 @@ func TestCmdline(t *testing.T) {
 	t.Parallel()
 	args, err := Cmdline(os.Getpid())
 	if err != nil {
-		t.Skip("no /proc here")
+		t.Fatalf("Cmdline(self): %v", err)
 	}
 	if len(args) == 0 || filepath.Base(args[0]) != filepath.Base(os.Args[0]) {
 		t.Errorf("Cmdline(self) = %q, want it to start with %q", args, os.Args[0])
