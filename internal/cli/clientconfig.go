@@ -62,8 +62,9 @@ func clientConfig(args []string, stdout, stderr io.Writer) error {
 	case "podman":
 		var mirrors []clientconf.RegistryMirror
 		for _, reg := range registries {
-			// docker.io goes to the mirror's root (its default upstream
-			// when it has one); the others by name in the path.
+			// Every registry by name in the path, which the mirror routes
+			// by: docker.io too, since the mirror may have no default
+			// upstream.
 			mirrors = append(mirrors, clientconf.RegistryMirror{Registry: reg, Mirror: host + "/" + reg})
 		}
 		fmt.Fprint(stdout, clientconf.RegistriesConf(mirrors...))

@@ -66,3 +66,18 @@ func TestWriteFlags(t *testing.T) {
 		t.Error("a missing --htpasswd file accepted")
 	}
 }
+
+// `config podman` prints the registries.conf clientconf renders, one
+// mirror per registry, by name in the path.
+func TestConfigPodman(t *testing.T) {
+	t.Parallel()
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"config", "podman", "--registry", "docker.io", "--registry", "ghcr.io", "--mirror", "127.0.0.1:5999"}, &out, &errb); err != nil {
+		t.Fatal(err, errb.String())
+	}
+	for _, want := range []string{"prefix = \"ghcr.io\"\nlocation = \"ghcr.io\"", "location = \"127.0.0.1:5999/ghcr.io\"\ninsecure = true", "location = \"127.0.0.1:5999/docker.io\""} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("config podman lacks %q:\n%s", want, out.String())
+		}
+	}
+}
