@@ -60,7 +60,7 @@ Usage:
   pullcache stats [flags]   print a running mirror's counters
   pullcache doctor [--addr HOST:PORT] [--dir PATH] [--json]   diagnose the mirror, its clients and upstreams
   pullcache warm [--addr HOST:PORT] [--platform os/arch|all] [-f FILE] REF...   pre-pull images into the mirror within its budget
-  pullcache config KIND     print client config (docker, containerd, buildkit)
+  pullcache config KIND     print client config (docker, containerd, buildkit, podman)
   pullcache gc --max-size SIZE      evict least recently used content now
   pullcache pin|unpin REF...        keep images from eviction (or stop keeping)
   pullcache pins                    list pinned images
