@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"github.com/moby/buildkit/client"
+
+	"github.com/pullcache/pullcache/internal/proc"
 )
 
 var (
@@ -81,7 +82,7 @@ func StartDaemon(ctx context.Context, opts DaemonOptions) (*Daemon, error) {
 	d := &Daemon{opts: opts, configPath: filepath.Join(opts.Root, "buildkitd.toml")}
 	// Written in place of the last start's file: the lock check above says
 	// no daemon is using it, and a daemon reads its config only at start.
-	if err := writeFileAtomic(d.configPath, []byte(opts.TOML())); err != nil {
+	if err := proc.WriteFileAtomic(d.configPath, []byte(opts.TOML()), 0o600); err != nil {
 		return nil, fmt.Errorf("buildkit: write config: %w", err)
 	}
 	args := append([]string{"--config", d.configPath}, opts.ExtraArgs...)
@@ -118,7 +119,7 @@ func (d *Daemon) waitReady(ctx context.Context) (*client.Client, error) {
 		}
 		last = err
 		select {
-		case <-d.proc.done:
+		case <-d.proc.Done():
 			return nil, d.exitError()
 		case <-ctx.Done():
 			return nil, fmt.Errorf("buildkit: buildkitd at %s not ready: %w (last: %v)%s", d.opts.Address, ctx.Err(), last, d.proc.out.quote())
@@ -148,7 +149,7 @@ func tryWorkers(ctx context.Context, addr string) (*client.Client, error) {
 // exitError describes an exit of buildkitd; the process must have exited.
 func (d *Daemon) exitError() error {
 	msg := d.proc.out.String()
-	err := fmt.Errorf("%w (%v)%s", ErrExited, d.proc.waitErr, d.proc.out.quote())
+	err := fmt.Errorf("%w (%v)%s", ErrExited, d.proc.Err(), d.proc.out.quote())
 	// buildkitd's words for a held root lock ("could not lock
 	// ROOT/buildkitd.lock, another instance running?"): the check in
 	// StartDaemon loses a race with a daemon starting at the same moment,
@@ -176,14 +177,14 @@ func (d *Daemon) PID() int { return d.proc.pid() }
 func (d *Daemon) Client() *client.Client { return d.client }
 
 // Done is closed when buildkitd has exited, whether by Stop or on its own.
-func (d *Daemon) Done() <-chan struct{} { return d.proc.done }
+func (d *Daemon) Done() <-chan struct{} { return d.proc.Done() }
 
 // Err is nil while buildkitd runs. After it exited it is an error wrapping
 // ErrExited with its exit status and last output lines; after a Stop it is
 // what Stop returned.
 func (d *Daemon) Err() error {
 	select {
-	case <-d.proc.done:
+	case <-d.proc.Done():
 	default:
 		return nil
 	}
@@ -248,28 +249,10 @@ func checkAddressFree(addr string) error {
 	return fmt.Errorf("%w: something answers on %s", ErrAddressInUse, addr)
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
-}
-
 // process is one started buildkitd.
 type process struct {
-	cmd     *exec.Cmd
-	out     *tailBuffer
-	done    chan struct{} // closed when Wait returned
-	waitErr error         // valid after done
+	*proc.Process
+	out *tailBuffer
 
 	stopping atomic.Bool // set when a stop begins
 	stopOnce sync.Once
@@ -280,63 +263,40 @@ type process struct {
 // startProcess starts bin in a process group of its own, so that a stop can
 // reach the runc processes buildkitd spawned even when buildkitd itself has
 // to be killed, and so that a terminal's ^C reaches pullcache only, which
-// then stops the daemon in order. Pdeathsig covers the parent being killed
-// outright: buildkitd then shuts down instead of holding the root's lock as
-// an orphan.
+// then stops the daemon in order. The parent-death signal covers the parent
+// being killed outright: buildkitd then shuts down instead of holding the
+// root's lock as an orphan.
 func startProcess(bin string, args []string, output io.Writer) (*process, error) {
-	p := &process{out: newTailBuffer(64 << 10), done: make(chan struct{}), stopDone: make(chan struct{})}
+	p := &process{out: newTailBuffer(64 << 10), stopDone: make(chan struct{})}
 	w := io.MultiWriter(p.out, output)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = w, w
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	// The output goes through a pipe that buildkitd's children inherit; one
-	// that outlives buildkitd must not keep Wait (and so Done) from
-	// returning.
-	p.cmd.WaitDelay = 2 * time.Second
-	if err := p.cmd.Start(); err != nil {
+	var err error
+	p.Process, err = proc.Start(bin, args, proc.Options{
+		Stdout: w, Stderr: w, Group: true, ParentDeath: syscall.SIGTERM,
+		// The output goes through a pipe that buildkitd's children
+		// inherit; one that outlives buildkitd must not keep Wait (and so
+		// Done) from returning.
+		WaitDelay: 2 * time.Second,
+	})
+	if err != nil {
 		return nil, err
 	}
-	go func() {
-		p.waitErr = p.cmd.Wait()
-		close(p.done)
-	}()
 	return p, nil
 }
 
-func (p *process) pid() int { return p.cmd.Process.Pid }
+func (p *process) pid() int { return p.PID() }
 
 // stop is Daemon.Stop for the process; concurrent and repeated calls wait
 // for the first one and share its result.
 func (p *process) stop(ctx context.Context, grace time.Duration) error {
 	p.stopping.Store(true)
 	p.stopOnce.Do(func() {
-		p.stopErr = p.terminate(ctx, grace)
+		if err := p.Stop(ctx, grace); err != nil {
+			p.stopErr = fmt.Errorf("buildkit: buildkitd (pid %d) did not exit after SIGTERM; killed its process group", p.pid())
+		}
 		close(p.stopDone)
 	})
 	<-p.stopDone
 	return p.stopErr
-}
-
-func (p *process) terminate(ctx context.Context, grace time.Duration) error {
-	select {
-	case <-p.done:
-		return nil
-	default:
-	}
-	_ = syscall.Kill(p.pid(), syscall.SIGTERM)
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	// The leader has not been reaped (done is open), so the group id is
-	// still ours and names only buildkitd and what it started.
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-	<-p.done
-	return fmt.Errorf("buildkit: buildkitd (pid %d) did not exit after SIGTERM; killed its process group", p.pid())
 }
 
 // tailBuffer keeps the last max bytes written to it.

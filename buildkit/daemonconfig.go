@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pullcache/pullcache/clientconf"
 )
 
 // Defaults of DaemonOptions.
@@ -50,7 +52,7 @@ type DaemonOptions struct {
 	// Mirror is pullcache's host:port as buildkitd reaches it; empty
 	// configures no mirror.
 	Mirror string
-	// Registries are routed through Mirror (see MirrorConfig).
+	// Registries are routed through Mirror (see clientconf.Buildkitd).
 	Registries []string
 	// Snapshotter is the OCI worker's snapshotter; empty is buildkitd's
 	// "auto" (overlayfs where the kernel allows it, native otherwise).
@@ -226,7 +228,7 @@ func (o DaemonOptions) TOML() string {
 	b.WriteString("\n[worker.containerd]\n  enabled = false\n")
 	if o.Mirror != "" {
 		b.WriteString("\n")
-		b.WriteString(MirrorConfig{Mirror: o.Mirror, Registries: o.Registries, PlainHTTP: true}.TOML())
+		b.WriteString(clientconf.Buildkitd{Mirror: o.Mirror, Registries: o.Registries, PlainHTTP: true}.TOML())
 	}
 	return b.String()
 }

@@ -1,9 +1,10 @@
 // Package ctlapi is pullcache's control protocol: the /_pullcache/* paths a
 // server answers next to /v2/ (stats, store maintenance, follower read
-// reports) and the JSON wire types of their requests and answers. Servers,
-// followers and the CLI's clients all spell a path or a body here, and
-// nowhere else. It holds only constants and plain types: safe to use from
-// any goroutine, nothing to close.
+// reports) and the JSON wire types of their requests and answers, plus the
+// one typed Client that asks them (over TCP or the volume's owner.sock).
+// Servers, followers, the CLI and the Action all spell a path or a body
+// here, and nowhere else. Constants and types are plain data; a Client is
+// safe for concurrent use and is Closed when done.
 package ctlapi
 
 import "time"

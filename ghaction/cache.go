@@ -1,6 +1,3 @@
-// Package ghaction holds what the GitHub Action needs beyond the mirror:
-// a client for the Actions cache service, so the Action keeps its archive
-// between jobs by itself (no separate actions/cache step).
 package ghaction
 
 import (

@@ -151,19 +151,16 @@ var rules = []rule{
 	{"push links neither mirror, sidecar, volume nor internal/cli", func(g graph) []string {
 		return linksNone(g, "push", "mirror", "sidecar", "volume", "internal/cli")
 	}},
-	{"stats links nothing of the module but admit", func(g graph) []string {
-		var bad []string
-		for _, p := range g.modulePackages() {
-			if !within(p.ImportPath, module+"/stats") {
-				continue
-			}
-			for _, d := range p.Deps {
-				if inModule(d) && !within(d, module+"/stats") && !within(d, module+"/admit") {
-					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
-				}
-			}
-		}
-		return bad
+	{"stats links nothing of the module but admit", linksOnly("stats", "admit")},
+	// The serve configuration parses what the upstream and admission
+	// packages define, and nothing that serves: a config that linked the
+	// sidecar could not be shared by the clients of a mirror.
+	{"config links no package of the module but admit, upstream (with its sidecar/apierr and internal/httpx) and cachestore", linksOnly("config", "admit", "upstream", "sidecar/apierr", "internal/httpx", "cachestore")},
+	// The control protocol is wire types and one client: every layer may
+	// use it, so it may use none.
+	{"ctlapi links no other package of the module", linksOnly("ctlapi")},
+	{"clientconf and internal/proc link no package of the module but internal/proc", func(g graph) []string {
+		return append(linksOnly("clientconf", "internal/proc")(g), linksOnly("internal/proc")(g)...)
 	}},
 }
 
@@ -185,6 +182,32 @@ func linksNone(g graph, from string, forbidden ...string) []string {
 		}
 	}
 	return bad
+}
+
+// linksOnly is a rule: the packages at root (and below) link no package of
+// the module outside root and allowed (each with what is below it).
+func linksOnly(root string, allowed ...string) func(g graph) []string {
+	return func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/"+root) {
+				continue
+			}
+		deps:
+			for _, d := range p.Deps {
+				if !inModule(d) || within(d, module+"/"+root) {
+					continue
+				}
+				for _, a := range allowed {
+					if within(d, module+"/"+a) {
+						continue deps
+					}
+				}
+				bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+			}
+		}
+		return bad
+	}
 }
 
 // loadGraph asks the go command for the module's packages and everything
@@ -252,6 +275,10 @@ func TestRulesBite(t *testing.T) {
 			pkg{ImportPath: m("cachestore"), Imports: []string{m("cachestore/digest")}, Deps: []string{m("cachestore/digest")}},
 			pkg{ImportPath: m("cachestore/digest")},
 			pkg{ImportPath: m("internal/testing/hubfake"), Imports: []string{"testing"}, Deps: []string{"testing"}},
+			pkg{ImportPath: m("config"), Imports: []string{m("admit")}, Deps: []string{m("admit"), "golang.org/x/time/rate"}},
+			pkg{ImportPath: m("clientconf"), Imports: []string{m("internal/proc")}, Deps: []string{m("internal/proc")}},
+			pkg{ImportPath: m("internal/proc")},
+			pkg{ImportPath: m("ctlapi"), Imports: []string{"net/http"}, Deps: []string{"net/http"}},
 		)
 	}
 	for _, r := range rules {
@@ -276,6 +303,11 @@ func TestRulesBite(t *testing.T) {
 		{rules[6].name, pkg{ImportPath: m("mirror"), Imports: []string{m("internal/cli/serve")}, Deps: []string{m("internal/cli/serve")}}},
 		{rules[7].name, pkg{ImportPath: m("push"), Imports: []string{m("mirror")}, Deps: []string{m("mirror")}}},
 		{rules[8].name, pkg{ImportPath: m("stats"), Imports: []string{m("cachestore")}, Deps: []string{m("cachestore")}}},
+		{rules[3].name, pkg{ImportPath: m("sidecar"), Imports: []string{m("internal/cli")}, Deps: []string{m("internal/cli")}}},
+		{rules[9].name, pkg{ImportPath: m("config"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar"), m("admit")}}},
+		{rules[10].name, pkg{ImportPath: m("ctlapi"), Imports: []string{m("cachestore")}, Deps: []string{m("cachestore")}}},
+		{rules[11].name, pkg{ImportPath: m("clientconf"), Imports: []string{m("buildkit")}, Deps: []string{m("buildkit"), m("internal/proc")}}},
+		{rules[11].name, pkg{ImportPath: m("internal/proc"), Imports: []string{m("ctlapi")}, Deps: []string{m("ctlapi")}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)

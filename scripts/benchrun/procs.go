@@ -8,21 +8,20 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	iproc "github.com/pullcache/pullcache/internal/proc"
 )
 
 // proc is a server process benchrun started and must stop.
 type proc struct {
+	*iproc.Process
 	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
 }
 
 var (
@@ -37,19 +36,12 @@ func startProc(name, logPath, bin string, args ...string) (*proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
+	defer logf.Close() // the child holds its own descriptor
+	ps, err := iproc.Start(bin, args, iproc.Options{Stdout: logf, Stderr: logf, ParentDeath: syscall.SIGKILL})
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
+	p := &proc{Process: ps, name: name}
 	liveMu.Lock()
 	live[p] = true
 	liveMu.Unlock()
@@ -65,18 +57,7 @@ func (p *proc) stop() {
 	liveMu.Lock()
 	delete(live, p)
 	liveMu.Unlock()
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
+	_ = p.Stop(context.Background(), 10*time.Second)
 }
 
 // stopAll stops every process still running (on exit or interrupt).
@@ -98,8 +79,8 @@ func (p *proc) waitReady(ctx context.Context, addr, logPath string) error {
 	c := &http.Client{Timeout: time.Second}
 	for time.Now().Before(deadline) {
 		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited (%v) before it was ready; log %s:\n%s", p.name, p.err, logPath, tail(logPath, 20))
+		case <-p.Done():
+			return fmt.Errorf("%s exited (%v) before it was ready; log %s:\n%s", p.name, p.Err(), logPath, iproc.Tail(logPath, 20))
 		case <-ctx.Done():
 			return ctx.Err()
 		default:
@@ -113,7 +94,7 @@ func (p *proc) waitReady(ctx context.Context, addr, logPath string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("%s not ready on %s after 20s; log %s:\n%s", p.name, addr, logPath, tail(logPath, 20))
+	return fmt.Errorf("%s not ready on %s after 20s; log %s:\n%s", p.name, addr, logPath, iproc.Tail(logPath, 20))
 }
 
 // peakRSS is the high-water resident set (VmHWM) of the process and its
@@ -123,9 +104,9 @@ func (p *proc) peakRSS() int64 {
 	if p == nil {
 		return 0
 	}
-	pid := p.cmd.Process.Pid
+	pid := p.PID()
 	total := vmHWM(pid)
-	for _, c := range childPIDs(pid) {
+	for _, c := range iproc.Children(pid) {
 		total += vmHWM(c)
 	}
 	return total
@@ -138,9 +119,9 @@ func (p *proc) cpuTime() time.Duration {
 	if p == nil {
 		return 0
 	}
-	pid := p.cmd.Process.Pid
+	pid := p.PID()
 	total := procCPU(pid)
-	for _, c := range childPIDs(pid) {
+	for _, c := range iproc.Children(pid) {
 		total += procCPU(c)
 	}
 	return total
@@ -182,46 +163,6 @@ func vmHWM(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-func childPIDs(parent int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the parenthesised command name: state ppid ...
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 {
-			if ppid, _ := strconv.Atoi(f[1]); ppid == parent {
-				out = append(out, pid)
-			}
-		}
-	}
-	return out
-}
-
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // freeAddr returns a loopback address with a port free right now.

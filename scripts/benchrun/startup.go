@@ -5,12 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	iproc "github.com/pullcache/pullcache/internal/proc"
 	"log"
 	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -101,7 +101,7 @@ func timeStart(ctx context.Context, bin, dir string, afterKill bool) (wall, cpu 
 		if err != nil {
 			return 0, 0, err
 		}
-		p.cmd.Process.Signal(syscall.SIGKILL)
+		p.Kill()
 		p.stop() // reaps it
 	}
 	p, _, took, err := startServe(ctx, bin, dir)
@@ -135,8 +135,8 @@ func startServe(ctx context.Context, bin, dir string) (*proc, string, time.Durat
 	deadline := began.Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		select {
-		case <-p.done:
-			return nil, "", 0, fmt.Errorf("pullcache exited (%v) before /healthz answered; log %s:\n%s", p.err, logPath, tail(logPath, 20))
+		case <-p.Done():
+			return nil, "", 0, fmt.Errorf("pullcache exited (%v) before /healthz answered; log %s:\n%s", p.Err(), logPath, iproc.Tail(logPath, 20))
 		case <-ctx.Done():
 			p.stop()
 			return nil, "", 0, ctx.Err()
@@ -152,7 +152,7 @@ func startServe(ctx context.Context, bin, dir string) (*proc, string, time.Durat
 		time.Sleep(time.Millisecond)
 	}
 	p.stop()
-	return nil, "", 0, fmt.Errorf("pullcache: no 200 from /healthz after 30s; log %s:\n%s", logPath, tail(logPath, 20))
+	return nil, "", 0, fmt.Errorf("pullcache: no 200 from /healthz after 30s; log %s:\n%s", logPath, iproc.Tail(logPath, 20))
 }
 
 func (r *startupResult) markdown(b *strings.Builder) {

@@ -2,11 +2,12 @@ package realenv
 
 import (
 	"fmt"
-	"github.com/pullcache/pullcache/buildkit"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pullcache/pullcache/clientconf"
 )
 
 // Buildkitd is a running BuildKit daemon (built by scripts/install-test-deps)
@@ -43,7 +44,7 @@ func StartBuildkitd(t testing.TB, mirrorHost string, insecureHosts ...string) *B
 	// so the end-to-end tests prove the configuration users are given.
 	seen := map[string]bool{}
 	if mirrorHost != "" {
-		cfg.WriteString(buildkit.MirrorConfig{Mirror: mirrorHost, Registries: []string{"docker.io"}, PlainHTTP: true}.TOML())
+		cfg.WriteString(clientconf.Buildkitd{Mirror: mirrorHost, Registries: []string{"docker.io"}, PlainHTTP: true}.TOML())
 		cfg.WriteString("\n")
 		seen[mirrorHost] = true
 	}

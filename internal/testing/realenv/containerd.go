@@ -8,6 +8,8 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"github.com/pullcache/pullcache/clientconf"
 )
 
 // Containerd is a running containerd with its own root, state, gRPC socket
@@ -146,26 +148,15 @@ func (c *Containerd) RemoveImage(t testing.TB, ref string) {
 	}
 }
 
-// WriteHostsToml writes dir/<registryName>/hosts.toml sending pulls and
+// WriteHostsToml writes dir/<registryName>/hosts.toml (clientconf.Hosts,
+// the file `pullcache config containerd` writes) sending pulls and
 // resolves for registryName ("docker.io", "ghcr.io", "127.0.0.1:5055") to
 // mirrorURL ("http://127.0.0.1:PORT"). containerd adds ?ns=<registryName>
 // to the requests it sends to a mirror. server is the registry itself, the
 // fallback when the mirror fails (unreachable here for public registries).
 func WriteHostsToml(t testing.TB, dir, registryName, mirrorURL string) {
 	t.Helper()
-	server := "https://" + registryName
-	if registryName == "docker.io" {
-		server = "https://registry-1.docker.io"
-	}
-	toml := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", server, mirrorURL)
-	if strings.HasPrefix(mirrorURL, "https://") {
-		toml += "  skip_verify = true\n"
-	}
-	d := filepath.Join(dir, registryName)
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(d, "hosts.toml"), []byte(toml), 0o644); err != nil {
+	if err := (clientconf.Hosts{Registry: registryName, Mirror: mirrorURL, SkipVerify: true}).Write(dir); err != nil {
 		t.Fatal(err)
 	}
 }

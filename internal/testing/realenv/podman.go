@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pullcache/pullcache/clientconf"
 )
 
 // RegistryMirror is one registries.conf entry: pulls of images named
@@ -20,27 +22,19 @@ type RegistryMirror struct {
 }
 
 // WriteRegistriesConf writes a registries.conf (containers-registries.conf
-// v2, read by Podman, skopeo and Buildah) to path with one [[registry]] per
+// v2, read by Podman, skopeo and Buildah; rendered by clientconf, as
+// `pullcache config podman` does) to path with one [[registry]] per
 // mirror and its [[registry.mirror]]. The registry's own location is a
 // closed loopback port, so that a failing mirror fails the pull instead of
 // falling back to the public registry: nothing in a test leaves 127.0.0.1.
 // Short names are not resolved; tests use full references.
 func WriteRegistriesConf(t testing.TB, path string, mirrors ...RegistryMirror) {
 	t.Helper()
-	var b strings.Builder
-	b.WriteString("unqualified-search-registries = []\nshort-name-mode = \"disabled\"\n")
+	var entries []clientconf.RegistryMirror
 	for _, m := range mirrors {
-		fmt.Fprintf(&b, `
-[[registry]]
-prefix = %q
-location = %q
-
-[[registry.mirror]]
-location = %q
-insecure = true
-`, m.Registry, "127.0.0.1:1/"+m.Registry, m.Location)
+		entries = append(entries, clientconf.RegistryMirror{Registry: m.Registry, Location: "127.0.0.1:1/" + m.Registry, Mirror: m.Location})
 	}
-	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(clientconf.RegistriesConf(entries...)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

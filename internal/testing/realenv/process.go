@@ -9,11 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pullcache/pullcache/internal/proc"
 )
 
 const (
@@ -65,11 +66,9 @@ func e2eMode(getenv func(string) string) e2eDecision {
 // process is one started daemon. Its stdout and stderr go to files so that a
 // failing test can show what the daemon said.
 type process struct {
-	name    string
-	cmd     *exec.Cmd
-	logs    []string
-	done    chan struct{} // closed when Wait returned
-	waitErr error         // valid after done is closed
+	*proc.Process
+	name string
+	logs []string
 }
 
 // startProcess starts bin with args in its own process group and registers
@@ -81,22 +80,15 @@ func startProcess(t testing.TB, name, stdoutPath, stderrPath string, env []strin
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
+	defer stdout.Close() // the child holds its own descriptors
 	stderr := stdout
 	if stderrPath != stdoutPath {
 		if stderr, err = os.Create(stderrPath); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
+		defer stderr.Close()
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.Env = append(os.Environ(), env...)
-	// A process group of its own lets cleanup reach the children a daemon
-	// spawned (dockerd's managed containerd, buildkitd's runc shims) even
-	// when the daemon itself had to be killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-
-	p := &process{name: name, cmd: cmd, done: make(chan struct{})}
-	p.logs = append(p.logs, stdoutPath)
+	p := &process{name: name, logs: []string{stdoutPath}}
 	if stderrPath != stdoutPath {
 		p.logs = append(p.logs, stderrPath)
 	}
@@ -107,19 +99,13 @@ func startProcess(t testing.TB, name, stdoutPath, stderrPath string, env []strin
 			p.dumpLogs(t)
 		}
 	})
-	if err := cmd.Start(); err != nil {
-		stdout.Close()
-		stderr.Close()
+	// A process group of its own lets cleanup reach the children a daemon
+	// spawned (dockerd's managed containerd, buildkitd's runc shims) even
+	// when the daemon itself had to be killed.
+	p.Process, err = proc.Start(bin, args, proc.Options{Stdout: stdout, Stderr: stderr, Env: append(os.Environ(), env...), Group: true})
+	if err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	go func() {
-		p.waitErr = cmd.Wait()
-		stdout.Close()
-		if stderr != stdout {
-			stderr.Close()
-		}
-		close(p.done)
-	}()
 	t.Cleanup(p.stop)
 	return p
 }
@@ -127,76 +113,22 @@ func startProcess(t testing.TB, name, stdoutPath, stderrPath string, env []strin
 // stop sends SIGTERM, waits up to stopGrace, then kills the process group,
 // and always waits for the process to be reaped.
 func (p *process) stop() {
-	pid := p.cmd.Process.Pid
-	select {
-	case <-p.done:
-	default:
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(stopGrace):
-		}
-	}
-	select {
-	case <-p.done:
-	default:
-		// It ignored SIGTERM: the whole group goes. The group still exists
-		// because its leader has not been reaped yet.
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		<-p.done
-	}
+	_ = p.Stop(context.Background(), stopGrace)
 	// Children the daemon left behind in its group (a managed containerd,
 	// a runc shim) are found by their process group and killed by PID. A
 	// group ID cannot be reused while any member is alive, so every match
 	// is ours.
-	for _, child := range groupMembers(pid) {
+	for _, child := range proc.GroupMembers(p.PID()) {
 		_ = syscall.Kill(child, syscall.SIGKILL)
 	}
 }
 
-// groupMembers lists the PIDs whose process group is pgid.
-func groupMembers(pgid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the parenthesised command: state ppid pgrp ...
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
 // exited reports whether the process has ended, with its wait error.
-func (p *process) exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.waitErr
-	default:
-		return false, nil
-	}
-}
+func (p *process) exited() (bool, error) { return p.Exited() }
 
 func (p *process) dumpLogs(t testing.TB) {
 	for _, path := range p.logs {
-		t.Logf("---- %s: last %d lines of %s ----\n%s", p.name, logTailLines, path, tailFile(path, logTailLines))
+		t.Logf("---- %s: last %d lines of %s ----\n%s", p.name, logTailLines, path, proc.Tail(path, logTailLines))
 	}
 }
 
@@ -219,19 +151,6 @@ func (p *process) waitReady(t testing.TB, ready func() error) {
 	}
 	p.dumpLogs(t)
 	t.Fatalf("%s not ready after %v: %v", p.name, startTimeout, last)
-}
-
-// tailFile returns the last n lines of the file at path.
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(%v)", err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // freePort returns a loopback TCP port that was free a moment ago. Another

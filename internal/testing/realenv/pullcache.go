@@ -1,9 +1,9 @@
 package realenv
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -111,16 +111,11 @@ func startPullcache(t testing.TB, host, dir string, env, wrapper, args []string)
 		bin = wrapper[0]
 	}
 	p.proc = startProcess(t, "pullcache", logPath, logPath, env, bin, all...)
+	c := ctlapi.NewClient(host, 5*time.Second)
+	defer c.Close()
 	p.proc.waitReady(t, func() error {
-		resp, err := http.Get("http://" + host + "/healthz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("healthz: %s", resp.Status)
-		}
-		return nil
+		_, err := c.Healthz(context.Background())
+		return err
 	})
 	return p
 }
@@ -129,14 +124,14 @@ func startPullcache(t testing.TB, host, dir string, env, wrapper, args []string)
 func (p *Pullcache) URL() string { return "http://" + p.Host }
 
 // PID is the server's process id.
-func (p *Pullcache) PID() int { return p.proc.cmd.Process.Pid }
+func (p *Pullcache) PID() int { return p.proc.PID() }
 
 // Kill sends SIGKILL and waits for the process to die.
 func (p *Pullcache) Kill(t testing.TB) {
 	t.Helper()
-	_ = p.proc.cmd.Process.Signal(syscall.SIGKILL)
+	_ = syscall.Kill(p.proc.PID(), syscall.SIGKILL)
 	select {
-	case <-p.proc.done:
+	case <-p.proc.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("pullcache did not die after SIGKILL")
 	}
@@ -146,9 +141,9 @@ func (p *Pullcache) Kill(t testing.TB) {
 // volume) and waits for the process to exit.
 func (p *Pullcache) Stop(t testing.TB) {
 	t.Helper()
-	_ = p.proc.cmd.Process.Signal(syscall.SIGTERM)
+	_ = syscall.Kill(p.proc.PID(), syscall.SIGTERM)
 	select {
-	case <-p.proc.done:
+	case <-p.proc.Done():
 	case <-time.After(40 * time.Second):
 		t.Fatal("pullcache did not exit after SIGTERM")
 	}
@@ -164,13 +159,14 @@ func RunPullcache(t testing.TB, args ...string) (string, error) {
 // Stats fetches /_pullcache/stats as a generic JSON object.
 func (p *Pullcache) Stats(t testing.TB) map[string]any {
 	t.Helper()
-	resp, err := http.Get(p.URL() + ctlapi.StatsPath)
+	c := ctlapi.NewClient(p.Host, 30*time.Second)
+	defer c.Close()
+	raw, err := c.Stats(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
 	var out map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+	if err := json.Unmarshal(raw, &out); err != nil {
 		t.Fatal(err)
 	}
 	return out

@@ -359,7 +359,7 @@ func (c *CDN) Root() string { return c.root }
 func (c *CDN) AccessLogPath() string { return c.accessLog }
 
 // PID is nginx's master process id.
-func (c *CDN) PID() int { return c.proc.cmd.Process.Pid }
+func (c *CDN) PID() int { return c.proc.PID() }
 
 // Counts summarises the requests logged since the last ResetCounts.
 func (c *CDN) Counts() CDNCounts {
