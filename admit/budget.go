@@ -113,6 +113,9 @@ func (q *quota) fleetTakeLocked(now time.Time) (bool, time.Time) {
 	if q.fleet == nil {
 		return true, time.Time{}
 	}
+	if q.fleetUntil.After(now) {
+		return false, q.fleetUntil // asked already; its answer still holds
+	}
 	s, wait, ok := q.fleet.Take()
 	if ok {
 		q.spend = &s

@@ -17,7 +17,7 @@ import (
 const RedisServerBin = "/usr/bin/redis-server"
 
 // RedisServer starts a real redis-server on a free loopback port, without
-// persistence (--save '' --appendonly no), stopped by PID at cleanup, and
+// persistence (--save ” --appendonly no), stopped by PID at cleanup, and
 // returns its redis:// URL. It fails the test when the binary is missing:
 // callers decide beforehand (RequireE2E) whether real components are due.
 func RedisServer(t testing.TB) string {
