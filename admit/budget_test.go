@@ -50,7 +50,9 @@ func (b *fakeBudget) Settle(Spend) {
 	b.settled++
 }
 
-func (b *fakeBudget) State() BudgetState { return BudgetState{Backend: "fake", Shared: true, HostsAlive: 3} }
+func (b *fakeBudget) State() BudgetState {
+	return BudgetState{Backend: "fake", Shared: true, HostsAlive: 3}
+}
 
 func TestBudgetIsAskedAfterTheLocalGate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

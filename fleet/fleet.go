@@ -216,6 +216,11 @@ func (f *Fleet) fallBack(err error) {
 	if !f.shared {
 		return
 	}
+	select {
+	case <-f.stop:
+		return // closing: tickets finishing after Close are not an outage
+	default:
+	}
 	f.shared = false
 	f.fallbackPeriods++
 	f.fallbackSince = now
