@@ -19,9 +19,12 @@ import (
 type budget struct {
 	f    *Fleet
 	cfg  admit.BudgetConfig
-	keys []string // state hash, grants in flight, probe lease
+	keys []string // state hash, grants in flight, probe lease, alias
 
 	mu sync.Mutex
+	// target is the budget of the identity this credential is charged to,
+	// once known: every call goes there.
+	target *budget
 	// What Redis said last: fleet-wide tokens, and the rate (per second)
 	// and capacity in force.
 	tokens     float64
@@ -48,7 +51,7 @@ func newBudget(f *Fleet, cfg admit.BudgetConfig) *budget {
 	// The hash tag keeps a budget's three keys in one Redis Cluster slot.
 	base := f.opts.Prefix + "budget:{" + cfg.Key.Upstream + "|" + cfg.Key.Identity + "}"
 	return &budget{
-		f: f, cfg: cfg, keys: []string{base, base + ":inflight", base + ":probe"},
+		f: f, cfg: cfg, keys: []string{base, base + ":inflight", base + ":probe", base + ":alias"},
 		rate: perSecond(cfg.Limit), cap: capacity(cfg.Limit), localLimit: cfg.Limit,
 	}
 }
@@ -92,8 +95,31 @@ const grantTTL = 2 * time.Minute
 // leaseTTL bounds the probe lease likewise.
 const leaseTTL = time.Minute
 
+// aliased returns the charged identity's budget once b is an alias.
+func (b *budget) aliased() *budget {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.target
+}
+
+// aliasTo makes b an alias of the charged identity's budget.
+func (b *budget) aliasTo(charged string) *budget {
+	cfg := b.cfg
+	cfg.Key.Identity = charged
+	t, _ := b.f.Budget(cfg).(*budget)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t != nil && t != b {
+		b.target = t
+	}
+	return b.target
+}
+
 // Take implements admit.Budget.
 func (b *budget) Take() (admit.Spend, time.Duration, bool) {
+	if t := b.aliased(); t != nil {
+		return t.Take()
+	}
 	if b.f.isShared() {
 		id := b.f.nextID()
 		b.mu.Lock()
@@ -104,6 +130,11 @@ func (b *budget) Take() (admit.Spend, time.Duration, bool) {
 		args = append(args, grantTTL.Milliseconds(), leaseTTL.Milliseconds())
 		r, err := takeScript.Run(ctx, b.f.rdb, b.keys, args...).Slice()
 		cancel()
+		if err == nil && len(r) == 3 && asInt(r[0]) == -1 {
+			if t := b.aliasTo(asString(r[2])); t != nil {
+				return t.Take()
+			}
+		}
 		if err == nil && len(r) == 7 {
 			ok, wait := asInt(r[0]) == 1, time.Duration(asInt(r[1]))*time.Millisecond
 			b.mu.Lock()
@@ -122,6 +153,10 @@ func (b *budget) Take() (admit.Spend, time.Duration, bool) {
 
 // Observe implements admit.Budget.
 func (b *budget) Observe(s *admit.Spend, o admit.Observation) {
+	if t := b.aliased(); t != nil {
+		t.Observe(s, o)
+		return
+	}
 	b.mu.Lock()
 	if o.Headers {
 		b.localLimit = o.Limit
@@ -134,6 +169,14 @@ func (b *budget) Observe(s *admit.Spend, o admit.Observation) {
 	if b.f.isShared() {
 		err := b.observeShared(id, probe, spent, o)
 		if err == nil {
+			if o.Charged != "" && o.Charged != b.cfg.Key.Identity {
+				// The charged identity's budget learns the answer too
+				// (admit tells it as well; folding twice only tightens).
+				if t := b.aliasTo(o.Charged); t != nil {
+					o.Charged = ""
+					t.Observe(nil, o)
+				}
+			}
 			return
 		}
 		b.f.fallBack(err)
@@ -142,9 +185,12 @@ func (b *budget) Observe(s *admit.Spend, o admit.Observation) {
 }
 
 func (b *budget) observeShared(id string, probe, spent bool, o admit.Observation) error {
+	if o.Charged == b.cfg.Key.Identity {
+		o.Charged = "" // never an alias of itself
+	}
 	args := append([]any{id}, b.initArgs(o.Limit)...)
 	args = append(args, o.Status, flag(o.Headers), flag(o.HasRemaining), o.Remaining,
-		flag(o.HasReset), o.Reset.Milliseconds(), o.Block.Milliseconds(), flag(probe), flag(spent), b.cfg.Reserve)
+		flag(o.HasReset), o.Reset.Milliseconds(), o.Block.Milliseconds(), flag(probe), flag(spent), b.cfg.Reserve, o.Charged)
 	ctx, cancel := b.ctx()
 	defer cancel()
 	r, err := observeScript.Run(ctx, b.f.rdb, b.keys, args...).Slice()
@@ -167,6 +213,10 @@ func (b *budget) Give(s admit.Spend) { b.end(s, true) }
 func (b *budget) Settle(s admit.Spend) { b.end(s, false) }
 
 func (b *budget) end(s admit.Spend, refund bool) {
+	if t := b.aliased(); t != nil {
+		t.end(s, refund)
+		return
+	}
 	if s.ID == localID {
 		b.mu.Lock()
 		if refund && s.Spent && b.local {
@@ -258,6 +308,11 @@ func asInt(v any) int64 {
 		return n
 	}
 	return 0
+}
+
+func asString(v any) string {
+	s, _ := v.(string)
+	return s
 }
 
 func asFloat(v any) float64 {

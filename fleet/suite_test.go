@@ -33,6 +33,7 @@ func runSuite(t *testing.T, b *backend) {
 		{"ConcurrentTakesNeverOverspend", testConcurrentTakes},
 		{"GiveRefundsSettleDoesNot", testGiveSettle},
 		{"LostStateHealsFromNextAnswer", testLostState},
+		{"CredentialChargedElsewhereAliasesFleetWide", testAlias},
 		{"FallbackShareAndRejoin", testFallbackAndRejoin},
 		{"FallbackWithoutFleetView", testFallbackUnseen},
 	}
@@ -214,6 +215,24 @@ func testLostState(t *testing.T, b *backend, prefix string) {
 	if n := drain(a); n != 4 {
 		t.Fatalf("after Redis lost its state and one answer said remaining 6 (reserve 2): took %d, want 4", n)
 	}
+}
+
+func testAlias(t *testing.T, b *backend, prefix string) {
+	anon := admit.Key{Upstream: "docker.io", Identity: admit.Anonymous}
+	fa, fb := b.host(t, prefix, "a"), b.host(t, prefix, "b")
+	a := fa.Budget(trusted(anon, hubLimit, 2))
+	bb := fb.Budget(trusted(anon, hubLimit, 2))
+	s := mustTake(t, a)
+	// The answer names the identity charged: anonymous requests of every
+	// host now spend from that identity's budget, 6 - 2 reserve = 4.
+	o := hubAnswer(6)
+	o.Charged = hubKey.Identity
+	a.Observe(&s, o)
+	if n := drain(bb); n != 4 {
+		t.Fatalf("host b's anonymous requests after host a learned the charged identity: took %d, want the 4 of its budget", n)
+	}
+	mustRefuse(t, fa.Budget(trusted(hubKey, hubLimit, 2)))
+	mustRefuse(t, a)
 }
 
 func testFallbackAndRejoin(t *testing.T, b *backend, prefix string) {
