@@ -30,6 +30,7 @@ type budget struct {
 	tokens     float64
 	rate, cap  float64
 	seen       bool
+	known      bool        // an upstream answer set the shared state, not only the configured limit
 	localLimit admit.Limit // the limit the quota last told us, for the local share
 
 	// The local share while fallen back.
@@ -40,6 +41,7 @@ type budget struct {
 	lRate      float64 // tokens per second
 	lLast      time.Time
 	lBlocked   time.Time          // a 429 seen while fallen back
+	lLearning  bool               // no remaining known: one request at a time until an answer
 	spentLocal int                // tokens spent from the share, taken from Redis on rejoin
 	pendingObs *admit.Observation // the last answer seen while fallen back
 }
@@ -135,10 +137,10 @@ func (b *budget) Take() (admit.Spend, time.Duration, bool) {
 				return t.Take()
 			}
 		}
-		if err == nil && len(r) == 7 {
+		if err == nil && len(r) == 8 {
 			ok, wait := asInt(r[0]) == 1, time.Duration(asInt(r[1]))*time.Millisecond
 			b.mu.Lock()
-			b.tokens, b.seen = asFloat(r[2]), true
+			b.tokens, b.seen, b.known = asFloat(r[2]), true, asInt(r[7]) == 1
 			b.rate, b.cap = asFloat(r[5])*1000, asFloat(r[6])
 			b.mu.Unlock()
 			if !ok {
@@ -198,7 +200,7 @@ func (b *budget) observeShared(id string, probe, spent bool, o admit.Observation
 		return scriptErr(err)
 	}
 	b.mu.Lock()
-	b.tokens, b.seen = asFloat(r[0]), true
+	b.tokens, b.seen, b.known = asFloat(r[0]), true, b.known || id != "" || o.Headers
 	if o.Headers {
 		b.rate, b.cap = perSecond(o.Limit), capacity(o.Limit)
 	}

@@ -43,7 +43,8 @@ type Options struct {
 	// URL is redis://[user:pass@]host:port/db, or rediss:// for TLS.
 	URL string
 	// Timeout bounds every Redis call (dial, read, write); past it the host
-	// falls back to its local share. Default 150ms.
+	// falls back to its local share. Default 250ms: a LAN round trip is a
+	// millisecond, so only a sick or partitioned Redis takes that long.
 	Timeout time.Duration
 	// Heartbeat is how often this host reports itself alive and, while
 	// fallen back, tries to rejoin. A host is alive while it beat within
@@ -63,7 +64,7 @@ type Options struct {
 
 // Defaults applied by New.
 const (
-	DefaultTimeout   = 150 * time.Millisecond
+	DefaultTimeout   = 250 * time.Millisecond
 	DefaultHeartbeat = 2 * time.Second
 	DefaultPrefix    = "pullcache:"
 )

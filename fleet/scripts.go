@@ -41,7 +41,8 @@ end
 // takeScript refills and takes one token, or says how long to wait (0:
 // unknown, another host's answer is awaited). ARGV: 1 spend id, 2-4 the
 // initial rate/capacity/known, 5 state TTL ms, 6 grant TTL ms, 7 probe
-// lease TTL ms. Reply: {ok, wait ms, tokens, probe, spent, rate, cap}, or
+// lease TTL ms. Reply: {ok, wait ms, tokens, probe, spent, rate, cap,
+// known}, or
 // {-1, 0, charged identity} when the credential is an alias.
 var takeScript = redis.NewScript(`
 local alias = redis.call('GET', KEYS[4])
@@ -49,7 +50,7 @@ if alias then return {-1, 0, alias} end
 ` + prelude + `
 local function reply(ok, wait, isprobe, spent)
   save()
-  return {ok, wait, tostring(tokens), isprobe, spent, tostring(rate), tostring(cap)}
+  return {ok, wait, tostring(tokens), isprobe, spent, tostring(rate), tostring(cap), known}
 end
 local function grant(isprobe, spent)
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[1])
@@ -82,7 +83,7 @@ return reply(0, math.ceil((1 - tokens) / rate), 0, 0)
 // force and known, 5 state TTL ms, 6 status, 7 headers seen (0/1), 8 has
 // remaining, 9 remaining, 10 has reset, 11 reset ms, 12 block ms, 13 the
 // spend was the probe, 14 the spend took a token, 15 reserve, 16 the
-// identity charged when it is another's ('' if not). Reply: {tokens}.
+// identity charged when it is another's (” if not). Reply: {tokens}.
 var observeScript = redis.NewScript(prelude + `
 local id, status, headers = ARGV[1], tonumber(ARGV[6]), ARGV[7] == '1'
 local had = 0

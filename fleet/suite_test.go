@@ -282,16 +282,21 @@ func testFallbackUnseen(t *testing.T, b *backend, prefix string) {
 	defer b.proxy.setDown(false)
 	fa.Beat() // the outage is noticed by the heartbeat, before any take
 	a := fa.Budget(trusted(hubKey, hubLimit, 2))
-	// Never saw the fleet's tokens: half (2 hosts) of the configured burst.
-	if n := drain(a); n != 10 {
-		t.Fatalf("fallen back before seeing the fleet: took %d, want 10 (burst 20 / 2 hosts)", n)
+	// No upstream answer ever reached the fleet: there is no remaining to
+	// share, so one request goes out to learn it, and the rest wait.
+	s := mustTake(t, a)
+	if wait := mustRefuse(t, a); wait != 0 {
+		t.Fatalf("learning while fallen back: wait %v, want 0 (poll for the answer)", wait)
 	}
-	// An answer seen while fallen back tightens the share: 6 left,
-	// reserve 2, two hosts → 2 each, of which this host spent 10 already.
-	b2 := fa.Budget(trusted(admit.Key{Upstream: "ghcr.io", Identity: "anonymous"}, hubLimit, 2))
-	b2.Observe(nil, hubAnswer(6))
-	if n := drain(b2); n != 2 {
+	b.clock.Advance(time.Minute)
+	mustRefuse(t, a) // no refill before the quota is known
+	// The answer says 6 left: reserve 2, two hosts alive → 2 for this one.
+	a.Observe(&s, hubAnswer(6))
+	if n := drain(a); n != 2 {
 		t.Fatalf("share after remaining 6 (reserve 2, 2 hosts): took %d, want 2", n)
+	}
+	if st := a.State(); st.Shared || st.Share != 2 {
+		t.Fatalf("state %+v, want a local share of 2", st)
 	}
 }
 
