@@ -151,7 +151,13 @@ func (q *quota) fleetObserveLocked(now time.Time, status int, ri rateInfo, t *Ti
 			t.fleet.Observe(&t.spend, o)
 			return
 		}
-		t.fleet.Settle(t.spend)
+		// Granted by the budget of the credential this quota absorbed
+		// when the upstream named the identity it charges: that budget
+		// learns the answer and where its requests count, so that other
+		// hosts' first requests spend from this quota's budget too.
+		oc := o
+		oc.Charged = q.key.Identity
+		t.fleet.Observe(&t.spend, oc)
 	}
 	if q.fleet != nil {
 		q.fleet.Observe(nil, o)
