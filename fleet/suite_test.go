@@ -281,15 +281,15 @@ func testFallbackUnseen(t *testing.T, b *backend, prefix string) {
 	b.proxy.setDown(true)
 	defer b.proxy.setDown(false)
 	fa.Beat() // the outage is noticed by the heartbeat, before any take
-	a := fa.Budget(trusted(hubKey, hubLimit, 2))
+	a := fa.Budget(trusted(hubKey, perSecondLimit, 2))
 	// No upstream answer ever reached the fleet: there is no remaining to
 	// share, so one request goes out to learn it, and the rest wait.
 	s := mustTake(t, a)
 	if wait := mustRefuse(t, a); wait != 0 {
 		t.Fatalf("learning while fallen back: wait %v, want 0 (poll for the answer)", wait)
 	}
-	b.clock.Advance(time.Minute)
-	mustRefuse(t, a) // no refill before the quota is known
+	b.clock.Advance(3 * time.Second) // half a token a second, were it refilling
+	mustRefuse(t, a)                 // no refill before the quota is known
 	// The answer says 6 left: reserve 2, two hosts alive → 2 for this one.
 	a.Observe(&s, hubAnswer(6))
 	if n := drain(a); n != 2 {
