@@ -214,3 +214,10 @@ func (q *quota) fleetEstimateLocked(now, at time.Time, known bool) (time.Time, b
 	}
 	return at, known
 }
+
+// Capacity is the number of counted tokens a bucket of l holds when full,
+// for budgets that keep the bucket elsewhere.
+func (l Limit) Capacity() float64 { return l.capacity() }
+
+// PerSecond is l's refill rate in tokens per second; 0 when unlimited.
+func (l Limit) PerSecond() float64 { return l.rate() }

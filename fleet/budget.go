@@ -54,22 +54,8 @@ func newBudget(f *Fleet, cfg admit.BudgetConfig) *budget {
 	base := f.opts.Prefix + "budget:{" + cfg.Key.Upstream + "|" + cfg.Key.Identity + "}"
 	return &budget{
 		f: f, cfg: cfg, keys: []string{base, base + ":inflight", base + ":probe", base + ":alias"},
-		rate: perSecond(cfg.Limit), cap: capacity(cfg.Limit), localLimit: cfg.Limit,
+		rate: cfg.Limit.PerSecond(), cap: cfg.Limit.Capacity(), localLimit: cfg.Limit,
 	}
-}
-
-func perSecond(l admit.Limit) float64 {
-	if l.Unlimited() {
-		return 0
-	}
-	return float64(l.Count) / l.Window.Seconds()
-}
-
-func capacity(l admit.Limit) float64 {
-	if l.Burst > 0 && l.Burst < l.Count {
-		return float64(l.Burst)
-	}
-	return float64(l.Count)
 }
 
 // initArgs are ARGV[2..5] of every script: how to create the state if
@@ -83,7 +69,7 @@ func (b *budget) initArgs(l admit.Limit) []any {
 	if !l.Unlimited() {
 		ttl = max(ttl, 2*l.Window)
 	}
-	return []any{strconv.FormatFloat(perSecond(l)/1000, 'g', -1, 64), strconv.FormatFloat(capacity(l), 'g', -1, 64), known, ttl.Milliseconds()}
+	return []any{strconv.FormatFloat(l.PerSecond()/1000, 'g', -1, 64), strconv.FormatFloat(l.Capacity(), 'g', -1, 64), known, ttl.Milliseconds()}
 }
 
 func (b *budget) ctx() (context.Context, context.CancelFunc) {
@@ -202,7 +188,7 @@ func (b *budget) observeShared(id string, probe, spent bool, o admit.Observation
 	b.mu.Lock()
 	b.tokens, b.seen, b.known = asFloat(r[0]), true, b.known || id != "" || o.Headers
 	if o.Headers {
-		b.rate, b.cap = perSecond(o.Limit), capacity(o.Limit)
+		b.rate, b.cap = o.Limit.PerSecond(), o.Limit.Capacity()
 	}
 	b.mu.Unlock()
 	return nil

@@ -25,7 +25,7 @@ func (b *budget) enterFallback(now time.Time, hosts int) {
 	if b.known {
 		avail = b.tokens
 	}
-	rate, limit := b.rate, capacity(b.localLimit)
+	rate, limit := b.rate, b.localLimit.Capacity()
 	if b.seen {
 		limit = b.cap
 	}
@@ -33,7 +33,7 @@ func (b *budget) enterFallback(now time.Time, hosts int) {
 	b.share = max(avail, 0) / float64(hosts)
 	b.lRate = rate / float64(hosts)
 	if rate <= 0 && !b.localLimit.Unlimited() {
-		b.lRate = perSecond(b.localLimit) / float64(hosts)
+		b.lRate = b.localLimit.PerSecond() / float64(hosts)
 	}
 	if b.lLearning {
 		b.share, b.lRate = 1, 0 // no refill before the quota is known
@@ -108,9 +108,9 @@ func (b *budget) observeLocal(s *admit.Spend, o admit.Observation) {
 			// The first remaining seen: the share of it is the budget.
 			b.lLearning = false
 			b.share, b.lTokens = max(share, 0), share
-			b.lCap = max(b.share, math.Min(1, capacity(o.Limit)))
+			b.lCap = max(b.share, math.Min(1, o.Limit.Capacity()))
 			if !o.Limit.Unlimited() {
-				b.lRate = perSecond(o.Limit) / hosts
+				b.lRate = o.Limit.PerSecond() / hosts
 			}
 		}
 		b.lTokens = min(b.lTokens, share)
