@@ -54,7 +54,8 @@ func newBudget(f *Fleet, cfg admit.BudgetConfig) *budget {
 	base := f.opts.Prefix + "budget:{" + cfg.Key.Upstream + "|" + cfg.Key.Identity + "}"
 	return &budget{
 		f: f, cfg: cfg, keys: []string{base, base + ":inflight", base + ":probe", base + ":alias"},
-		rate: cfg.Limit.PerSecond(), cap: cfg.Limit.Capacity(), localLimit: cfg.Limit,
+		// Until Redis answers, the view is what Redis would start from.
+		rate: cfg.Limit.PerSecond(), cap: cfg.Limit.Capacity(), tokens: cfg.Limit.Capacity(), localLimit: cfg.Limit,
 	}
 }
 
