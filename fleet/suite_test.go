@@ -36,6 +36,7 @@ func runSuite(t *testing.T, b *backend) {
 		{"CredentialChargedElsewhereAliasesFleetWide", testAlias},
 		{"FallbackShareAndRejoin", testFallbackAndRejoin},
 		{"FallbackWithoutFleetView", testFallbackUnseen},
+		{"SlowRedisFallsBackWithinTheTimeout", testSlowRedis},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -297,6 +298,29 @@ func testFallbackUnseen(t *testing.T, b *backend, prefix string) {
 	}
 	if st := a.State(); st.Shared || st.Share != 2 {
 		t.Fatalf("state %+v, want a local share of 2", st)
+	}
+}
+
+func testSlowRedis(t *testing.T, b *backend, prefix string) {
+	fa := b.hostTimeout(t, prefix, "a", 200*time.Millisecond)
+	fa.Beat()
+	a := fa.Budget(trusted(hubKey, hubLimit, 0))
+	mustTake(t, a) // 19 left, one host
+	b.proxy.setBlackhole(true)
+	defer b.proxy.setBlackhole(false)
+	// Redis accepts but never answers: the take times out, falls back and
+	// is served from the local share (19 / 1 host) in the same call.
+	s := mustTake(t, a)
+	if s.ID != localID {
+		t.Fatalf("take while Redis hangs: %+v, want a grant from the local share", s)
+	}
+	if st := fa.Status(); st.Shared || st.FallbackPeriods != 1 || !strings.Contains(st.LastError, "timeout") {
+		t.Fatalf("status %+v, want fallen back once on a timeout", st)
+	}
+	b.proxy.setBlackhole(false)
+	fa.Beat()
+	if !fa.Status().Shared {
+		t.Fatal("Redis answers again but the host did not rejoin")
 	}
 }
 
