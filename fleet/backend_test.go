@@ -114,8 +114,8 @@ type proxy struct {
 	mu        sync.Mutex
 	down      bool
 	blackhole bool
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	conns     map[net.Conn]bool
+	wg        sync.WaitGroup
 }
 
 func startProxy(t testing.TB, target string) *proxy {
