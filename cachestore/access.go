@@ -4,8 +4,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // noteAccess queues an access-time update for d if the indexed value is

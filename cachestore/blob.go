@@ -11,8 +11,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // BlobInfo describes a verified blob in the store.

@@ -12,8 +12,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // Eviction keeps the store under a size cap: the bytes of blobs plus those

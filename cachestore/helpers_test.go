@@ -11,9 +11,10 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
+
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -10,8 +10,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // Recovery runs in the background, beside live traffic, so that Open does

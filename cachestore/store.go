@@ -9,9 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pullcache/pullcache/cachestore/digest"
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/pullcache/pullcache/cachestore/digest"
 )
 
 // schemaVersion is stored in the schema bucket; bump it when an on-disk

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/pullcache/pullcache/cachestore/digest"
 )
 

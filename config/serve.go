@@ -63,6 +63,9 @@ type Serve struct {
 	QueueTimeout   time.Duration
 	QuotaReserve   int
 	RevalidateWait time.Duration
+	// FleetRedis keeps counted-request budgets in Redis, shared by every
+	// host of a fleet ("" for this host's budget alone).
+	FleetRedis string
 
 	// Who may write where (README "Security model").
 	LocalPrefixes List
@@ -101,6 +104,7 @@ func (c *Serve) Register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.RPS, "upstream-rps", 20, "max uncounted requests per second per upstream")
 	fs.DurationVar(&c.QueueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for upstream admission before it gets 429 with Retry-After")
 	fs.IntVar(&c.QuotaReserve, "quota-reserve", 2, "never spend the last N counted requests the upstream reports remaining")
+	fs.StringVar(&c.FleetRedis, "fleet-redis", "", "keep counted-request budgets in Redis, shared by every host of a fleet: redis://[user:pass@]host:port/db (rediss:// for TLS); unreachable Redis means each host spends a conservative local share")
 	fs.DurationVar(&c.RevalidateWait, "revalidate-wait", 2*time.Second, "how long a stale tag waits for revalidation before the cached copy is served")
 	fs.Var(&c.MaxSize, "max-size", "cap on the cache's blob bytes (e.g. 20GiB); least recently used images are evicted between 95% and 85% of it; 0 = no cap")
 	fs.DurationVar(&c.GCInterval, "gc-interval", 30*time.Second, "how often the cache size is checked against --max-size")

@@ -10,7 +10,7 @@ import (
 
 	"github.com/sethvargo/go-githubactions"
 
-	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/stats"
 )
 
 func TestInputLines(t *testing.T) {
@@ -102,7 +102,7 @@ func TestRedactArgs(t *testing.T) {
 
 func TestRenderSummary(t *testing.T) {
 	t.Parallel()
-	var s sidecar.Snapshot
+	var s stats.Snapshot
 	s.Manifests.Hits, s.Manifests.Misses, s.Manifests.Revalidated = 3, 1, 4
 	s.Blobs.Hits, s.Blobs.Misses = 9, 1
 	s.StaleServed, s.Throttled = 2, 4
@@ -138,5 +138,26 @@ func TestRenderSummary(t *testing.T) {
 	}
 	if md := Summary("127.0.0.1:5055", nil, errors.New("connection refused")); !strings.Contains(md, "connection refused") {
 		t.Errorf("summary without stats: %s", md)
+	}
+}
+
+func TestSummaryFleetSection(t *testing.T) {
+	t.Parallel()
+	s := &stats.Snapshot{Quota: []stats.QuotaSnapshot{
+		{Upstream: "docker.io", Identity: "source:203.0.113.7", Fleet: &stats.FleetSnapshot{
+			Backend: "redis", Shared: true, Tokens: 41, HostsAlive: 6, FallbackPeriods: 1, FallbackSeconds: 12}},
+		{Upstream: "ghcr.io", Identity: "anonymous"},
+	}}
+	got := Summary("127.0.0.1:5055", s, nil)
+	for _, want := range []string{"#### Fleet", "docker.io (source:203.0.113.7)", "41.0 tokens left fleet-wide", "6 hosts alive"} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("summary lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(fleetSection(s), "ghcr.io") {
+		t.Fatalf("a quota without a fleet budget appears in the fleet section:\n%s", got)
+	}
+	if strings.Contains(Summary("127.0.0.1:5055", &stats.Snapshot{}, nil), "#### Fleet") {
+		t.Fatal("without --fleet-redis the summary has a fleet section")
 	}
 }

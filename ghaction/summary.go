@@ -7,12 +7,12 @@ import (
 	"strings"
 
 	"github.com/pullcache/pullcache/config"
-	"github.com/pullcache/pullcache/sidecar"
+	"github.com/pullcache/pullcache/stats"
 )
 
 // Summary is the job summary's Markdown from the mirror's stats snapshot
 // (nil when it did not answer, with statsErr saying why).
-func Summary(mirror string, s *sidecar.Snapshot, statsErr error) string {
+func Summary(mirror string, s *stats.Snapshot, statsErr error) string {
 	var b strings.Builder
 	b.WriteString("### pullcache registry mirror\n\n")
 	if s == nil {
@@ -53,6 +53,7 @@ func Summary(mirror string, s *sidecar.Snapshot, statsErr error) string {
 			}
 		}
 	}
+	b.WriteString(fleetSection(s))
 	if s.Throttled > 0 {
 		b.WriteString("\n> Throttled requests were answered 429 with Retry-After to keep the upstream's pull quota; set `limits` or upstream credentials (PULLCACHE_AUTH_*) to raise it.\n")
 	}
@@ -70,7 +71,7 @@ func sortedMapKeys[V any](m map[string]V) []string {
 
 // NextJob is the summary's second half: what this job leaves the
 // next one, and what the cache saved this one.
-func NextJob(r Runner, s *sidecar.Snapshot, cache *CacheResult) string {
+func NextJob(r Runner, s *stats.Snapshot, cache *CacheResult) string {
 	var b strings.Builder
 	b.WriteString("\n#### What the cache gives\n\n")
 	if s != nil {
@@ -98,6 +99,22 @@ func NextJob(r Runner, s *sidecar.Snapshot, cache *CacheResult) string {
 		fmt.Fprintf(&b, "- archive saved: `%s` (%s); the next job starts from it\n", cache.Key, config.HumanSize(cache.Size))
 	default:
 		fmt.Fprintf(&b, "- archive saved: no, %s (`%s`, %s)\n", cache.Why, cache.Key, config.HumanSize(cache.Size))
+	}
+	return b.String()
+}
+
+// fleetSection is the summary's fleet view: one line per quota spending
+// from a fleet budget (--fleet-redis); empty without one.
+func fleetSection(s *stats.Snapshot) string {
+	var b strings.Builder
+	for _, q := range s.Quota {
+		if q.Fleet == nil {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString("\n#### Fleet\n\n")
+		}
+		fmt.Fprintf(&b, "- %s (%s): %s\n", q.Upstream, q.Identity, q.Fleet.Describe())
 	}
 	return b.String()
 }

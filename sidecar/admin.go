@@ -3,13 +3,13 @@ package sidecar
 import (
 	"encoding/json"
 	"errors"
-	"github.com/pullcache/pullcache/internal/httpx"
 	"io"
 	"net/http"
 	"strings"
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/internal/httpx"
 )
 
 // While a server owns the volume, the index is its alone (bbolt's lock):

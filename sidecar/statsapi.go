@@ -7,14 +7,6 @@ import (
 	"github.com/pullcache/pullcache/stats"
 )
 
-// Snapshot and ThrottleEvent are the stats JSON shapes, named here as well
-// so that cmd/pullcache, which decodes them, builds unchanged while it is
-// being split into internal/cli; new code names package stats.
-type (
-	Snapshot      = stats.Snapshot
-	ThrottleEvent = stats.ThrottleEvent
-)
-
 // serveStats answers /_pullcache/stats: the counters plus what lives
 // elsewhere (the store's usage, the admitter's quotas, the busiest clients).
 func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {

@@ -2,12 +2,12 @@ package sidecar
 
 import (
 	"encoding/json"
-	"github.com/pullcache/pullcache/internal/httpx"
 	"io"
 	"net/http"
 
 	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/internal/httpx"
 )
 
 // Followers on the same volume serve blobs straight from their files, which

@@ -25,6 +25,8 @@ type QuotaSnapshot struct {
 	Throttled         uint64     `json:"throttled"`
 	WaitSeconds       float64    `json:"wait_seconds_total"`
 	Observed429       uint64     `json:"upstream_429s"`
+	// Fleet is the fleet-wide view with --fleet-redis (fleet.go).
+	Fleet *FleetSnapshot `json:"fleet,omitempty"`
 }
 
 // TrafficSnapshot is one upstream's uncounted traffic gate.
@@ -59,6 +61,7 @@ func AdmissionSnapshot(a *admit.Admitter) ([]QuotaSnapshot, []TrafficSnapshot) {
 			ReportedLimit: q.ReportedLimit, ReportedWindowSec: int(q.ReportedWindow.Seconds()), ReportedRemaining: q.ReportedRemaining,
 			ReportedAt: timePtr(q.ReportedAt), BlockedUntil: timePtr(q.BlockedUntil), ResetAt: timePtr(q.ResetAt), Pending: q.Pending,
 			Waiting: q.Waiting, Admitted: q.Admitted, Throttled: q.Throttled, WaitSeconds: q.WaitTime.Seconds(), Observed429: q.Observed429,
+			Fleet: fleetSnapshot(q.Fleet),
 		})
 	}
 	var ts []TrafficSnapshot

@@ -16,7 +16,7 @@ import (
 // be nil.
 func Handler(s *Stats, a *admit.Admitter) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(statsCollector{s}, admissionCollector{a})
+	reg.MustRegister(statsCollector{s}, admissionCollector{a}, fleetCollector{a})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 

@@ -24,7 +24,7 @@ import (
 	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/ghaction"
 	"github.com/pullcache/pullcache/internal/proc"
-	"github.com/pullcache/pullcache/sidecar"
+	pcstats "github.com/pullcache/pullcache/stats"
 )
 
 const actionUsage = `Usage: pullcache action start|stop
@@ -308,14 +308,14 @@ func actionStop(ctx context.Context, r ghaction.Runner) error {
 }
 
 // fetchSnapshot asks the mirror for its stats, for the summary.
-func fetchSnapshot(ctx context.Context, mirror string) (*sidecar.Snapshot, error) {
+func fetchSnapshot(ctx context.Context, mirror string) (*pcstats.Snapshot, error) {
 	c := ctlapi.NewClient(mirror, 10*time.Second)
 	defer c.Close()
 	raw, err := c.Stats(ctx)
 	if err != nil {
 		return nil, err
 	}
-	snap := new(sidecar.Snapshot)
+	snap := new(pcstats.Snapshot)
 	if err := json.Unmarshal(raw, snap); err != nil {
 		return nil, err
 	}

@@ -8,9 +8,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/config"
 )
 
 // export writes a portable zstd archive of the cache (format: the comment

@@ -14,11 +14,10 @@ import (
 	"sort"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/moby/buildkit/client"
 
 	"github.com/pullcache/pullcache/buildkit"
+	"github.com/pullcache/pullcache/config"
 	"github.com/pullcache/pullcache/upstream"
 )
 

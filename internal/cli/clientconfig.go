@@ -8,9 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/clientconf"
+	"github.com/pullcache/pullcache/config"
 	"github.com/pullcache/pullcache/upstream"
 )
 

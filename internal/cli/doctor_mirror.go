@@ -12,9 +12,8 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar"
+	pcstats "github.com/pullcache/pullcache/stats"
 )
 
 // mirrorProbe asks the running mirror over plain HTTP, as clients do; addr
@@ -30,7 +29,7 @@ func newMirrorProbe(addr string, timeout time.Duration) *mirrorProbe {
 
 // mirrorStats is /_pullcache/stats plus the role the volume adds.
 type mirrorStats struct {
-	sidecar.Snapshot
+	pcstats.Snapshot
 	Role string `json:"role"`
 }
 
@@ -268,7 +267,7 @@ func checkThrottling(info mirrorInfo, rep *doctorReport, now time.Time) {
 		return
 	}
 	type key struct{ upstream, kind string }
-	latest := map[key]sidecar.ThrottleEvent{}
+	latest := map[key]pcstats.ThrottleEvent{}
 	count := map[key]int{}
 	for _, ev := range info.stats.Throttles {
 		k := key{ev.Upstream, ev.Kind}
@@ -324,7 +323,7 @@ func checkThrottling(info mirrorInfo, rep *doctorReport, now time.Time) {
 // throttleUntil is when a throttle clears: the wait the upstream named, or
 // else the block the mirror's admission put on counted requests after it,
 // or else (Docker Hub's abuse limit counts per minute) a minute after it.
-func throttleUntil(st *mirrorStats, ev sidecar.ThrottleEvent) (*time.Time, string) {
+func throttleUntil(st *mirrorStats, ev pcstats.ThrottleEvent) (*time.Time, string) {
 	if ev.Until != nil {
 		return ev.Until, ""
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar"
+	pcstats "github.com/pullcache/pullcache/stats"
 )
 
 func writeFile(t *testing.T, path, body string) string {
@@ -105,7 +105,7 @@ func TestThrottleFindings(t *testing.T) {
 	now := time.Date(2026, 12, 2, 7, 0, 0, 0, time.UTC)
 	later := now.Add(5 * time.Minute)
 	st := &mirrorStats{}
-	st.Throttles = []sidecar.ThrottleEvent{
+	st.Throttles = []pcstats.ThrottleEvent{
 		{Upstream: "docker.io", Kind: "pull-limit", Describe: "Docker Hub pull rate limit reached", At: now.Add(-time.Minute), Until: &later},
 		{Upstream: "docker.io", Kind: "abuse-limit", Describe: "Docker Hub abuse rate limit (HAP429)", At: now.Add(-2 * time.Minute)},
 		{Upstream: "ghcr.io", Kind: "registry", Describe: "ghcr.io throttling", At: now.Add(-time.Hour), Until: ptr(now.Add(-59 * time.Minute))},

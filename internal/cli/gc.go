@@ -13,9 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/config"
 )
 
 // Offline store commands (gc, pin, verify, export, import) open the cache

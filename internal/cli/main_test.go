@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/sidecar"
 )
 

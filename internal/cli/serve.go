@@ -13,10 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/config"
 	"github.com/pullcache/pullcache/internal/connlimit"
 	"github.com/pullcache/pullcache/internal/stall"
 	"github.com/pullcache/pullcache/sidecar"
@@ -245,20 +244,26 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 
 // newAdmitter builds the shared admission gate; its state (tokens, learned
 // quotas, blocks) lives in the store's index, since quota windows outlast
-// restarts.
-func newAdmitter(cfg config.Serve, store *cachestore.Store, log *slog.Logger) (*admit.Admitter, error) {
+// restarts. With --fleet-redis its counted quotas also spend from the
+// fleet's budgets; closeFleet ends that connection after the admitter.
+func newAdmitter(cfg config.Serve, store *cachestore.Store, log *slog.Logger) (a *admit.Admitter, closeFleet func() error, err error) {
 	limits, err := cfg.ParsedLimits()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rates, err := cfg.ParsedRates()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if regs, err := cfg.Registries(); err == nil {
 		cfg.Tier.ChildAdmission(regs, cfg.RPS, limits, rates)
 	}
+	budgets, closeFleet, err := openFleet(cfg.FleetRedis, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--fleet-redis: %w", err)
+	}
 	return admit.New(admit.Options{
+		Budgets:           budgets,
 		Limits:            limits,
 		Rates:             rates,
 		Concurrency:       cfg.Concurrency,
@@ -267,5 +272,5 @@ func newAdmitter(cfg config.Serve, store *cachestore.Store, log *slog.Logger) (*
 		QueueTimeout:      cfg.QueueTimeout,
 		State:             store,
 		Logger:            log,
-	}), nil
+	}), closeFleet, nil
 }

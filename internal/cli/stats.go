@@ -11,9 +11,8 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/ctlapi"
-	"github.com/pullcache/pullcache/sidecar"
+	pcstats "github.com/pullcache/pullcache/stats"
 )
 
 // stats prints a running mirror's counters readably.
@@ -47,7 +46,7 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_, err := stdout.Write(body)
 		return err
 	}
-	var snap sidecar.Snapshot
+	var snap pcstats.Snapshot
 	if err := json.Unmarshal(body, &snap); err != nil {
 		return fmt.Errorf("unexpected stats format: %w", err)
 	}
@@ -56,7 +55,7 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 }
 
 // printStats prints a stats snapshot readably.
-func printStats(stdout io.Writer, s *sidecar.Snapshot) {
+func printStats(stdout io.Writer, s *pcstats.Snapshot) {
 	fmt.Fprintf(stdout, "manifests   %d hits, %d misses\n", s.Manifests.Hits, s.Manifests.Misses)
 	fmt.Fprintf(stdout, "blobs       %d hits, %d misses\n", s.Blobs.Hits, s.Blobs.Misses)
 	fmt.Fprintf(stdout, "coalesced   %d requests joined a fetch in flight\n", s.CoalescedWaiters)
@@ -77,6 +76,9 @@ func printStats(stdout io.Writer, s *sidecar.Snapshot) {
 			fmt.Fprintf(stdout, "; BLOCKED after a 429 until %s", q.BlockedUntil.Format(time.RFC3339))
 		}
 		fmt.Fprintf(stdout, "; %d waiting, %d admitted, %d throttled\n", q.Waiting, q.Admitted, q.Throttled)
+		if q.Fleet != nil {
+			fmt.Fprintf(stdout, "  %s\n", q.Fleet.Describe())
+		}
 	}
 	if len(s.Clients) > 0 {
 		fmt.Fprintln(stdout, "top clients")

@@ -6,9 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/config"
 )
 
 // verify re-hashes the cache and reports (or repairs) what is wrong. It

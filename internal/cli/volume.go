@@ -2,16 +2,16 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/config"
 	"github.com/pullcache/pullcache/sidecar"
 	"github.com/pullcache/pullcache/upstream"
 	"github.com/pullcache/pullcache/volume"
@@ -47,7 +47,7 @@ func startVolume(cfg config.Serve, mirrorOpts sidecar.Options, log *slog.Logger)
 					return nil, fmt.Errorf("--pin %s: %w", ref, err)
 				}
 			}
-			admitter, err := newAdmitter(cfg, store, log)
+			admitter, closeFleet, err := newAdmitter(cfg, store, log)
 			if err != nil {
 				return nil, err
 			}
@@ -64,9 +64,10 @@ func startVolume(cfg config.Serve, mirrorOpts sidecar.Options, log *slog.Logger)
 			srv, err := sidecar.New(o)
 			if err != nil {
 				admitter.Close()
+				closeFleet()
 				return nil, err
 			}
-			return mirror{srv, admitter}, nil
+			return mirror{srv, admitter, closeFleet}, nil
 		},
 	})
 }
@@ -82,10 +83,14 @@ func uploadIdle(timeout time.Duration) time.Duration {
 // it persists in the index when the owner leaves.
 type mirror struct {
 	*sidecar.Server
-	admitter *admit.Admitter
+	admitter   *admit.Admitter
+	closeFleet func() error // --fleet-redis's connection, closed after the admitter
 }
 
-func (m mirror) Close() error { return m.admitter.Close() }
+func (m mirror) Close() error {
+	err := m.admitter.Close()
+	return errors.Join(err, m.closeFleet())
+}
 
 // freeSpace runs when a store write hit ENOSPC below --max-size (or with
 // no cap): the disk is fuller than the cap assumed, so evict down to the low

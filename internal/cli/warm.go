@@ -12,9 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/google/go-containerregistry/pkg/name"
+
+	"github.com/pullcache/pullcache/config"
 )
 
 // `pullcache warm` fills a running mirror before a burst (a release, a

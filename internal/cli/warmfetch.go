@@ -12,9 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/pullcache/pullcache/config"
-
 	"github.com/pullcache/pullcache/admit"
+	"github.com/pullcache/pullcache/config"
 	"github.com/pullcache/pullcache/ctlapi"
 	"github.com/pullcache/pullcache/upstream"
 )

@@ -162,6 +162,9 @@ var rules = []rule{
 	{"clientconf and internal/proc link no package of the module but internal/proc", func(g graph) []string {
 		return append(linksOnly("clientconf", "internal/proc")(g), linksOnly("internal/proc")(g)...)
 	}},
+	// fleet is a Budget for admit, nothing more: the fill path, the HTTP
+	// face and the store stay out of it.
+	{"fleet links no package of the module but admit", linksOnly("fleet", "admit")},
 }
 
 // linksNone reports every package at or below from that links one of the
@@ -308,6 +311,7 @@ func TestRulesBite(t *testing.T) {
 		{rules[10].name, pkg{ImportPath: m("ctlapi"), Imports: []string{m("cachestore")}, Deps: []string{m("cachestore")}}},
 		{rules[11].name, pkg{ImportPath: m("clientconf"), Imports: []string{m("buildkit")}, Deps: []string{m("buildkit"), m("internal/proc")}}},
 		{rules[11].name, pkg{ImportPath: m("internal/proc"), Imports: []string{m("ctlapi")}, Deps: []string{m("ctlapi")}}},
+		{rules[12].name, pkg{ImportPath: m("fleet"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar"), m("admit")}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)

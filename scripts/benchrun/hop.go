@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/pullcache/pullcache/internal/testing/regcount"
 )
 
 // Request kinds counted at the upstream side, by the ruler the tests use

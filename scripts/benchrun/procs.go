@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/pullcache/pullcache/internal/testing/distconfig"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	iproc "github.com/pullcache/pullcache/internal/proc"
+	"github.com/pullcache/pullcache/internal/testing/distconfig"
 )
 
 // proc is a server process benchrun started and must stop.

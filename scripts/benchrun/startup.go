@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	iproc "github.com/pullcache/pullcache/internal/proc"
 	"log"
 	"net/http"
 	"path/filepath"
@@ -14,7 +13,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/pullcache/pullcache/cachestore"
+	iproc "github.com/pullcache/pullcache/internal/proc"
 )
 
 // The start-up scenario (issue 14): how long from exec to the first 200

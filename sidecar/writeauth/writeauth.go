@@ -14,7 +14,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"github.com/pullcache/pullcache/internal/httpx"
 	"io"
 	"log/slog"
 	"net/http"
@@ -25,6 +24,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 )
 

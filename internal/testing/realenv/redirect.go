@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"io"
 	"net/http"
 	"os"
@@ -19,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/pullcache/pullcache/internal/testing/regcount"
 )
 
 // RedirectingRegistry is a docker-registry that answers blob GETs and HEADs

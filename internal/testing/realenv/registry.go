@@ -5,8 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"github.com/pullcache/pullcache/internal/testing/distconfig"
-	"github.com/pullcache/pullcache/internal/testing/regcount"
 	"io"
 	"net/http"
 	"os"
@@ -16,6 +14,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pullcache/pullcache/internal/testing/distconfig"
+	"github.com/pullcache/pullcache/internal/testing/regcount"
 )
 
 // Registry is a running CNCF distribution registry (Debian's
