@@ -10,6 +10,7 @@ import (
 
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/cachestore/digest"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // localNamespace is the store namespace of pushed content (the sidecar's
@@ -42,21 +43,13 @@ func parsePinRef(ref string) (ns, repo, id string, err error) {
 		if err != nil {
 			return "", "", "", fmt.Errorf("invalid reference %q: %w", ref, err)
 		}
-		return registryNS(r.RegistryStr()), r.RepositoryStr(), "sha512:" + d, nil
+		return upstream.CanonicalName(r.RegistryStr()), r.RepositoryStr(), "sha512:" + d, nil
 	}
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return "", "", "", fmt.Errorf("invalid reference %q: %w", ref, err)
 	}
-	return registryNS(r.Context().RegistryStr()), r.Context().RepositoryStr(), r.Identifier(), nil
-}
-
-// registryNS is the store namespace of a registry name.
-func registryNS(ns string) string {
-	if ns == name.DefaultRegistry { // index.docker.io: the store says docker.io
-		return "docker.io"
-	}
-	return ns
+	return upstream.CanonicalName(r.Context().RegistryStr()), r.Context().RepositoryStr(), r.Identifier(), nil
 }
 
 // splitRef splits repo[:tag][@digest]; no tag means latest.

@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/pullcache/pullcache/config"
+	"github.com/pullcache/pullcache/upstream"
 )
 
 // `pullcache warm` fills a running mirror before a burst (a release, a
@@ -174,10 +175,7 @@ func parseWarmRef(s string) (warmTarget, error) {
 	if err != nil {
 		return warmTarget{}, err
 	}
-	ns := ref.Context().RegistryStr()
-	if ns == name.DefaultRegistry {
-		ns = "docker.io"
-	}
+	ns := upstream.CanonicalName(ref.Context().RegistryStr())
 	return warmTarget{ns: ns, repo: ref.Context().RepositoryStr(), id: ref.Identifier()}, nil
 }
 
