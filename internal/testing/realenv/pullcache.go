@@ -1,8 +1,10 @@
 package realenv
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/volume"
 )
 
 var (
@@ -49,6 +52,10 @@ type Pullcache struct {
 	Host    string // 127.0.0.1:PORT
 	logPath string
 	proc    *process
+	// statsOverSocket: Stats asks over the volume's owner socket, for a
+	// server whose TCP address is no loopback to this process (a fleet
+	// host in its own namespace).
+	statsOverSocket bool
 }
 
 // Log returns what the server has logged so far.
@@ -164,7 +171,21 @@ func RunPullcache(t testing.TB, args ...string) (string, error) {
 // Stats fetches /_pullcache/stats as a generic JSON object.
 func (p *Pullcache) Stats(t testing.TB) map[string]any {
 	t.Helper()
-	resp, err := http.Get(p.URL() + ctlapi.StatsPath)
+	client := http.DefaultClient
+	if p.statsOverSocket {
+		// The owner serves the same handler on <dir>/owner.sock, where
+		// every peer is local; unix sockets do not belong to a network
+		// namespace, so this process reaches it from outside.
+		sock := volume.SocketPathFor(p.Dir)
+		client = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			},
+		}, Timeout: 30 * time.Second}
+		defer client.CloseIdleConnections()
+	}
+	resp, err := client.Get(p.URL() + ctlapi.StatsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
