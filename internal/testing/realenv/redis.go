@@ -12,7 +12,7 @@ import (
 )
 
 // Redis is a redis-server (Debian redis-server) in the fleet's
-// infrastructure namespace, holding nothing on disk (--save ”,
+// infrastructure namespace, holding nothing on disk (an empty --save,
 // --appendonly no): a restart comes back empty, as a lost cache node does.
 type Redis struct {
 	Addr string // InfraIP:6379, reachable from every host and from this process
