@@ -1,0 +1,263 @@
+package main_test
+
+// Issue 11 end to end: a fleet of hosts, each a network namespace running
+// its own pullcache on its own volume, leaves through ONE NAT address (an
+// nftables masquerade in a router namespace) towards the Docker-Hub-like
+// fake, whose anonymous quota is per client address; Redis lives in an
+// infrastructure namespace on the LAN (realenv.StartFleet).
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pullcache/pullcache/internal/testing/hubfake"
+	"github.com/pullcache/pullcache/internal/testing/realenv"
+)
+
+const (
+	fleetHosts   = 6
+	fleetQuota   = 12 // the upstream's anonymous pulls per address per window
+	fleetReserve = 2  // --quota-reserve, pullcache's default, set explicitly
+	fleetImages  = 24 // 2×Q distinct images, 4 per host
+)
+
+// fleetRig is a fleet with the fake upstream on its internet side and one
+// pullcache per host.
+type fleetRig struct {
+	f     *realenv.Fleet
+	hub   *hubfake.Hub
+	pcs   []*realenv.Pullcache
+	mu    sync.Mutex
+	seen  map[string]int // client address → requests, as the upstream saw them
+	repos []string       // the seeded images, library/fleetNN:1
+}
+
+// startFleetRig builds the fleet, serves the fake on its internet side,
+// seeds fleetImages small images and starts every host's pullcache with
+// args added.
+func startFleetRig(t *testing.T, args ...string) *fleetRig {
+	t.Helper()
+	r := &fleetRig{f: realenv.StartFleet(t, fleetHosts), seen: map[string]int{}}
+	r.hub = hubfake.StartOn(t, hubfake.Options{Quota: fleetQuota, ClientIP: func(req *http.Request) string {
+		host, _, _ := net.SplitHostPort(req.RemoteAddr)
+		r.mu.Lock()
+		r.seen[host]++
+		r.mu.Unlock()
+		return host
+	}}, r.f.InternetIP)
+	for i := 0; i < fleetImages; i++ {
+		repo := fmt.Sprintf("library/fleet%02d", i)
+		hubfake.SeedRandomImage(t, r.hub.AdminHost, repo, "1", 1, 8<<10)
+		r.repos = append(r.repos, repo)
+	}
+	base := []string{"--upstream", "docker.io=" + r.hub.URL, "--default-upstream", "docker.io",
+		"--quota-reserve", fmt.Sprint(fleetReserve), "--queue-timeout", "5s"}
+	for _, h := range r.f.Hosts {
+		r.pcs = append(r.pcs, h.StartPullcache(t, append(base, args...)...))
+	}
+	return r
+}
+
+// addresses lists the client addresses the upstream saw.
+func (r *fleetRig) addresses() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for a := range r.seen {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// pullOutcome is what one client got for one image through one host.
+type pullOutcome struct {
+	host       int
+	repo       string
+	status     int    // of the manifest GET; 200 means every blob came too
+	retryAfter string // on a refusal
+	err        error  // transport errors, bad blobs
+}
+
+func (o pullOutcome) String() string {
+	return fmt.Sprintf("host %d %s: %d Retry-After %q err %v", o.host, o.repo, o.status, o.retryAfter, o.err)
+}
+
+// request is one image asked of one host.
+type request struct {
+	host int
+	repo string
+}
+
+// spread assigns repos to hosts round-robin.
+func spread(repos []string, hosts int) []request {
+	out := make([]request, len(repos))
+	for i, repo := range repos {
+		out[i] = request{host: i % hosts, repo: repo}
+	}
+	return out
+}
+
+// wave pulls every request at once, each as a client of its host's
+// pullcache would (manifest by tag, then config and layers, digests
+// checked). started, if not nil, is called once half the pulls have ended.
+func (r *fleetRig) wave(reqs []request, halfway func()) []pullOutcome {
+	client := &http.Client{Timeout: 2 * time.Minute}
+	defer client.CloseIdleConnections()
+	out := make([]pullOutcome, len(reqs))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ended := 0
+	for i, q := range reqs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i] = fleetPull(client, r.pcs[q.host].URL(), q.repo)
+			out[i].host = q.host
+			mu.Lock()
+			ended++
+			if ended == len(reqs)/2 && halfway != nil {
+				halfway()
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// fleetPull pulls repo:1 from the mirror at base.
+func fleetPull(client *http.Client, base, repo string) pullOutcome {
+	o := pullOutcome{repo: repo}
+	req, _ := http.NewRequest(http.MethodGet, base+"/v2/"+repo+"/manifests/1", nil)
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := client.Do(req)
+	if err != nil {
+		o.err = err
+		return o
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	o.status, o.retryAfter = resp.StatusCode, resp.Header.Get("Retry-After")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		o.err = err
+		return o
+	}
+	var m struct {
+		Config struct{ Digest string }
+		Layers []struct{ Digest string }
+	}
+	if err := json.Unmarshal(body, &m); err != nil || m.Config.Digest == "" {
+		o.err = fmt.Errorf("manifest %q: %v", body, err)
+		return o
+	}
+	for _, d := range append([]string{m.Config.Digest}, layerDigests(m.Layers)...) {
+		if err := fetchBlob(client, base, repo, d); err != nil {
+			o.err = err
+			return o
+		}
+	}
+	return o
+}
+
+func layerDigests(layers []struct{ Digest string }) []string {
+	out := make([]string, len(layers))
+	for i, l := range layers {
+		out[i] = l.Digest
+	}
+	return out
+}
+
+// fetchBlob GETs one blob and checks its sha256.
+func fetchBlob(client *http.Client, base, repo, digest string) error {
+	resp, err := client.Get(base + "/v2/" + repo + "/blobs/" + digest)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("blob %s: %s", digest, resp.Status)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, resp.Body); err != nil {
+		return fmt.Errorf("blob %s: %w", digest, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != digest {
+		return fmt.Errorf("blob %s arrived as %s", digest, got)
+	}
+	return nil
+}
+
+// tally splits outcomes into pulled, refused the way the mirror promises
+// (429 with Retry-After) and anything else: 5xx, 429 without Retry-After,
+// transport errors, bad bytes.
+func tally(outs []pullOutcome) (ok, refused []pullOutcome, bad []pullOutcome) {
+	for _, o := range outs {
+		switch {
+		case o.err == nil && o.status == http.StatusOK:
+			ok = append(ok, o)
+		case o.err == nil && o.status == http.StatusTooManyRequests && o.retryAfter != "":
+			refused = append(refused, o)
+		default:
+			bad = append(bad, o)
+		}
+	}
+	return ok, refused, bad
+}
+
+// quotaLine is one host's view of the docker.io quota, for the log.
+func quotaLine(t *testing.T, pc *realenv.Pullcache) string {
+	t.Helper()
+	s := pc.Stats(t)
+	qs, _ := s["quota"].([]any)
+	var parts []string
+	for _, q := range qs {
+		m, _ := q.(map[string]any)
+		parts = append(parts, fmt.Sprintf("%v/%v tokens=%v reported_remaining=%v admitted=%v throttled=%v upstream_429s=%v",
+			m["upstream"], m["identity"], m["tokens"], m["reported_remaining"], m["admitted"], m["throttled"], m["upstream_429s"]))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// The problem, measured: without a shared budget each host learns the
+// quota of the one NAT address on its own and spends it as if it were
+// alone. The figure (upstream 429s) is logged, not asserted: it is what
+// --fleet-redis removes. What is asserted is the setup the figure depends
+// on: the upstream saw every host as the one translated address, and each
+// client got its image or a prompt refusal, never a hang.
+func TestE2EFleetNATBaseline(t *testing.T) {
+	realenv.RequireE2E(t)
+	t.Parallel()
+	r := startFleetRig(t)
+	outs := r.wave(spread(r.repos, fleetHosts), nil)
+	ok, refused, bad := tally(outs)
+	c := r.hub.Counts()
+	t.Logf("FIGURE baseline (no --fleet-redis): %d hosts behind one NAT address, quota %d, reserve %d, %d distinct images at once: %d pulled, %d refused 429+Retry-After, %d other; upstream counted %d pulls and answered %d 429s",
+		fleetHosts, fleetQuota, fleetReserve, len(outs), len(ok), len(refused), len(bad), c.Counted, c.TooMany)
+	for i, pc := range r.pcs {
+		t.Logf("host %d quota view: %s", i, quotaLine(t, pc))
+	}
+	for _, o := range bad {
+		if o.err != nil || o.status == 0 {
+			t.Errorf("client did not get an answer: %v", o)
+		} else {
+			t.Logf("answered otherwise: %v", o)
+		}
+	}
+	if got := r.addresses(); len(got) != 1 || got[0] != r.f.NATIP {
+		t.Errorf("the upstream saw client addresses %v, want only the NAT address %s", got, r.f.NATIP)
+	}
+	if c.Counted > fleetQuota {
+		t.Errorf("the upstream counted %d pulls over a quota of %d", c.Counted, fleetQuota)
+	}
+}
