@@ -40,12 +40,13 @@ type fleetRig struct {
 	mu    sync.Mutex
 	seen  map[string]int // client address → requests, as the upstream saw them
 	repos []string       // the seeded images, library/fleetNN:1
+	redis *realenv.Redis // nil without a shared budget
 }
 
 // startFleetRig builds the fleet, serves the fake on its internet side,
-// seeds fleetImages small images and starts every host's pullcache with
-// args added.
-func startFleetRig(t *testing.T, args ...string) *fleetRig {
+// seeds fleetImages small images and starts every host's pullcache; with
+// shared, Redis too, and every pullcache with --fleet-redis.
+func startFleetRig(t *testing.T, shared bool) *fleetRig {
 	t.Helper()
 	r := &fleetRig{f: realenv.StartFleet(t, fleetHosts), seen: map[string]int{}}
 	r.hub = hubfake.StartOn(t, hubfake.Options{Quota: fleetQuota, ClientIP: func(req *http.Request) string {
@@ -62,8 +63,12 @@ func startFleetRig(t *testing.T, args ...string) *fleetRig {
 	}
 	base := []string{"--upstream", "docker.io=" + r.hub.URL, "--default-upstream", "docker.io",
 		"--quota-reserve", fmt.Sprint(fleetReserve), "--queue-timeout", "5s"}
+	if shared {
+		r.redis = r.f.StartRedis(t)
+		base = append(base, "--fleet-redis", r.redis.URL())
+	}
 	for _, h := range r.f.Hosts {
-		r.pcs = append(r.pcs, h.StartPullcache(t, append(base, args...)...))
+		r.pcs = append(r.pcs, h.StartPullcache(t, base...))
 	}
 	return r
 }
@@ -110,7 +115,7 @@ func spread(repos []string, hosts int) []request {
 
 // wave pulls every request at once, each as a client of its host's
 // pullcache would (manifest by tag, then config and layers, digests
-// checked). started, if not nil, is called once half the pulls have ended.
+// checked). halfway, if not nil, is called once half the pulls have ended.
 func (r *fleetRig) wave(reqs []request, halfway func()) []pullOutcome {
 	client := &http.Client{Timeout: 2 * time.Minute}
 	defer client.CloseIdleConnections()
@@ -238,7 +243,7 @@ func quotaLine(t *testing.T, pc *realenv.Pullcache) string {
 func TestE2EFleetNATBaseline(t *testing.T) {
 	realenv.RequireE2E(t)
 	t.Parallel()
-	r := startFleetRig(t)
+	r := startFleetRig(t, false)
 	outs := r.wave(spread(r.repos, fleetHosts), nil)
 	ok, refused, bad := tally(outs)
 	c := r.hub.Counts()
@@ -259,5 +264,179 @@ func TestE2EFleetNATBaseline(t *testing.T) {
 	}
 	if c.Counted > fleetQuota {
 		t.Errorf("the upstream counted %d pulls over a quota of %d", c.Counted, fleetQuota)
+	}
+}
+
+// fleetView is one host's view of the shared docker.io budget, from its
+// stats.
+type fleetView struct {
+	found      bool
+	shared     bool
+	hostsAlive int
+	tokens     float64
+	fallbacks  float64
+}
+
+func (v fleetView) String() string {
+	return fmt.Sprintf("shared=%v hosts_alive=%d tokens=%.2f fallback_periods=%.0f", v.shared, v.hostsAlive, v.tokens, v.fallbacks)
+}
+
+func viewOf(t *testing.T, pc *realenv.Pullcache) fleetView {
+	t.Helper()
+	qs, _ := pc.Stats(t)["quota"].([]any)
+	for _, q := range qs {
+		m, _ := q.(map[string]any)
+		f, ok := m["fleet"].(map[string]any)
+		if !ok || m["upstream"] != "docker.io" {
+			continue
+		}
+		v := fleetView{found: true}
+		v.shared, _ = f["shared"].(bool)
+		alive, _ := f["hosts_alive"].(float64)
+		v.hostsAlive = int(alive)
+		v.tokens, _ = f["tokens"].(float64)
+		v.fallbacks, _ = f["fallback_periods"].(float64)
+		return v
+	}
+	return fleetView{}
+}
+
+// waitViews polls every host's view until want holds for all of them, and
+// fails with the views after a minute (a bound on a broken rejoin, not a
+// timing assertion).
+func (r *fleetRig) waitViews(t *testing.T, what string, want func(fleetView) bool) []fleetView {
+	t.Helper()
+	var views []fleetView
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		views = views[:0]
+		all := true
+		for _, pc := range r.pcs {
+			v := viewOf(t, pc)
+			views = append(views, v)
+			all = all && want(v)
+		}
+		if all {
+			return views
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hosts never reached %q: %v", what, views)
+		}
+	}
+}
+
+// healthy checks every host's /healthz.
+func (r *fleetRig) healthy(t *testing.T) {
+	t.Helper()
+	for i, pc := range r.pcs {
+		resp, err := http.Get(pc.URL() + "/healthz")
+		if err != nil {
+			t.Errorf("host %d /healthz: %v", i, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("host %d /healthz: %s", i, resp.Status)
+		}
+	}
+}
+
+// checkWave fails on anything but a pull or a 429 with Retry-After, and on
+// a refusal of content the host had cached.
+func checkWave(t *testing.T, name string, outs []pullOutcome, cached map[request]bool) (ok, refused int) {
+	t.Helper()
+	o, rf, bad := tally(outs)
+	for _, b := range bad {
+		t.Errorf("%s: %v", name, b)
+	}
+	for _, x := range rf {
+		if cached[request{host: x.host, repo: x.repo}] {
+			t.Errorf("%s: cached content refused: %v", name, x)
+		}
+	}
+	return len(o), len(rf)
+}
+
+// Issue 11, "What it must show": with --fleet-redis the hosts behind one
+// NAT address spend ONE budget. Quota Q, 2×Q distinct images requested
+// across the hosts at once → the upstream counts at most Q − reserve
+// pulls and never answers 429; refused clients get 429 + Retry-After.
+// Then Redis is killed mid-run and one host is partitioned from it: every
+// cached image still pulls on every host, nothing provokes an upstream 429,
+// every host stays healthy. Redis back (empty) and the partition healed →
+// every host is on the shared budget again, which still holds the line.
+func TestE2EFleetNAT(t *testing.T) {
+	realenv.RequireE2E(t)
+	t.Parallel()
+	r := startFleetRig(t, true)
+
+	// 1. One budget: 2×Q distinct images across the hosts at once.
+	first := spread(r.repos, fleetHosts)
+	outs := r.wave(first, nil)
+	ok1, refused1 := checkWave(t, "at once", outs, nil)
+	c1 := r.hub.Counts()
+	t.Logf("FIGURE fleet (--fleet-redis): %d hosts behind one NAT address, quota %d, reserve %d, %d distinct images at once: %d pulled, %d refused 429+Retry-After; upstream counted %d pulls (limit Q−reserve = %d) and answered %d 429s",
+		fleetHosts, fleetQuota, fleetReserve, len(first), ok1, refused1, c1.Counted, fleetQuota-fleetReserve, c1.TooMany)
+	if c1.Counted > fleetQuota-fleetReserve {
+		t.Errorf("upstream counted %d pulls, more than Q−reserve = %d", c1.Counted, fleetQuota-fleetReserve)
+	}
+	if c1.TooMany != 0 {
+		t.Errorf("upstream answered %d 429s", c1.TooMany)
+	}
+	if ok1 == 0 {
+		t.Fatal("no pull succeeded")
+	}
+	if got := r.addresses(); len(got) != 1 || got[0] != r.f.NATIP {
+		t.Errorf("the upstream saw client addresses %v, want only the NAT address %s", got, r.f.NATIP)
+	}
+	views := r.waitViews(t, "shared", func(v fleetView) bool { return v.found && v.shared })
+	t.Logf("hosts' fleet views after the burst: %v", views)
+
+	// What each host holds now. Every later wave asks the same again:
+	// cached images must keep coming, the others may be refused.
+	cached := map[request]bool{}
+	for _, o := range outs {
+		if o.err == nil && o.status == http.StatusOK {
+			cached[request{host: o.host, repo: o.repo}] = true
+		}
+	}
+	again := first
+
+	// 2. Redis killed mid-run, one host partitioned from it.
+	cut := r.f.Hosts[0]
+	outs = r.wave(again, func() {
+		cut.Partition(t, r.redis.Addr)
+		r.redis.Kill(t)
+	})
+	checkWave(t, "during the outage", outs, cached)
+	r.waitViews(t, "fallen back", func(v fleetView) bool { return v.found && !v.shared })
+	outs = r.wave(again, nil)
+	okOut, refusedOut := checkWave(t, "fallen back", outs, cached)
+	c2 := r.hub.Counts()
+	r.healthy(t)
+	t.Logf("FIGURE fleet outage (Redis killed, host 0 partitioned by an nft drop rule): %d cached images re-pulled across the hosts, %d pulled, %d refused 429+Retry-After (uncached only); upstream counted %d pulls in all and answered %d 429s",
+		len(cached), okOut, refusedOut, c2.Counted, c2.TooMany)
+	if c2.TooMany != 0 {
+		t.Errorf("upstream answered %d 429s during the outage", c2.TooMany)
+	}
+	if c2.Counted > fleetQuota-fleetReserve {
+		t.Errorf("upstream counted %d pulls, more than Q−reserve = %d", c2.Counted, fleetQuota-fleetReserve)
+	}
+
+	// 3. Redis back, empty; the partition healed.
+	r.redis.Restart(t)
+	cut.Heal(t)
+	views = r.waitViews(t, "rejoined", func(v fleetView) bool { return v.found && v.shared && v.hostsAlive == fleetHosts })
+	t.Logf("hosts' fleet views after Redis came back: %v", views)
+	outs = r.wave(again, nil)
+	okBack, refusedBack := checkWave(t, "rejoined", outs, cached)
+	c3 := r.hub.Counts()
+	r.healthy(t)
+	t.Logf("FIGURE fleet rejoined (Redis restarted empty, partition healed): all %d hosts shared, %d pulled, %d refused 429+Retry-After; upstream counted %d pulls in all and answered %d 429s",
+		fleetHosts, okBack, refusedBack, c3.Counted, c3.TooMany)
+	if c3.TooMany != 0 {
+		t.Errorf("upstream answered %d 429s after the rejoin", c3.TooMany)
+	}
+	if c3.Counted > fleetQuota-fleetReserve {
+		t.Errorf("upstream counted %d pulls, more than Q−reserve = %d", c3.Counted, fleetQuota-fleetReserve)
 	}
 }
