@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -115,27 +116,29 @@ func spread(repos []string, hosts int) []request {
 
 // wave pulls every request at once, each as a client of its host's
 // pullcache would (manifest by tag, then config and layers, digests
-// checked). halfway, if not nil, is called once half the pulls have ended.
+// checked). halfway, if not nil, runs on the test's goroutine once half the
+// pulls have ended, while the others are still under way.
 func (r *fleetRig) wave(reqs []request, halfway func()) []pullOutcome {
 	client := &http.Client{Timeout: 2 * time.Minute}
 	defer client.CloseIdleConnections()
 	out := make([]pullOutcome, len(reqs))
+	half := make(chan struct{})
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	ended := 0
+	var ended atomic.Int64
 	for i, q := range reqs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			out[i] = fleetPull(client, r.pcs[q.host].URL(), q.repo)
 			out[i].host = q.host
-			mu.Lock()
-			ended++
-			if ended == len(reqs)/2 && halfway != nil {
-				halfway()
+			if ended.Add(1) == int64(max(1, len(reqs)/2)) {
+				close(half)
 			}
-			mu.Unlock()
 		}()
+	}
+	if halfway != nil && len(reqs) > 0 {
+		<-half
+		halfway()
 	}
 	wg.Wait()
 	return out
