@@ -88,6 +88,9 @@ type Options struct {
 	State StateStore
 	// Logger receives block/resume events; nil discards them.
 	Logger *slog.Logger
+	// Budgets, when set, makes the shared Budget of each counted quota
+	// (a fleet's account in Redis), asked in addition to the local bucket.
+	Budgets BudgetFactory
 }
 
 // Defaults applied by New.
@@ -356,6 +359,9 @@ func (a *Admitter) newQuota(k Key) *quota {
 	q.gate.pol = q
 	q.gate.timeout = a.opts.QueueTimeout
 	q.setLimitLocked(time.Now(), conf)
+	if a.opts.Budgets != nil {
+		q.fleet = a.opts.Budgets(q.budgetConfig())
+	}
 	return q
 }
 
@@ -478,6 +484,7 @@ type QuotaState struct {
 	ResetAt           time.Time     // counted requests held until the upstream's reported reset; zero if none
 	Probing           bool          // a 429 block is on: only one probe may go once it ends
 	Pending           int           // counted requests out whose response is not in yet
+	Fleet             *BudgetState  // the shared budget's view; nil without Options.Budgets
 	Stats
 }
 

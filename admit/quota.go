@@ -67,6 +67,13 @@ type quota struct {
 	// merged into the quota of the identity the upstream charges it to;
 	// the gate is then marked moved and every later use goes there.
 	movedTo *quota
+
+	// fleet is the shared budget asked after the local gate (nil: this
+	// host's bucket alone); spend carries its grant from admitLocked to
+	// grantLocked, fleetUntil is when it said to ask again.
+	fleet      Budget
+	spend      *Spend
+	fleetUntil time.Time
 }
 
 // lockResolved locks and returns the quota q's requests are charged to now:
@@ -121,7 +128,10 @@ func (q *quota) admitLocked(now time.Time) (bool, time.Time) {
 		if now.Before(q.blockedUntil) {
 			return false, q.blockedUntil
 		}
-		return !q.probeInflight, time.Time{}
+		if q.probeInflight {
+			return false, time.Time{}
+		}
+		return q.fleetTakeLocked(now)
 	}
 	if q.learningLocked() && q.pending > 0 {
 		return false, time.Time{} // the first answer dispatches the queue
@@ -134,7 +144,7 @@ func (q *quota) admitLocked(now time.Time) (bool, time.Time) {
 	}
 	q.bucket.advance(now)
 	if q.bucket.has(1) {
-		return true, time.Time{}
+		return q.fleetTakeLocked(now)
 	}
 	return false, now.Add(q.bucket.timeFor(1))
 }
@@ -158,6 +168,7 @@ func (q *quota) grantLocked(now time.Time) *Ticket {
 		t.spent = true
 	}
 	q.pending++
+	q.fleetGrantLocked(t)
 	q.changedLocked(now)
 	return t
 }
@@ -174,6 +185,11 @@ func (q *quota) resetPassedLocked(now time.Time) {
 }
 
 func (q *quota) estimateLocked(now time.Time, ahead int) (time.Time, bool) {
+	at, known := q.localEstimateLocked(now, ahead)
+	return q.fleetEstimateLocked(now, at, known)
+}
+
+func (q *quota) localEstimateLocked(now time.Time, ahead int) (time.Time, bool) {
 	if q.probePending {
 		if now.Before(q.blockedUntil) {
 			return q.blockedUntil, true
@@ -235,6 +251,7 @@ func (q *quota) undoLocked(now time.Time, t *Ticket) {
 	if t.spent {
 		q.bucket.refund()
 	}
+	fleetEnd(t, true)
 	q.changedLocked(now)
 }
 
@@ -264,6 +281,7 @@ func (q *quota) observeLocked(now time.Time, status int, ri rateInfo, retryAfter
 		q.bucket.refund()
 		q.stats.Refunded++
 	}
+	q.fleetObserveLocked(now, status, ri, t)
 	q.changedLocked(now)
 	q.dispatchLocked(now)
 }
@@ -277,6 +295,7 @@ func (q *quota) settleLocked(now time.Time, t *Ticket) {
 	if t.probe {
 		q.probeInflight = false // inconclusive: the next waiter probes
 	}
+	fleetEnd(t, false)
 	q.changedLocked(now)
 	q.dispatchLocked(now)
 }
@@ -291,6 +310,7 @@ func (q *quota) failLocked(now time.Time, t *Ticket, notSent bool) {
 		q.bucket.refund()
 		q.stats.Refunded++
 	}
+	fleetEnd(t, notSent)
 	q.changedLocked(now)
 	q.dispatchLocked(now)
 }
@@ -399,6 +419,10 @@ func (q *quota) snapshotLocked(now time.Time) QuotaState {
 	}
 	if !q.bucket.unlimited() {
 		s.Tokens = q.bucket.tokens
+	}
+	if q.fleet != nil {
+		fs := q.fleet.State()
+		s.Fleet = &fs
 	}
 	return s
 }

@@ -21,6 +21,9 @@ type Ticket struct {
 	probe bool     // the single request let through after a 429 block
 	spent bool     // took a token from the bucket
 
+	fleet Budget // the shared budget that granted spend; nil without one
+	spend Spend
+
 	observed atomic.Bool
 	released atomic.Bool
 }

@@ -135,6 +135,8 @@ type QuotaSnapshot struct {
 	Throttled         uint64     `json:"throttled"`
 	WaitSeconds       float64    `json:"wait_seconds_total"`
 	Observed429       uint64     `json:"upstream_429s"`
+	// Fleet is the fleet-wide view with --fleet-redis (fleetstats.go).
+	Fleet *FleetSnapshot `json:"fleet,omitempty"`
 }
 
 // TrafficSnapshot is one upstream's uncounted traffic gate.
@@ -169,6 +171,7 @@ func admissionSnapshot(a *admit.Admitter) ([]QuotaSnapshot, []TrafficSnapshot) {
 			ReportedLimit: q.ReportedLimit, ReportedWindowSec: int(q.ReportedWindow.Seconds()), ReportedRemaining: q.ReportedRemaining,
 			ReportedAt: timePtr(q.ReportedAt), BlockedUntil: timePtr(q.BlockedUntil), ResetAt: timePtr(q.ResetAt), Pending: q.Pending,
 			Waiting: q.Waiting, Admitted: q.Admitted, Throttled: q.Throttled, WaitSeconds: q.WaitTime.Seconds(), Observed429: q.Observed429,
+			Fleet: fleetSnapshot(q.Fleet),
 		})
 	}
 	var ts []TrafficSnapshot
@@ -247,7 +250,7 @@ func (s *Server) serveStats(w http.ResponseWriter, r *http.Request) {
 // private registry (no global state, so tests can run servers side by side).
 func (s *Server) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(statsCollector{s.stats}, admissionCollector{s.admit})
+	reg.MustRegister(statsCollector{s.stats}, admissionCollector{s.admit}, fleetCollector{s.admit})
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 

@@ -913,6 +913,7 @@ func renderSummary(mirror string, s *sidecar.Snapshot, statsErr error) string {
 			}
 		}
 	}
+	b.WriteString(renderFleet(s))
 	if s.Throttled > 0 {
 		b.WriteString("\n> Throttled requests were answered 429 with Retry-After to keep the upstream's pull quota; set `limits` or upstream credentials (PULLCACHE_AUTH_*) to raise it.\n")
 	}

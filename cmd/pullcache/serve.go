@@ -46,6 +46,7 @@ type serveConfig struct {
 	queueTimeout   time.Duration
 	quotaReserve   int
 	revalidateWait time.Duration
+	fleetRedis     string // --fleet-redis (fleet.go)
 
 	// Who may write where (README "Security model").
 	localPrefixes listFlag
@@ -93,6 +94,7 @@ func serveFlags(cfg *serveConfig, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&cfg.rps, "upstream-rps", 20, "max uncounted requests per second per upstream")
 	fs.DurationVar(&cfg.queueTimeout, "queue-timeout", 30*time.Second, "how long a request may wait for upstream admission before it gets 429 with Retry-After")
 	fs.IntVar(&cfg.quotaReserve, "quota-reserve", 2, "never spend the last N counted requests the upstream reports remaining")
+	fleetFlag(fs, &cfg.fleetRedis)
 	fs.DurationVar(&cfg.revalidateWait, "revalidate-wait", 2*time.Second, "how long a stale tag waits for revalidation before the cached copy is served")
 	fs.Var(&cfg.maxSize, "max-size", "cap on the cache's blob bytes (e.g. 20GiB); least recently used images are evicted between 95% and 85% of it; 0 = no cap")
 	fs.DurationVar(&cfg.gcInterval, "gc-interval", 30*time.Second, "how often the cache size is checked against --max-size")
@@ -325,13 +327,14 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 
 // newAdmitter builds the shared admission gate; its state (tokens, learned
 // quotas, blocks) lives in the store's index, since quota windows outlast
-// restarts.
-func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*admit.Admitter, error) {
+// restarts. With --fleet-redis its counted quotas also spend from the
+// fleet's budgets; closeFleet ends that connection after the admitter.
+func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (a *admit.Admitter, closeFleet func() error, err error) {
 	limits := map[string]admit.Limit{}
 	for _, v := range cfg.limits {
 		name, l, err := admit.ParseLimit(v)
 		if err != nil {
-			return nil, fmt.Errorf("--limit %q: %w", v, err)
+			return nil, nil, fmt.Errorf("--limit %q: %w", v, err)
 		}
 		limits[name] = l
 	}
@@ -339,11 +342,16 @@ func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*a
 	for _, v := range cfg.rates {
 		name, r, err := admit.ParseRate(v)
 		if err != nil {
-			return nil, fmt.Errorf("--upstream-rate %q: %w", v, err)
+			return nil, nil, fmt.Errorf("--upstream-rate %q: %w", v, err)
 		}
 		rates[name] = r
 	}
+	budgets, closeFleet, err := openFleet(cfg.fleetRedis, log)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--fleet-redis: %w", err)
+	}
 	return admit.New(admit.Options{
+		Budgets:           budgets,
 		Limits:            limits,
 		Rates:             rates,
 		Concurrency:       cfg.concurrency,
@@ -352,7 +360,7 @@ func newAdmitter(cfg serveConfig, store *cachestore.Store, log *slog.Logger) (*a
 		QueueTimeout:      cfg.queueTimeout,
 		State:             store,
 		Logger:            log,
-	}), nil
+	}), closeFleet, nil
 }
 
 // tagTTL maps the flag to sidecar's convention: 0 on the command line means

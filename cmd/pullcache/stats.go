@@ -73,6 +73,9 @@ func stats(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "; BLOCKED after a 429 until %s", q.BlockedUntil.Format(time.RFC3339))
 		}
 		fmt.Fprintf(stdout, "; %d waiting, %d admitted, %d throttled\n", q.Waiting, q.Admitted, q.Throttled)
+		if q.Fleet != nil {
+			fmt.Fprintf(stdout, "  %s\n", fleetLine(q.Fleet))
+		}
 	}
 	if len(s.Clients) > 0 {
 		fmt.Fprintln(stdout, "top clients")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -45,7 +46,7 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 					return nil, fmt.Errorf("--pin %s: %w", ref, err)
 				}
 			}
-			admitter, err := newAdmitter(cfg, store, log)
+			admitter, closeFleet, err := newAdmitter(cfg, store, log)
 			if err != nil {
 				return nil, err
 			}
@@ -55,6 +56,7 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 			srv, err := sidecar.New(o)
 			if err != nil {
 				admitter.Close()
+				closeFleet()
 				return nil, err
 			}
 			ctx, stopJanitor := context.WithCancel(context.Background())
@@ -63,7 +65,7 @@ func startVolume(cfg serveConfig, mirrorOpts sidecar.Options, log *slog.Logger) 
 				evict = &cachestore.EvictOptions{MaxSize: int64(cfg.maxSize), UploadIdle: uploadIdle(cfg.uploadTimeout)}
 			}
 			go store.RunJanitor(ctx, cfg.gcInterval, evict, log)
-			return mirror{srv, admitter, stopJanitor}, nil
+			return mirror{srv, admitter, closeFleet, stopJanitor}, nil
 		},
 	})
 }
@@ -80,12 +82,14 @@ func uploadIdle(timeout time.Duration) time.Duration {
 type mirror struct {
 	*sidecar.Server
 	admitter    *admit.Admitter
+	closeFleet  func() error // --fleet-redis's connection, closed after the admitter
 	stopJanitor context.CancelFunc
 }
 
 func (m mirror) Close() error {
 	m.stopJanitor()
-	return m.admitter.Close()
+	err := m.admitter.Close()
+	return errors.Join(err, m.closeFleet())
 }
 
 // freeSpace runs when a store write hit ENOSPC below --max-size (or with

@@ -139,6 +139,22 @@ var rules = []rule{
 		}
 		return bad
 	}},
+	// fleet is a Budget for admit, nothing more: the fill path, the HTTP
+	// face and the store stay out of it.
+	{"fleet links no package of the module but admit", func(g graph) []string {
+		var bad []string
+		for _, p := range g.modulePackages() {
+			if !within(p.ImportPath, module+"/fleet") {
+				continue
+			}
+			for _, d := range p.Deps {
+				if inModule(d) && !within(d, module+"/fleet") && !within(d, module+"/admit") {
+					bad = append(bad, fmt.Sprintf("%s links %s", rel(p.ImportPath), rel(d)))
+				}
+			}
+		}
+		return bad
+	}},
 }
 
 // loadGraph asks the go command for the module's packages and everything
@@ -206,6 +222,8 @@ func TestRulesBite(t *testing.T) {
 			pkg{ImportPath: m("cachestore"), Imports: []string{m("cachestore/digest")}, Deps: []string{m("cachestore/digest")}},
 			pkg{ImportPath: m("cachestore/digest")},
 			pkg{ImportPath: m("internal/testing/hubfake"), Imports: []string{"testing"}, Deps: []string{"testing"}},
+			pkg{ImportPath: m("fleet"), Imports: []string{m("admit"), "github.com/redis/go-redis/v9"}, Deps: []string{m("admit"), "github.com/redis/go-redis/v9"}},
+			pkg{ImportPath: "github.com/redis/go-redis/v9"},
 		)
 	}
 	for _, r := range rules {
@@ -224,6 +242,7 @@ func TestRulesBite(t *testing.T) {
 		{rules[5].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/testing/hubfake")}, Deps: []string{m("internal/testing/hubfake"), "testing"}}},
 		{rules[5].name, pkg{ImportPath: m("buildkit"), Imports: []string{"testing"}, Deps: []string{"testing"}}},
 		{rules[4].name, pkg{ImportPath: m("volume"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar")}}},
+		{rules[6].name, pkg{ImportPath: m("fleet"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar"), m("admit")}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)
