@@ -1,11 +1,9 @@
 package realenv
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -36,7 +34,7 @@ func (f *Fleet) StartRedis(t testing.TB) *Redis {
 	r := &Redis{
 		Addr:  net.JoinHostPort(f.InfraIP, fmt.Sprint(redisPort)),
 		fleet: f,
-		bin:   lookTool(t, "redis-server", "/usr/bin/redis-server"),
+		bin:   lookTool(t, "redis-server", RedisServerBin),
 		dir:   t.TempDir(),
 	}
 	r.start(t)
@@ -59,28 +57,7 @@ func (r *Redis) start(t testing.TB) {
 		"--dir", r.dir, "--daemonize", "no", "--logfile", ""}
 	// ip netns exec execs redis-server: the PID is the server's.
 	r.proc = startProcess(t, "redis-server", r.logPath, r.logPath, nil, r.fleet.ipBin, args...)
-	r.proc.waitReady(t, r.ping)
-}
-
-// ping sends PING in Redis' inline protocol and wants +PONG.
-func (r *Redis) ping() error {
-	c, err := net.DialTimeout("tcp", r.Addr, 2*time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if strings.TrimSpace(line) != "+PONG" {
-		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
-	}
-	return nil
+	r.proc.waitReady(t, func() error { return redisPing(r.Addr) })
 }
 
 // Kill sends SIGKILL, as an OOM kill or a lost node would end it, and waits
