@@ -39,7 +39,7 @@ type fleetRig struct {
 	hub   *hubfake.Hub
 	pcs   []*realenv.Pullcache
 	mu    sync.Mutex
-	seen  map[string]int // client address → requests, as the upstream saw them
+	seen  map[string]bool // client addresses, as the upstream saw them
 	repos []string       // the seeded images, library/fleetNN:1
 	redis *realenv.Redis // nil without a shared budget
 }
@@ -49,11 +49,11 @@ type fleetRig struct {
 // shared, Redis too, and every pullcache with --fleet-redis.
 func startFleetRig(t *testing.T, shared bool) *fleetRig {
 	t.Helper()
-	r := &fleetRig{f: realenv.StartFleet(t, fleetHosts), seen: map[string]int{}}
+	r := &fleetRig{f: realenv.StartFleet(t, fleetHosts), seen: map[string]bool{}}
 	r.hub = hubfake.StartOn(t, hubfake.Options{Quota: fleetQuota, ClientIP: func(req *http.Request) string {
 		host, _, _ := net.SplitHostPort(req.RemoteAddr)
 		r.mu.Lock()
-		r.seen[host]++
+		r.seen[host] = true
 		r.mu.Unlock()
 		return host
 	}}, r.f.InternetIP)
