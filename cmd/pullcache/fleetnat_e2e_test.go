@@ -40,8 +40,8 @@ type fleetRig struct {
 	pcs   []*realenv.Pullcache
 	mu    sync.Mutex
 	seen  map[string]bool // client addresses, as the upstream saw them
-	repos []string       // the seeded images, library/fleetNN:1
-	redis *realenv.Redis // nil without a shared budget
+	repos []string        // the seeded images, library/fleetNN:1
+	redis *realenv.Redis  // nil without a shared budget
 }
 
 // startFleetRig builds the fleet, serves the fake on its internet side,
