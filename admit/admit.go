@@ -275,6 +275,7 @@ func (a *Admitter) observe(k Key, status int, h http.Header, t *Ticket) {
 		}
 		// Charged to another identity than the one that admitted it (the
 		// egress address changed in between): settle here, learn there.
+		iq.fleetChargedLocked(now, status, ri, t, learner.key.Identity)
 		iq.settleLocked(now, t)
 		iq.mu.Unlock()
 		learner.mu.Lock()

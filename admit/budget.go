@@ -57,6 +57,11 @@ type Observation struct {
 	// Block is how long counted requests must wait after a 429 (its
 	// Retry-After, or the computed back-off); zero otherwise.
 	Block time.Duration
+	// Charged is the identity the upstream charged (docker-ratelimit-
+	// source, as "source:…") when it is not the budget's own: the budget's
+	// key is a credential whose requests count against that identity's
+	// quota, which other hosts must learn before their first answer.
+	Charged string
 }
 
 // BudgetConfig describes the quota a Budget is made for.
@@ -140,6 +145,40 @@ func (q *quota) fleetGrantLocked(t *Ticket) {
 // fleetObserveLocked folds an answer into the shared budget: through t's
 // spend when t was granted by this budget, else as a bare observation.
 func (q *quota) fleetObserveLocked(now time.Time, status int, ri rateInfo, t *Ticket) {
+	o := q.observationLocked(now, status, ri)
+	if t != nil && t.fleet != nil {
+		if t.fleet == q.fleet {
+			t.fleet.Observe(&t.spend, o)
+			return
+		}
+		// Granted by the budget of the credential this quota absorbed
+		// when the upstream named the identity it charges: that budget
+		// learns the answer and where its requests count, so that other
+		// hosts' first requests spend from this quota's budget too.
+		oc := o
+		oc.Charged = q.key.Identity
+		t.fleet.Observe(&t.spend, oc)
+	}
+	if q.fleet != nil {
+		q.fleet.Observe(nil, o)
+	}
+}
+
+// fleetChargedLocked reports t's answer to the budget that granted it when
+// the upstream charged it to another identity (the quota's alias is
+// learned): the budget learns where its credential's requests count, and t
+// needs no settling afterwards.
+func (q *quota) fleetChargedLocked(now time.Time, status int, ri rateInfo, t *Ticket, charged string) {
+	if t == nil || t.fleet == nil {
+		return
+	}
+	o := q.observationLocked(now, status, ri)
+	o.Charged = charged
+	t.fleet.Observe(&t.spend, o)
+	t.fleet = nil
+}
+
+func (q *quota) observationLocked(now time.Time, status int, ri rateInfo) Observation {
 	o := Observation{
 		Status: status, Limit: q.limit, Headers: ri.has,
 		Remaining: ri.remaining, HasRemaining: ri.hasRemaining,
@@ -148,16 +187,7 @@ func (q *quota) fleetObserveLocked(now time.Time, status int, ri rateInfo, t *Ti
 	if status == 429 && q.blockedUntil.After(now) {
 		o.Block = q.blockedUntil.Sub(now)
 	}
-	if t != nil && t.fleet != nil {
-		if t.fleet == q.fleet {
-			t.fleet.Observe(&t.spend, o)
-			return
-		}
-		t.fleet.Settle(t.spend)
-	}
-	if q.fleet != nil {
-		q.fleet.Observe(nil, o)
-	}
+	return o
 }
 
 // fleetEnd finishes t's spend without an answer: refunded when the
@@ -184,3 +214,10 @@ func (q *quota) fleetEstimateLocked(now, at time.Time, known bool) (time.Time, b
 	}
 	return at, known
 }
+
+// Capacity is the number of counted tokens a bucket of l holds when full,
+// for budgets that keep the bucket elsewhere.
+func (l Limit) Capacity() float64 { return l.capacity() }
+
+// PerSecond is l's refill rate in tokens per second; 0 when unlimited.
+func (l Limit) PerSecond() float64 { return l.rate() }

@@ -51,6 +51,12 @@
 // outlasts the deadline it gets that error at once instead of waiting for
 // nothing.
 //
+// A counted quota may also spend from a shared Budget (Options.Budgets; a
+// fleet's account in Redis is package fleet): the local gate decides first,
+// exactly as without one, then the budget is asked, and every outcome is
+// reported to it, so that hosts sharing one upstream quota tighten at once.
+// Budget methods run under the quota's lock and must answer quickly.
+//
 // Every admission returns a Ticket. The caller reports the upstream response
 // through it (Done, WrapBody or Fail); an uncounted slot stays taken until
 // the response body is closed, since that is when the upstream connection is

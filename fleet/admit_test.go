@@ -26,6 +26,7 @@ func TestAdmittersShareOneQuota(t *testing.T) {
 	b := miniBackend(t)
 	host := func(id string) *admit.Admitter {
 		f := b.host(t, "adm:", id)
+		f.Beat()
 		a := admit.New(admit.Options{
 			Limits:       map[string]admit.Limit{"docker.io": hubLimit},
 			QueueTimeout: 300 * time.Millisecond,

@@ -19,14 +19,18 @@ import (
 type budget struct {
 	f    *Fleet
 	cfg  admit.BudgetConfig
-	keys []string // state hash, grants in flight, probe lease
+	keys []string // state hash, grants in flight, probe lease, alias
 
 	mu sync.Mutex
+	// target is the budget of the identity this credential is charged to,
+	// once known: every call goes there.
+	target *budget
 	// What Redis said last: fleet-wide tokens, and the rate (per second)
 	// and capacity in force.
 	tokens     float64
 	rate, cap  float64
 	seen       bool
+	known      bool        // an upstream answer set the shared state, not only the configured limit
 	localLimit admit.Limit // the limit the quota last told us, for the local share
 
 	// The local share while fallen back.
@@ -37,6 +41,7 @@ type budget struct {
 	lRate      float64 // tokens per second
 	lLast      time.Time
 	lBlocked   time.Time          // a 429 seen while fallen back
+	lLearning  bool               // no remaining known: one request at a time until an answer
 	spentLocal int                // tokens spent from the share, taken from Redis on rejoin
 	pendingObs *admit.Observation // the last answer seen while fallen back
 }
@@ -48,23 +53,10 @@ func newBudget(f *Fleet, cfg admit.BudgetConfig) *budget {
 	// The hash tag keeps a budget's three keys in one Redis Cluster slot.
 	base := f.opts.Prefix + "budget:{" + cfg.Key.Upstream + "|" + cfg.Key.Identity + "}"
 	return &budget{
-		f: f, cfg: cfg, keys: []string{base, base + ":inflight", base + ":probe"},
-		rate: perSecond(cfg.Limit), cap: capacity(cfg.Limit), localLimit: cfg.Limit,
+		f: f, cfg: cfg, keys: []string{base, base + ":inflight", base + ":probe", base + ":alias"},
+		// Until Redis answers, the view is what Redis would start from.
+		rate: cfg.Limit.PerSecond(), cap: cfg.Limit.Capacity(), tokens: cfg.Limit.Capacity(), localLimit: cfg.Limit,
 	}
-}
-
-func perSecond(l admit.Limit) float64 {
-	if l.Unlimited() {
-		return 0
-	}
-	return float64(l.Count) / l.Window.Seconds()
-}
-
-func capacity(l admit.Limit) float64 {
-	if l.Burst > 0 && l.Burst < l.Count {
-		return float64(l.Burst)
-	}
-	return float64(l.Count)
 }
 
 // initArgs are ARGV[2..5] of every script: how to create the state if
@@ -78,7 +70,7 @@ func (b *budget) initArgs(l admit.Limit) []any {
 	if !l.Unlimited() {
 		ttl = max(ttl, 2*l.Window)
 	}
-	return []any{strconv.FormatFloat(perSecond(l)/1000, 'g', -1, 64), strconv.FormatFloat(capacity(l), 'g', -1, 64), known, ttl.Milliseconds()}
+	return []any{strconv.FormatFloat(l.PerSecond()/1000, 'g', -1, 64), strconv.FormatFloat(l.Capacity(), 'g', -1, 64), known, ttl.Milliseconds()}
 }
 
 func (b *budget) ctx() (context.Context, context.CancelFunc) {
@@ -92,8 +84,31 @@ const grantTTL = 2 * time.Minute
 // leaseTTL bounds the probe lease likewise.
 const leaseTTL = time.Minute
 
+// aliased returns the charged identity's budget once b is an alias.
+func (b *budget) aliased() *budget {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.target
+}
+
+// aliasTo makes b an alias of the charged identity's budget.
+func (b *budget) aliasTo(charged string) *budget {
+	cfg := b.cfg
+	cfg.Key.Identity = charged
+	t, _ := b.f.Budget(cfg).(*budget)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if t != nil && t != b {
+		b.target = t
+	}
+	return b.target
+}
+
 // Take implements admit.Budget.
 func (b *budget) Take() (admit.Spend, time.Duration, bool) {
+	if t := b.aliased(); t != nil {
+		return t.Take()
+	}
 	if b.f.isShared() {
 		id := b.f.nextID()
 		b.mu.Lock()
@@ -104,10 +119,15 @@ func (b *budget) Take() (admit.Spend, time.Duration, bool) {
 		args = append(args, grantTTL.Milliseconds(), leaseTTL.Milliseconds())
 		r, err := takeScript.Run(ctx, b.f.rdb, b.keys, args...).Slice()
 		cancel()
-		if err == nil && len(r) == 7 {
+		if err == nil && len(r) == 3 && asInt(r[0]) == -1 {
+			if t := b.aliasTo(asString(r[2])); t != nil {
+				return t.Take()
+			}
+		}
+		if err == nil && len(r) == 8 {
 			ok, wait := asInt(r[0]) == 1, time.Duration(asInt(r[1]))*time.Millisecond
 			b.mu.Lock()
-			b.tokens, b.seen = asFloat(r[2]), true
+			b.tokens, b.seen, b.known = asFloat(r[2]), true, asInt(r[7]) == 1
 			b.rate, b.cap = asFloat(r[5])*1000, asFloat(r[6])
 			b.mu.Unlock()
 			if !ok {
@@ -122,6 +142,10 @@ func (b *budget) Take() (admit.Spend, time.Duration, bool) {
 
 // Observe implements admit.Budget.
 func (b *budget) Observe(s *admit.Spend, o admit.Observation) {
+	if t := b.aliased(); t != nil {
+		t.Observe(s, o)
+		return
+	}
 	b.mu.Lock()
 	if o.Headers {
 		b.localLimit = o.Limit
@@ -134,6 +158,14 @@ func (b *budget) Observe(s *admit.Spend, o admit.Observation) {
 	if b.f.isShared() {
 		err := b.observeShared(id, probe, spent, o)
 		if err == nil {
+			if o.Charged != "" && o.Charged != b.cfg.Key.Identity {
+				// The charged identity's budget learns the answer too
+				// (admit tells it as well; folding twice only tightens).
+				if t := b.aliasTo(o.Charged); t != nil {
+					o.Charged = ""
+					t.Observe(nil, o)
+				}
+			}
 			return
 		}
 		b.f.fallBack(err)
@@ -142,9 +174,12 @@ func (b *budget) Observe(s *admit.Spend, o admit.Observation) {
 }
 
 func (b *budget) observeShared(id string, probe, spent bool, o admit.Observation) error {
+	if o.Charged == b.cfg.Key.Identity {
+		o.Charged = "" // never an alias of itself
+	}
 	args := append([]any{id}, b.initArgs(o.Limit)...)
 	args = append(args, o.Status, flag(o.Headers), flag(o.HasRemaining), o.Remaining,
-		flag(o.HasReset), o.Reset.Milliseconds(), o.Block.Milliseconds(), flag(probe), flag(spent), b.cfg.Reserve)
+		flag(o.HasReset), o.Reset.Milliseconds(), o.Block.Milliseconds(), flag(probe), flag(spent), b.cfg.Reserve, o.Charged)
 	ctx, cancel := b.ctx()
 	defer cancel()
 	r, err := observeScript.Run(ctx, b.f.rdb, b.keys, args...).Slice()
@@ -152,9 +187,9 @@ func (b *budget) observeShared(id string, probe, spent bool, o admit.Observation
 		return scriptErr(err)
 	}
 	b.mu.Lock()
-	b.tokens, b.seen = asFloat(r[0]), true
+	b.tokens, b.seen, b.known = asFloat(r[0]), true, b.known || id != "" || o.Headers
 	if o.Headers {
-		b.rate, b.cap = perSecond(o.Limit), capacity(o.Limit)
+		b.rate, b.cap = o.Limit.PerSecond(), o.Limit.Capacity()
 	}
 	b.mu.Unlock()
 	return nil
@@ -167,6 +202,10 @@ func (b *budget) Give(s admit.Spend) { b.end(s, true) }
 func (b *budget) Settle(s admit.Spend) { b.end(s, false) }
 
 func (b *budget) end(s admit.Spend, refund bool) {
+	if t := b.aliased(); t != nil {
+		t.end(s, refund)
+		return
+	}
 	if s.ID == localID {
 		b.mu.Lock()
 		if refund && s.Spent && b.local {
@@ -258,6 +297,11 @@ func asInt(v any) int64 {
 		return n
 	}
 	return 0
+}
+
+func asString(v any) string {
+	s, _ := v.(string)
+	return s
 }
 
 func asFloat(v any) float64 {

@@ -43,12 +43,13 @@ type Options struct {
 	// URL is redis://[user:pass@]host:port/db, or rediss:// for TLS.
 	URL string
 	// Timeout bounds every Redis call (dial, read, write); past it the host
-	// falls back to its local share. Default 150ms.
+	// falls back to its local share. Default 250ms: a LAN round trip is a
+	// millisecond, so only a sick or partitioned Redis takes that long.
 	Timeout time.Duration
 	// Heartbeat is how often this host reports itself alive and, while
 	// fallen back, tries to rejoin. A host is alive while it beat within
-	// three intervals. Default 2s; negative disables the loop (tests beat
-	// by hand).
+	// three intervals. Default 2s; negative disables the loop, first beat
+	// included (tests beat by hand).
 	Heartbeat time.Duration
 	// Prefix starts every key. Default "pullcache:".
 	Prefix string
@@ -63,7 +64,7 @@ type Options struct {
 
 // Defaults applied by New.
 const (
-	DefaultTimeout   = 150 * time.Millisecond
+	DefaultTimeout   = 250 * time.Millisecond
 	DefaultHeartbeat = 2 * time.Second
 	DefaultPrefix    = "pullcache:"
 )
@@ -92,8 +93,9 @@ type Fleet struct {
 	closeErr  error
 }
 
-// New connects to Redis, beats once (a Redis that does not answer yet only
-// means the host starts on its local share) and starts the heartbeat.
+// New prepares the connection and starts the heartbeat, whose first beat
+// runs at once in the background: start-up never waits for Redis (one that
+// does not answer only means the host starts on its local share).
 func New(opts Options) (*Fleet, error) {
 	ro, err := redis.ParseURL(opts.URL)
 	if err != nil {
@@ -120,7 +122,10 @@ func New(opts Options) (*Fleet, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout = opts.Timeout, opts.Timeout, opts.Timeout
+	// go-redis' logger is process-wide: the first fleet's wins.
+	setRedisLog.Do(func() { redis.SetLogger(redisLog{log}) })
 	ro.MaxRetries = -1 // a retry doubles the wait; the fallback is the retry
+	ro.DialerRetries = 1
 	ro.ContextTimeoutEnabled = true
 	f := &Fleet{
 		opts:    opts,
@@ -133,7 +138,6 @@ func New(opts Options) (*Fleet, error) {
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
 	}
-	f.Beat()
 	go f.loop()
 	return f, nil
 }
@@ -170,6 +174,7 @@ func (f *Fleet) loop() {
 		<-f.stop
 		return
 	}
+	f.Beat()
 	t := time.NewTicker(f.opts.Heartbeat)
 	defer t.Stop()
 	for {
@@ -319,3 +324,14 @@ func (f *Fleet) Close() error {
 	})
 	return f.closeErr
 }
+
+// redisLog routes go-redis' own messages (a failed dial on every beat while
+// Redis is away) to the first fleet's logger at debug level, instead of
+// the standard logger's stderr: the fleet logs the outage once itself.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Debug("fleet: redis client: " + fmt.Sprintf(format, v...))
+}
+
+var setRedisLog sync.Once

@@ -10,29 +10,35 @@ import (
 // enterFallback gives b its conservative local share: the fleet-wide
 // tokens last seen (the reserve and every host's grants in flight already
 // excluded) divided by the hosts alive, refilled at that share of the
-// quota's rate. A budget Redis never answered for shares the configured
-// limit's burst the same way. Called with f.mu held.
+// quota's rate. A budget whose shared state never learned from an upstream
+// answer has no remaining to share: it lets one request out at a time until
+// an answer tells the remaining, then takes its share of that. Called with
+// f.mu held.
 func (b *budget) enterFallback(now time.Time, hosts int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.local {
 		return
 	}
-	avail := capacity(b.localLimit)
-	if b.seen {
+	avail := 1.0
+	b.lLearning = !b.known
+	if b.known {
 		avail = b.tokens
 	}
-	rate, limit := b.rate, capacity(b.localLimit)
+	rate, limit := b.rate, b.localLimit.Capacity()
 	if b.seen {
 		limit = b.cap
 	}
 	b.local = true
 	b.share = max(avail, 0) / float64(hosts)
-	b.lTokens = b.share
 	b.lRate = rate / float64(hosts)
 	if rate <= 0 && !b.localLimit.Unlimited() {
-		b.lRate = perSecond(b.localLimit) / float64(hosts)
+		b.lRate = b.localLimit.PerSecond() / float64(hosts)
 	}
+	if b.lLearning {
+		b.share, b.lRate = 1, 0 // no refill before the quota is known
+	}
+	b.lTokens = b.share
 	// A share below one token still refills to one at the share's rate,
 	// or the host could never pull again; it never holds more than that.
 	b.lCap = max(b.share, math.Min(1, limit))
@@ -97,7 +103,17 @@ func (b *budget) observeLocal(s *admit.Spend, o admit.Observation) {
 	}
 	b.advanceLocked(now)
 	if o.HasRemaining {
-		b.lTokens = min(b.lTokens, float64(o.Remaining-b.cfg.Reserve)/hosts)
+		share := float64(o.Remaining-b.cfg.Reserve) / hosts
+		if b.lLearning {
+			// The first remaining seen: the share of it is the budget.
+			b.lLearning = false
+			b.share, b.lTokens = max(share, 0), share
+			b.lCap = max(b.share, math.Min(1, o.Limit.Capacity()))
+			if !o.Limit.Unlimited() {
+				b.lRate = o.Limit.PerSecond() / hosts
+			}
+		}
+		b.lTokens = min(b.lTokens, share)
 	}
 	if o.Status == 429 {
 		b.lTokens = min(b.lTokens, 0)

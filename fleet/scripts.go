@@ -4,7 +4,9 @@ import "github.com/redis/go-redis/v9"
 
 // The scripts share one layout per budget: KEYS[1] the state hash, KEYS[2]
 // the sorted set of grants in flight (member: spend id, score: when it is
-// forgotten), KEYS[3] the probe lease (value: the probing spend's id). Time
+// forgotten), KEYS[3] the probe lease (value: the probing spend's id),
+// KEYS[4] the alias (a credential's charged identity, once an answer named
+// it: its requests then spend from that identity's budget). Time
 // is Redis' own (TIME, in milliseconds), so hosts with skewed clocks agree.
 // Tokens travel as strings: Redis truncates Lua numbers to integers.
 
@@ -39,11 +41,16 @@ end
 // takeScript refills and takes one token, or says how long to wait (0:
 // unknown, another host's answer is awaited). ARGV: 1 spend id, 2-4 the
 // initial rate/capacity/known, 5 state TTL ms, 6 grant TTL ms, 7 probe
-// lease TTL ms. Reply: {ok, wait ms, tokens, probe, spent, rate, cap}.
-var takeScript = redis.NewScript(prelude + `
+// lease TTL ms. Reply: {ok, wait ms, tokens, probe, spent, rate, cap,
+// known}, or
+// {-1, 0, charged identity} when the credential is an alias.
+var takeScript = redis.NewScript(`
+local alias = redis.call('GET', KEYS[4])
+if alias then return {-1, 0, alias} end
+` + prelude + `
 local function reply(ok, wait, isprobe, spent)
   save()
-  return {ok, wait, tostring(tokens), isprobe, spent, tostring(rate), tostring(cap)}
+  return {ok, wait, tostring(tokens), isprobe, spent, tostring(rate), tostring(cap), known}
 end
 local function grant(isprobe, spent)
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[1])
@@ -75,8 +82,8 @@ return reply(0, math.ceil((1 - tokens) / rate), 0, 0)
 // spend id (” for an answer not granted here), 2-4 the rate/capacity in
 // force and known, 5 state TTL ms, 6 status, 7 headers seen (0/1), 8 has
 // remaining, 9 remaining, 10 has reset, 11 reset ms, 12 block ms, 13 the
-// spend was the probe, 14 the spend took a token, 15 reserve. Reply:
-// {tokens}.
+// spend was the probe, 14 the spend took a token, 15 reserve, 16 the
+// identity charged when it is another's (” if not). Reply: {tokens}.
 var observeScript = redis.NewScript(prelude + `
 local id, status, headers = ARGV[1], tonumber(ARGV[6]), ARGV[7] == '1'
 local had = 0
@@ -116,6 +123,7 @@ end
 if had == 1 and ARGV[14] == '1' and not headers and status ~= 429 and rate > 0 then
   tokens = math.min(cap, tokens + 1)
 end
+if ARGV[16] ~= '' then redis.call('SET', KEYS[4], ARGV[16], 'PX', ttl) end
 save()
 return {tostring(tokens)}
 `)

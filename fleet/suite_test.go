@@ -33,6 +33,7 @@ func runSuite(t *testing.T, b *backend) {
 		{"ConcurrentTakesNeverOverspend", testConcurrentTakes},
 		{"GiveRefundsSettleDoesNot", testGiveSettle},
 		{"LostStateHealsFromNextAnswer", testLostState},
+		{"CredentialChargedElsewhereAliasesFleetWide", testAlias},
 		{"FallbackShareAndRejoin", testFallbackAndRejoin},
 		{"FallbackWithoutFleetView", testFallbackUnseen},
 	}
@@ -216,10 +217,28 @@ func testLostState(t *testing.T, b *backend, prefix string) {
 	}
 }
 
+func testAlias(t *testing.T, b *backend, prefix string) {
+	anon := admit.Key{Upstream: "docker.io", Identity: admit.Anonymous}
+	fa, fb := b.host(t, prefix, "a"), b.host(t, prefix, "b")
+	a := fa.Budget(trusted(anon, hubLimit, 2))
+	bb := fb.Budget(trusted(anon, hubLimit, 2))
+	s := mustTake(t, a)
+	// The answer names the identity charged: anonymous requests of every
+	// host now spend from that identity's budget, 6 - 2 reserve = 4.
+	o := hubAnswer(6)
+	o.Charged = hubKey.Identity
+	a.Observe(&s, o)
+	if n := drain(bb); n != 4 {
+		t.Fatalf("host b's anonymous requests after host a learned the charged identity: took %d, want the 4 of its budget", n)
+	}
+	mustRefuse(t, fa.Budget(trusted(hubKey, hubLimit, 2)))
+	mustRefuse(t, a)
+}
+
 func testFallbackAndRejoin(t *testing.T, b *backend, prefix string) {
 	fa, fb := b.host(t, prefix, "a"), b.host(t, prefix, "b")
-	fa.Beat()
 	fb.Beat()
+	fa.Beat() // host a counts 2 hosts alive
 	a := fa.Budget(trusted(hubKey, hubLimit, 0))
 	bb := fb.Budget(trusted(hubKey, hubLimit, 0))
 	for range 4 {
@@ -262,17 +281,22 @@ func testFallbackUnseen(t *testing.T, b *backend, prefix string) {
 	b.proxy.setDown(true)
 	defer b.proxy.setDown(false)
 	fa.Beat() // the outage is noticed by the heartbeat, before any take
-	a := fa.Budget(trusted(hubKey, hubLimit, 2))
-	// Never saw the fleet's tokens: half (2 hosts) of the configured burst.
-	if n := drain(a); n != 10 {
-		t.Fatalf("fallen back before seeing the fleet: took %d, want 10 (burst 20 / 2 hosts)", n)
+	a := fa.Budget(trusted(hubKey, perSecondLimit, 2))
+	// No upstream answer ever reached the fleet: there is no remaining to
+	// share, so one request goes out to learn it, and the rest wait.
+	s := mustTake(t, a)
+	if wait := mustRefuse(t, a); wait != 0 {
+		t.Fatalf("learning while fallen back: wait %v, want 0 (poll for the answer)", wait)
 	}
-	// An answer seen while fallen back tightens the share: 6 left,
-	// reserve 2, two hosts → 2 each, of which this host spent 10 already.
-	b2 := fa.Budget(trusted(admit.Key{Upstream: "ghcr.io", Identity: "anonymous"}, hubLimit, 2))
-	b2.Observe(nil, hubAnswer(6))
-	if n := drain(b2); n != 2 {
+	b.clock.Advance(3 * time.Second) // half a token a second, were it refilling
+	mustRefuse(t, a)                 // no refill before the quota is known
+	// The answer says 6 left: reserve 2, two hosts alive → 2 for this one.
+	a.Observe(&s, hubAnswer(6))
+	if n := drain(a); n != 2 {
 		t.Fatalf("share after remaining 6 (reserve 2, 2 hosts): took %d, want 2", n)
+	}
+	if st := a.State(); st.Shared || st.Share != 2 {
+		t.Fatalf("state %+v, want a local share of 2", st)
 	}
 }
 
@@ -291,10 +315,11 @@ func TestRedact(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	f.Beat() // unreachable: falls back, with an error to show
 	if strings.Contains(f.Addr(), "s3cret") || f.Addr() != "redis.internal:6379/2" {
 		t.Fatalf("Addr %q", f.Addr())
 	}
-	if st := f.Status(); strings.Contains(st.LastError, "s3cret") {
+	if st := f.Status(); st.Shared || st.LastError == "" || strings.Contains(st.LastError, "s3cret") {
 		t.Fatalf("status error leaks the password: %q", st.LastError)
 	}
 }

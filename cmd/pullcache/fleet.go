@@ -28,8 +28,7 @@ func openFleet(url string, log *slog.Logger) (admit.BudgetFactory, func() error,
 	if err != nil {
 		return nil, nil, err
 	}
-	st := f.Status()
-	log.Info("fleet budget in Redis", "redis", st.Redis, "reachable", st.Shared, "hosts_alive", st.HostsAlive)
+	log.Info("fleet budget in Redis", "redis", f.Addr())
 	return f.Budget, f.Close, nil
 }
 
