@@ -99,17 +99,17 @@ func (o pullOutcome) String() string {
 	return fmt.Sprintf("host %d %s: %d Retry-After %q err %v", o.host, o.repo, o.status, o.retryAfter, o.err)
 }
 
-// request is one image asked of one host.
-type request struct {
+// hostImage is one image asked of one host.
+type hostImage struct {
 	host int
 	repo string
 }
 
-// spread assigns repos to hosts round-robin.
-func spread(repos []string, hosts int) []request {
-	out := make([]request, len(repos))
+// spreadOverHosts assigns repos to hosts round-robin.
+func spreadOverHosts(repos []string, hosts int) []hostImage {
+	out := make([]hostImage, len(repos))
 	for i, repo := range repos {
-		out[i] = request{host: i % hosts, repo: repo}
+		out[i] = hostImage{host: i % hosts, repo: repo}
 	}
 	return out
 }
@@ -118,7 +118,7 @@ func spread(repos []string, hosts int) []request {
 // pullcache would (manifest by tag, then config and layers, digests
 // checked). halfway, if not nil, runs on the test's goroutine once half the
 // pulls have ended, while the others are still under way.
-func (r *fleetRig) wave(reqs []request, halfway func()) []pullOutcome {
+func (r *fleetRig) wave(reqs []hostImage, halfway func()) []pullOutcome {
 	client := &http.Client{Timeout: 2 * time.Minute}
 	defer client.CloseIdleConnections()
 	out := make([]pullOutcome, len(reqs))
@@ -170,7 +170,7 @@ func fleetPull(client *http.Client, base, repo string) pullOutcome {
 		return o
 	}
 	for _, d := range append([]string{m.Config.Digest}, layerDigests(m.Layers)...) {
-		if err := fetchBlob(client, base, repo, d); err != nil {
+		if err := fetchVerifiedBlob(client, base, repo, d); err != nil {
 			o.err = err
 			return o
 		}
@@ -186,8 +186,8 @@ func layerDigests(layers []struct{ Digest string }) []string {
 	return out
 }
 
-// fetchBlob GETs one blob and checks its sha256.
-func fetchBlob(client *http.Client, base, repo, digest string) error {
+// fetchVerifiedBlob GETs one blob and checks its sha256.
+func fetchVerifiedBlob(client *http.Client, base, repo, digest string) error {
 	resp, err := client.Get(base + "/v2/" + repo + "/blobs/" + digest)
 	if err != nil {
 		return err
@@ -206,10 +206,10 @@ func fetchBlob(client *http.Client, base, repo, digest string) error {
 	return nil
 }
 
-// tally splits outcomes into pulled, refused the way the mirror promises
+// sortPulls splits outcomes into pulled, refused the way the mirror promises
 // (429 with Retry-After) and anything else: 5xx, 429 without Retry-After,
 // transport errors, bad bytes.
-func tally(outs []pullOutcome) (ok, refused []pullOutcome, bad []pullOutcome) {
+func sortPulls(outs []pullOutcome) (ok, refused []pullOutcome, bad []pullOutcome) {
 	for _, o := range outs {
 		switch {
 		case o.err == nil && o.status == http.StatusOK:
@@ -247,8 +247,8 @@ func TestE2EFleetNATBaseline(t *testing.T) {
 	realenv.RequireE2E(t)
 	t.Parallel()
 	r := startFleetRig(t, false)
-	outs := r.wave(spread(r.repos, fleetHosts), nil)
-	ok, refused, bad := tally(outs)
+	outs := r.wave(spreadOverHosts(r.repos, fleetHosts), nil)
+	ok, refused, bad := sortPulls(outs)
 	c := r.hub.Counts()
 	t.Logf("FIGURE baseline (no --fleet-redis): %d hosts behind one NAT address, quota %d, reserve %d, %d distinct images at once: %d pulled, %d refused 429+Retry-After, %d other; upstream counted %d pulls and answered %d 429s",
 		fleetHosts, fleetQuota, fleetReserve, len(outs), len(ok), len(refused), len(bad), c.Counted, c.TooMany)
@@ -345,14 +345,14 @@ func (r *fleetRig) healthy(t *testing.T) {
 
 // checkWave fails on anything but a pull or a 429 with Retry-After, and on
 // a refusal of content the host had cached.
-func checkWave(t *testing.T, name string, outs []pullOutcome, cached map[request]bool) (ok, refused int) {
+func checkWave(t *testing.T, name string, outs []pullOutcome, cached map[hostImage]bool) (ok, refused int) {
 	t.Helper()
-	o, rf, bad := tally(outs)
+	o, rf, bad := sortPulls(outs)
 	for _, b := range bad {
 		t.Errorf("%s: %v", name, b)
 	}
 	for _, x := range rf {
-		if cached[request{host: x.host, repo: x.repo}] {
+		if cached[hostImage{host: x.host, repo: x.repo}] {
 			t.Errorf("%s: cached content refused: %v", name, x)
 		}
 	}
@@ -375,7 +375,7 @@ func TestE2EFleetNAT(t *testing.T) {
 	r := startFleetRig(t, true)
 
 	// 1. One budget: 2×Q distinct images across the hosts at once.
-	first := spread(r.repos, fleetHosts)
+	first := spreadOverHosts(r.repos, fleetHosts)
 	outs := r.wave(first, nil)
 	ok1, refused1 := checkWave(t, "at once", outs, nil)
 	c1 := r.hub.Counts()
@@ -398,10 +398,10 @@ func TestE2EFleetNAT(t *testing.T) {
 
 	// What each host holds now. Every later wave asks the same again:
 	// cached images must keep coming, the others may be refused.
-	cached := map[request]bool{}
+	cached := map[hostImage]bool{}
 	for _, o := range outs {
 		if o.err == nil && o.status == http.StatusOK {
-			cached[request{host: o.host, repo: o.repo}] = true
+			cached[hostImage{host: o.host, repo: o.repo}] = true
 		}
 	}
 	again := first
