@@ -105,15 +105,17 @@ func (b *backend) flushAll(t testing.TB) {
 }
 
 // proxy forwards TCP to Redis; down closes every connection and refuses
-// new ones until up, as a partition or a Redis restart does.
+// new ones until up, as a Redis restart does; blackhole accepts but never
+// answers, as a partition behind a drop rule or a sick Redis does.
 type proxy struct {
 	l      net.Listener
 	target string
 
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	mu        sync.Mutex
+	down      bool
+	blackhole bool
+	conns     map[net.Conn]bool
+	wg        sync.WaitGroup
 }
 
 func startProxy(t testing.TB, target string) *proxy {
@@ -147,6 +149,16 @@ func (p *proxy) accept() {
 			c.Close()
 			continue
 		}
+		if p.blackhole {
+			p.conns[c] = true
+			p.wg.Add(1)
+			p.mu.Unlock()
+			go func() {
+				defer p.wg.Done()
+				io.Copy(io.Discard, c) // swallow, never answer
+			}()
+			continue
+		}
 		up, err := net.Dial("tcp", p.target)
 		if err != nil {
 			p.mu.Unlock()
@@ -166,6 +178,16 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	io.Copy(dst, src)
 	dst.Close()
 	src.Close()
+}
+
+func (p *proxy) setBlackhole(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.blackhole = on
+	for c := range p.conns {
+		c.Close() // the pool redials into the hole
+	}
+	clear(p.conns)
 }
 
 func (p *proxy) setDown(down bool) {

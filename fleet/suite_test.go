@@ -36,6 +36,7 @@ func runSuite(t *testing.T, b *backend) {
 		{"CredentialChargedElsewhereAliasesFleetWide", testAlias},
 		{"FallbackShareAndRejoin", testFallbackAndRejoin},
 		{"FallbackWithoutFleetView", testFallbackUnseen},
+		{"SlowRedisFallsBackWithinTheTimeout", testSlowRedis},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -297,6 +298,29 @@ func testFallbackUnseen(t *testing.T, b *backend, prefix string) {
 	}
 	if st := a.State(); st.Shared || st.Share != 2 {
 		t.Fatalf("state %+v, want a local share of 2", st)
+	}
+}
+
+func testSlowRedis(t *testing.T, b *backend, prefix string) {
+	// Redis accepts connections but never answers (no pooled connection
+	// exists yet, so the first call dials into the hole).
+	b.proxy.setBlackhole(true)
+	defer b.proxy.setBlackhole(false)
+	fa := b.hostTimeout(t, prefix, "a", 200*time.Millisecond)
+	a := fa.Budget(trusted(hubKey, hubLimit, 0))
+	// The take times out, falls back and is served from the local share
+	// in the same call (the quota was never learned: one request to learn).
+	s := mustTake(t, a)
+	if s.ID != localID {
+		t.Fatalf("take while Redis hangs: %+v, want a grant from the local share", s)
+	}
+	if st := fa.Status(); st.Shared || st.FallbackPeriods != 1 || !strings.Contains(st.LastError, "timeout") {
+		t.Fatalf("status %+v, want fallen back once on a timeout", st)
+	}
+	b.proxy.setBlackhole(false)
+	fa.Beat()
+	if !fa.Status().Shared {
+		t.Fatal("Redis answers again but the host did not rejoin")
 	}
 }
 
