@@ -151,7 +151,8 @@
 // tests in a testing/synctest bubble run them on fake time. The handler
 // works without a network (New + ServeHTTP), which is what synctest needs;
 // Start runs it on a loopback httptest.Server for tests that need real
-// connections (drops, refusals, real clients).
+// connections (drops, refusals, real clients), StartOn on a given address
+// (a veth behind a NAT, for fleet tests).
 //
 // # Seeding
 //

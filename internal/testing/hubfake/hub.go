@@ -194,29 +194,7 @@ func New(opts Options) *Hub {
 // on a second one (AdminURL), both closed when t ends.
 func Start(t testing.TB, opts Options) *Hub {
 	t.Helper()
-	h := New(opts)
-	var cdnSrv *httptest.Server
-	if h.cdn != nil {
-		// Before the registry serves: its redirects point here.
-		cdnSrv = httptest.NewServer(h.CDN())
-		h.cdn.base = cdnSrv.URL
-		h.CDNURL, h.CDNHost = cdnSrv.URL, hostOf(cdnSrv.URL)
-	}
-	srv := httptest.NewServer(h)
-	admin := httptest.NewServer(h.backend)
-	t.Cleanup(func() {
-		srv.Close()
-		admin.Close()
-		if cdnSrv != nil {
-			cdnSrv.Close()
-		}
-		if c, ok := h.backend.(interface{ CloseIdleConnections() }); ok {
-			c.CloseIdleConnections()
-		}
-	})
-	h.URL, h.Host = srv.URL, hostOf(srv.URL)
-	h.AdminURL, h.AdminHost = admin.URL, hostOf(admin.URL)
-	return h
+	return StartOn(t, opts, "127.0.0.1")
 }
 
 func hostOf(raw string) string {

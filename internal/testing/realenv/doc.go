@@ -3,7 +3,9 @@
 // docker-registry, optionally redirecting its blobs to an nginx "CDN"),
 // Docker Engine, containerd, BuildKit, skopeo, crane and Podman.
 //
-// Everything runs on this machine and talks over loopback only. Each started
+// Everything runs on this machine and talks over loopback only, except the
+// namespaces StartNetns and StartFleet create, whose private addresses exist
+// only on the veth pairs and bridge the test made. Each started
 // process gets its own temporary directories, a free 127.0.0.1 port (or a unix
 // socket in a short temporary directory, because unix socket paths must stay
 // below 108 bytes), and a log file. When the test fails the tail of every log
@@ -54,6 +56,10 @@
 //	BuildRelease(t) *Release                        // scripts/release once per test binary: ImageTar, ImageRef
 //	(*Dockerd).Load(t, tarball), RunDetached(t, name, args...) // containers, removed at cleanup
 //	FreePort(t), HostPort(port)
+//	StartNetns(t) *Netns                            // one namespace on a veth pair: Run, Crane, FreePort
+//	StartFleet(t, n) *Fleet                         // n hosts behind one NAT address (NATIP), a router, a LAN
+//	(*FleetHost).StartPullcache(t, args...), Run, Partition(t, addr), Heal(t)
+//	(*Fleet).StartRedis(t) *Redis                   // in the infra namespace: URL, Kill, Restart, PID
 //
 // What the clients send to a mirror (seen with distribution's proxy):
 // dockerd (20.10) pings /v2/, HEADs the tag's manifest, GETs the manifest by

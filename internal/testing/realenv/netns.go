@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"os"
 	"strings"
 	"testing"
 )
@@ -25,9 +24,7 @@ type Netns struct {
 // iproute2's ip (scripts/install-test-deps installs it).
 func StartNetns(t testing.TB) *Netns {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("network namespaces need root")
-	}
+	requireRoot(t, "a network namespace")
 	ip := lookTool(t, "ip", "/usr/sbin/ip", "/sbin/ip")
 	for attempt := 0; attempt < 8; attempt++ {
 		id := rand.IntN(1 << 20)

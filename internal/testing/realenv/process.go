@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -215,6 +216,15 @@ func unmountUnder(dir string) {
 	}
 }
 
+// requireRoot fails the test unless it runs as root, which what needs
+// it (network namespaces, nftables) cannot do without.
+func requireRoot(t testing.TB, what string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatalf("%s needs root", what)
+	}
+}
+
 // toolsBin is where scripts/install-test-deps puts crane, buildkitd and
 // buildctl.
 func toolsBin() string {
@@ -252,10 +262,16 @@ const commandTimeout = 5 * time.Minute
 
 // runCmd runs bin with args and returns combined stdout and stderr.
 func runCmd(env []string, bin string, args ...string) (string, error) {
+	return runCmdStdin(nil, env, bin, args...)
+}
+
+// runCmdStdin is runCmd with stdin (nil: none).
+func runCmdStdin(stdin io.Reader, env []string, bin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin = stdin
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pullcache/pullcache/ctlapi"
+	"github.com/pullcache/pullcache/volume"
 )
 
 var (
@@ -49,6 +50,10 @@ type Pullcache struct {
 	Host    string // 127.0.0.1:PORT
 	logPath string
 	proc    *process
+	// statsOverSocket: Stats asks over the volume's owner socket, for a
+	// server whose TCP address is no loopback to this process (a fleet
+	// host in its own namespace).
+	statsOverSocket bool
 }
 
 // Log returns what the server has logged so far.
@@ -160,6 +165,12 @@ func RunPullcache(t testing.TB, args ...string) (string, error) {
 func (p *Pullcache) Stats(t testing.TB) map[string]any {
 	t.Helper()
 	c := ctlapi.NewClient(p.Host, 30*time.Second)
+	if p.statsOverSocket {
+		// The owner serves the same handler on <dir>/owner.sock, where
+		// every peer is local; unix sockets do not belong to a network
+		// namespace, so this process reaches it from outside.
+		c = ctlapi.NewSocketClient(volume.SocketPathFor(p.Dir), 30*time.Second)
+	}
 	defer c.Close()
 	raw, err := c.Stats(context.Background())
 	if err != nil {
