@@ -124,7 +124,7 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, &cdn)
+		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, &cdn, true)
 		if err != nil {
 			lastErr = src.Failure(err)
 			if !retryable(lastErr) {
@@ -167,6 +167,11 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 				m.log.Info("resuming a download a previous owner left unfinished", "digest", f.digest, "from", offset)
 			}
 		}
+		if m.segmentable(f, resp, cdn) {
+			// A large blob behind a CDN: the rest comes as parallel ranges
+			// from the URL the registry redirected to.
+			return m.segmentedFill(ctx, f, src, repo, resp, cdn)
+		}
 		n, copyErr := copyToWriter(f.writer, body)
 		resp.Body.Close()
 		m.stats.BytesUpstream.Add(n)
@@ -185,28 +190,37 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 			lastErr = fmt.Errorf("upstream %s ended %s early at %d of %d bytes", ns, f.digest, f.writer.Written(), f.size)
 			continue
 		}
-		if _, err := f.writer.Commit(); err != nil {
-			if isNoSpace(err) {
-				return m.pauseCaching(err)
-			}
-			if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
-				return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
-			}
-			return err
-		}
-		return nil
+		return m.commit(f, ns)
 	}
 	return lastErr
+}
+
+// commit verifies and installs what the fill wrote: only now does the blob
+// become visible, and followers get io.EOF (or the verification error).
+func (m *Mirror) commit(f *Fill, ns string) error {
+	if _, err := f.writer.Commit(); err != nil {
+		if isNoSpace(err) {
+			return m.pauseCaching(err)
+		}
+		if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
+			return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
+		}
+		return err
+	}
+	return nil
 }
 
 // blobFrom GETs a blob from byte offset on. A resume tries *cdn first,
 // the URL the registry redirected the previous attempt to, so that a
 // dropped download does not cost another registry request while the signed
 // URL works; an answer of 4xx (expired, forged, gone) or a failure there
-// sends it back to the registry for a fresh redirect. An upstream that
-// refuses the Range (416) is asked for the whole blob instead;
+// sends it back to the registry for a fresh redirect. With ranged, the
+// registry is asked for "bytes=offset-" even at offset 0, so that the
+// answer (206 or 200) says whether ranges work and gives the size for a
+// segmented fill. An upstream that refuses the Range (416: a bad offset, or
+// an empty blob) is asked for the whole blob without one instead;
 // positionBody then skips the bytes already held.
-func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset int64, cdn **url.URL) (*http.Response, error) {
+func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset int64, cdn **url.URL, ranged bool) (*http.Response, error) {
 	if *cdn != nil && offset > 0 {
 		resp, err := m.admitted(ctx, src, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
 			return src.Resume(ctx, *cdn, offset)
@@ -221,8 +235,11 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 		}
 		*cdn = nil
 	}
-	get := func(off int64) (*http.Response, error) {
+	get := func(off int64, ranged bool) (*http.Response, error) {
 		resp, err := m.admitted(ctx, src, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+			if ranged {
+				return src.BlobRange(ctx, repo, d, off, -1, -1)
+			}
 			return src.Blob(ctx, http.MethodGet, repo, d, off)
 		})
 		if err == nil {
@@ -230,10 +247,10 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 		}
 		return resp, err
 	}
-	resp, err := get(offset)
-	if err == nil && offset > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+	resp, err := get(offset, ranged)
+	if err == nil && (offset > 0 || ranged) && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		resp.Body.Close()
-		return get(0)
+		return get(0, false)
 	}
 	return resp, err
 }
