@@ -63,7 +63,7 @@ func (m *Mirror) BlobSize(ctx context.Context, src Source, repo string, d v1.Has
 // -1. The caller closes body.
 func (m *Mirror) PassThrough(ctx context.Context, src Source, repo string, d v1.Hash, offset int64) (body io.ReadCloser, size int64, err error) {
 	var cdn *url.URL // a single attempt: nothing to resume from
-	resp, err := m.blobFrom(ctx, src, repo, d, offset, &cdn, false)
+	resp, err := m.blobFrom(ctx, src, repo, d, offset, &cdn)
 	if err != nil {
 		return nil, -1, src.Failure(err)
 	}

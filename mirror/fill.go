@@ -124,7 +124,7 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, &cdn, true)
+		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, &cdn)
 		if err != nil {
 			lastErr = src.Failure(err)
 			if !retryable(lastErr) {
@@ -214,13 +214,10 @@ func (m *Mirror) commit(f *Fill, ns string) error {
 // the URL the registry redirected the previous attempt to, so that a
 // dropped download does not cost another registry request while the signed
 // URL works; an answer of 4xx (expired, forged, gone) or a failure there
-// sends it back to the registry for a fresh redirect. With ranged, the
-// registry is asked for "bytes=offset-" even at offset 0, so that the
-// answer (206 or 200) says whether ranges work and gives the size for a
-// segmented fill. An upstream that refuses the Range (416: a bad offset, or
-// an empty blob) is asked for the whole blob without one instead;
+// sends it back to the registry for a fresh redirect. An upstream that
+// refuses the Range (416) is asked for the whole blob instead;
 // positionBody then skips the bytes already held.
-func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset int64, cdn **url.URL, ranged bool) (*http.Response, error) {
+func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset int64, cdn **url.URL) (*http.Response, error) {
 	if *cdn != nil && offset > 0 {
 		resp, err := m.admitted(ctx, src, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
 			return src.Resume(ctx, *cdn, offset)
@@ -235,11 +232,8 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 		}
 		*cdn = nil
 	}
-	get := func(off int64, ranged bool) (*http.Response, error) {
+	get := func(off int64) (*http.Response, error) {
 		resp, err := m.admitted(ctx, src, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
-			if ranged {
-				return src.BlobRange(ctx, repo, d, off, -1, -1)
-			}
 			return src.Blob(ctx, http.MethodGet, repo, d, off)
 		})
 		if err == nil {
@@ -247,10 +241,10 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 		}
 		return resp, err
 	}
-	resp, err := get(offset, ranged)
-	if err == nil && (offset > 0 || ranged) && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
+	resp, err := get(offset)
+	if err == nil && offset > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		resp.Body.Close()
-		return get(0, false)
+		return get(0)
 	}
 	return resp, err
 }

@@ -18,11 +18,19 @@ import (
 // Segmented fills. A CDN grants one connection a fraction of a site's
 // uplink, so a large blob fetched as one stream takes several times what
 // the link allows. When the registry's answer to the fill's first request
-// (always "Range: bytes=offset-") is a 206 that names the blob's size and
-// came from a CDN URL, the rest of the blob is fetched by internal/segfetch
-// as parallel ranges from that URL, written at their offsets (the store's
-// positional BlobWriter keeps Written the contiguous prefix, so followers
-// are unchanged).
+// came from a CDN URL and names the blob's size, the rest of the blob is
+// fetched by internal/segfetch as parallel ranges from that URL, written at
+// their offsets (the store's positional BlobWriter keeps Written the
+// contiguous prefix, so followers are unchanged). The first answer keeps
+// streaming as the first range.
+//
+// The first request is today's: no Range at offset 0 (a 200 from byte 0 is
+// the same stream a 206 to "bytes=0-" would be, and go-containerregistry's
+// registry, a common test upstream, answers 416 to an open-ended range,
+// which would cost a second GET per blob), "bytes=offset-" when resuming.
+// A 200 to a resume means the upstream ignores Range: one stream. Whether
+// the CDN honours ranges shows in its first answer; one that does not
+// sends whole blobs, which segfetch reads as one stream from then on.
 //
 // Why only behind a redirect: the registry must see one blob GET per blob
 // however the bytes come, so the other ranges can only go to the CDN. A
@@ -42,13 +50,18 @@ func (m *Mirror) segmentMin() int64 {
 }
 
 // segmentable says whether the rest of f is fetched as ranges: the first
-// answer honoured Range, named the size, came from a CDN, and what is left
-// is worth splitting (segfetch splits nothing under two segments).
+// answer came from a CDN, named the size, is positioned where the writer
+// stands without having ignored a Range, and what is left is worth
+// splitting (segfetch splits nothing under two segments).
 func (m *Mirror) segmentable(f *Fill, resp *http.Response, cdn *url.URL) bool {
-	if m.opts.SegmentMin < 0 || cdn == nil || resp.StatusCode != http.StatusPartialContent || f.size < 0 {
+	if m.opts.SegmentMin < 0 || cdn == nil || f.size < 0 {
 		return false
 	}
-	return f.size-f.writer.Written() >= 2*m.segmentMin()
+	from := f.writer.Written()
+	if resp.StatusCode != http.StatusPartialContent && (resp.StatusCode != http.StatusOK || from != 0) {
+		return false
+	}
+	return f.size-from >= 2*m.segmentMin()
 }
 
 // segmentedFill hands the rest of f to segfetch, with first (positioned at
