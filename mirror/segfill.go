@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -72,6 +73,7 @@ func (m *Mirror) segmentable(f *Fill, resp *http.Response, cdn *url.URL) bool {
 func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo string, first *http.Response, cdn *url.URL) error {
 	ns := src.Name()
 	from := f.writer.Written()
+	began := time.Now()
 	rs := &rangeSource{m: m, src: src, repo: repo, d: f.digest, size: f.size, cdn: cdn}
 	res, err := segfetch.Fill(ctx, countingWriterAt{f.writer, m}, segfetch.Options{
 		Size: f.size, From: from,
@@ -83,7 +85,7 @@ func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo st
 	})
 	m.stats.FillResumes.Add(int64(res.Retries))
 	m.log.Debug("segmented blob fill", "upstream", ns, "digest", f.digest, "size", f.size, "from", from,
-		"requests", res.Requests+1, "retries", res.Retries, "max_parallel", res.MaxParallel, "range_ignored", res.RangeIgnored, "err", err)
+		"requests", res.Requests+1, "retries", res.Retries, "max_parallel", res.MaxParallel, "range_ignored", res.RangeIgnored, "took", time.Since(began), "err", err)
 	if err != nil {
 		var we *segfetch.WriteError
 		if errors.As(err, &we) {
