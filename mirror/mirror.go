@@ -33,8 +33,8 @@ type Options struct {
 	// FillTimeout bounds one blob fill, across resumes. Default 30 minutes.
 	FillTimeout time.Duration
 	// SegmentMin is the smallest range of a segmented fill (segfill.go):
-	// blobs under twice it come in one stream. Zero means segfetch's
-	// default (4 MiB); negative turns segmented fills off.
+	// blobs under twice it come in one stream. Zero means 2 MiB
+	// (defaultSegmentMin); negative turns segmented fills off.
 	SegmentMin int64
 	// SegmentStreams is how many ranges a segmented fill starts with
 	// before it adapts (zero: one, growing while throughput rises).

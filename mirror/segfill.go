@@ -47,8 +47,15 @@ func (m *Mirror) segmentMin() int64 {
 	if m.opts.SegmentMin > 0 {
 		return m.opts.SegmentMin
 	}
-	return segfetch.DefaultMinSegment
+	return defaultSegmentMin
 }
+
+// defaultSegmentMin is smaller than segfetch's default: behind a CDN that
+// caps each connection (25 MiB/s is typical), an 8 MiB layer alone is a
+// third of a second on one connection, and clients open a few blobs at a
+// time (go-containerregistry 4, dockerd 3), so a late layer is the tail of
+// the pull. A 2 MiB range still moves ~4x what one request's latency costs.
+const defaultSegmentMin = 2 << 20
 
 // segmentable says whether the rest of f is fetched as ranges: the first
 // answer came from a CDN, named the size, is positioned where the writer
@@ -70,12 +77,13 @@ func (m *Mirror) segmentable(f *Fill, resp *http.Response, cdn *url.URL) bool {
 // every range landed. A segment dropped mid-body is resumed alone by
 // segfetch; a failure it gives up on fails the fill (the writer, which took
 // bytes beyond its prefix, cannot go back to one stream).
-func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo string, first *http.Response, cdn *url.URL) error {
+func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo string, first *http.Response, cdn *url.URL) (err error) {
 	ns := src.Name()
 	from := f.writer.Written()
 	began := time.Now()
 	rs := &rangeSource{m: m, src: src, repo: repo, d: f.digest, size: f.size, cdn: cdn}
-	res, err := segfetch.Fill(ctx, countingWriterAt{f.writer, m}, segfetch.Options{
+	var res segfetch.Result
+	res, err = segfetch.Fill(ctx, countingWriterAt{f.writer, m}, segfetch.Options{
 		Size: f.size, From: from,
 		First:          &segfetch.Body{ReadCloser: first.Body, Ranged: true, Start: from},
 		Fetch:          rs.fetch,
@@ -84,8 +92,12 @@ func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo st
 		Retryable:      retryable,
 	})
 	m.stats.FillResumes.Add(int64(res.Retries))
-	m.log.Debug("segmented blob fill", "upstream", ns, "digest", f.digest, "size", f.size, "from", from,
-		"requests", res.Requests+1, "retries", res.Retries, "max_parallel", res.MaxParallel, "range_ignored", res.RangeIgnored, "took", time.Since(began), "err", err)
+	fetched := time.Since(began)
+	defer func() {
+		m.log.Debug("segmented blob fill", "upstream", ns, "digest", f.digest, "size", f.size, "from", from,
+			"requests", res.Requests+1, "retries", res.Retries, "max_parallel", res.MaxParallel, "range_ignored", res.RangeIgnored,
+			"fetch_took", fetched, "commit_took", time.Since(began)-fetched, "err", err)
+	}()
 	if err != nil {
 		var we *segfetch.WriteError
 		if errors.As(err, &we) {
