@@ -33,6 +33,10 @@ import (
 //     left is halved and its tail given to a new stream, unless its stream
 //     would finish it within two windows anyway (at one stream's share of
 //     the measured rate: the tail of a download runs on one connection).
+//   - Beyond InitialStreams, no stream is added while one added before
+//     still waits for its first answer: a CDN that answers slowly is not
+//     sent more requests on top, and one that ignores Range (found by that
+//     answer) is asked for the whole blob once, not once per window.
 //   - Every stream beyond the first takes a slot from Acquire, waiting at
 //     most one window for it: where admission has no room the download just
 //     keeps fewer streams, and never waits on itself.
@@ -99,11 +103,12 @@ func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Dur
 		if seg != nil {
 			segLeft = seg.end - seg.next
 		}
+		waiting := f.pending > 0 && live >= f.opts.InitialStreams
 		f.mu.Unlock()
 		// The largest range left runs at one stream's share of the rate,
 		// not at the download's: judged by the aggregate, a long tail on
 		// one connection would never be split.
-		if live >= target || seg == nil || (rate > 0 && float64(segLeft)*float64(live)/rate < 2*wait.Seconds()) {
+		if live >= target || seg == nil || waiting || (rate > 0 && float64(segLeft)*float64(live)/rate < 2*wait.Seconds()) {
 			return
 		}
 		var release func()
@@ -159,8 +164,9 @@ func (f *fill) split() *segment {
 		return nil
 	}
 	mid := seg.next + (seg.end-seg.next)/2
-	tail := &segment{next: mid, end: seg.end}
+	tail := &segment{next: mid, end: seg.end, awaiting: true}
 	seg.end = mid
+	f.pending++
 	f.live[tail] = struct{}{}
 	f.res.MaxParallel = max(f.res.MaxParallel, len(f.live))
 	return tail
