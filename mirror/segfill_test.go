@@ -17,6 +17,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/cachestore"
 	"github.com/pullcache/pullcache/cachestore/digest"
 	"github.com/pullcache/pullcache/sidecar/apierr"
@@ -52,6 +53,8 @@ type cdnSource struct {
 	cdnGET      int
 	urls        int        // CDN URLs handed out
 	ranges      [][2]int64 // [off, end) asked of the CDN, in order
+	open        int        // bodies handed out and not closed yet
+	peakOpen    int
 }
 
 func newCDNSource(t *testing.T, size int) *cdnSource {
@@ -135,7 +138,16 @@ func (c *cdnSource) answer(off, end int64, hold bool) *http.Response {
 		const chunk = 64 << 10
 		body = io.MultiReader(bytes.NewReader(part[:chunk]), &gated{gate: c.holdFirst, r: bytes.NewReader(part[chunk:])})
 	}
-	return &http.Response{StatusCode: status, Header: h, ContentLength: end - off, Body: io.NopCloser(&counted{body, &c.delivered})}
+	c.mu.Lock()
+	c.open++
+	c.peakOpen = max(c.peakOpen, c.open)
+	c.mu.Unlock()
+	closed := sync.OnceFunc(func() {
+		c.mu.Lock()
+		c.open--
+		c.mu.Unlock()
+	})
+	return &http.Response{StatusCode: status, Header: h, ContentLength: end - off, Body: &trackedBody{&counted{body, &c.delivered}, closed}}
 }
 
 func (c *cdnSource) counts() (registry, cdn int, ranges [][2]int64) {
@@ -145,6 +157,14 @@ func (c *cdnSource) counts() (registry, cdn int, ranges [][2]int64) {
 }
 
 const cutAfter = 64 << 10
+
+// trackedBody notes its Close (once) for cdnSource's count of open bodies.
+type trackedBody struct {
+	io.Reader
+	closed func()
+}
+
+func (b *trackedBody) Close() error { b.closed(); return nil }
 
 type counted struct {
 	r io.Reader
@@ -188,11 +208,19 @@ func segMirror(t *testing.T, src Source, streams int) (*Mirror, *cachestore.Stor
 }
 
 // follow joins (or starts) the fill of d and reads it to the end as a
-// client would.
+// client would; a client that comes after the commit reads the store.
 func follow(ctx context.Context, m *Mirror, src Source, d v1.Hash) ([]byte, error) {
 	f, err := m.Fetch(ctx, src, "library/app", d, false)
-	if err != nil || f == nil {
-		return nil, fmt.Errorf("fetch: %v, %v", f, err)
+	if err != nil {
+		return nil, err
+	}
+	if f == nil {
+		r, _, err := m.store.(*cachestore.Store).OpenBlob(d)
+		if err != nil {
+			return nil, fmt.Errorf("no fill and not in the store: %w", err)
+		}
+		defer r.Close()
+		return io.ReadAll(r)
 	}
 	if _, err := f.Ready(ctx); err != nil {
 		return nil, err
@@ -362,5 +390,38 @@ func TestSmallBlobIsOneStream(t *testing.T) {
 	}
 	if registry, cdn, _ := src.counts(); registry != 1 || cdn != 0 {
 		t.Errorf("registry GETs %d, CDN GETs %d; want 1 and 0", registry, cdn)
+	}
+}
+
+// Ranges are requests through admission like any other: with room for two
+// uncounted requests upstream, a fill that would start four streams never
+// holds more than two bodies open at once, and still completes.
+func TestSegmentedFillStaysWithinAdmission(t *testing.T) {
+	t.Parallel()
+	src := newCDNSource(t, 4<<20)
+	src.holdFirst, src.splitAt = make(chan struct{}), 1
+	store, err := cachestore.Open(cachestore.Options{Dir: t.TempDir(), NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm := admit.New(admit.Options{Concurrency: 2, Reserve: -1, RequestsPerSecond: 1000})
+	m := newMirror(t, store, src, Options{SegmentMin: 256 << 10, SegmentStreams: 4, Admitter: adm})
+	defer func() {
+		m.Close()
+		adm.Close()
+		store.Close()
+	}()
+	got, err := follow(t.Context(), m, src, src.d)
+	if err != nil || !bytes.Equal(got, src.blob) {
+		t.Fatalf("read %d bytes, err %v; want the blob", len(got), err)
+	}
+	src.mu.Lock()
+	peak, cdn := src.peakOpen, src.cdnGET
+	src.mu.Unlock()
+	if peak > 2 {
+		t.Errorf("%d upstream bodies open at once, admission allows 2", peak)
+	}
+	if cdn < 1 {
+		t.Errorf("CDN range GETs = %d: the blob was not segmented", cdn)
 	}
 }
