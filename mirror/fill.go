@@ -167,6 +167,11 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 				m.log.Info("resuming a download a previous owner left unfinished", "digest", f.digest, "from", offset)
 			}
 		}
+		if m.segmentable(f, resp, cdn) {
+			// A large blob behind a CDN: the rest comes as parallel ranges
+			// from the URL the registry redirected to.
+			return m.segmentedFill(ctx, f, src, repo, resp, cdn)
+		}
 		n, copyErr := copyToWriter(f.writer, body)
 		resp.Body.Close()
 		m.stats.BytesUpstream.Add(n)
@@ -185,18 +190,24 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 			lastErr = fmt.Errorf("upstream %s ended %s early at %d of %d bytes", ns, f.digest, f.writer.Written(), f.size)
 			continue
 		}
-		if _, err := f.writer.Commit(); err != nil {
-			if isNoSpace(err) {
-				return m.pauseCaching(err)
-			}
-			if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
-				return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
-			}
-			return err
-		}
-		return nil
+		return m.commit(f, ns)
 	}
 	return lastErr
+}
+
+// commit verifies and installs what the fill wrote: only now does the blob
+// become visible, and followers get io.EOF (or the verification error).
+func (m *Mirror) commit(f *Fill, ns string) error {
+	if _, err := f.writer.Commit(); err != nil {
+		if isNoSpace(err) {
+			return m.pauseCaching(err)
+		}
+		if errors.Is(err, cachestore.ErrDigestMismatch) || errors.Is(err, cachestore.ErrSizeMismatch) {
+			return apierr.Wrap(apierr.DigestInvalid, err, "upstream %s sent content that does not match %s; nothing was cached", ns, f.digest).WithStatus(http.StatusBadGateway)
+		}
+		return err
+	}
+	return nil
 }
 
 // blobFrom GETs a blob from byte offset on. A resume tries *cdn first,

@@ -32,6 +32,13 @@ type Options struct {
 	MaxManifestSize int64
 	// FillTimeout bounds one blob fill, across resumes. Default 30 minutes.
 	FillTimeout time.Duration
+	// SegmentMin is the smallest range of a segmented fill (segfill.go):
+	// blobs under twice it come in one stream. Zero means 2 MiB
+	// (defaultSegmentMin); negative turns segmented fills off.
+	SegmentMin int64
+	// SegmentStreams is how many ranges a segmented fill starts with
+	// before it adapts (zero: one, growing while throughput rises).
+	SegmentStreams int
 	// ManifestTimeout bounds one manifest fetch or revalidation. Default 60s.
 	ManifestTimeout time.Duration
 	// RevalidateWait is how long a request for a stale tag waits for its

@@ -51,6 +51,13 @@ type Source interface {
 	// URL), or nil; Resume asks there again from offset.
 	RedirectedTo(resp *http.Response) *url.URL
 	Resume(ctx context.Context, loc *url.URL, offset int64) (*http.Response, error)
+	// BlobRange asks the registry for bytes [off, end) of d, whose size is
+	// size, with a Range header always ("bytes=off-" for end = size = -1):
+	// a fill's first request, whose answer says whether ranges work.
+	BlobRange(ctx context.Context, repo string, d v1.Hash, off, end, size int64) (*http.Response, error)
+	// ResumeRange asks loc (from RedirectedTo) for bytes [off, end): the
+	// other ranges of a segmented fill.
+	ResumeRange(ctx context.Context, loc *url.URL, off, end, size int64) (*http.Response, error)
 	// Get fetches a small read-only answer (tag list, referrers).
 	Get(ctx context.Context, repo, suffix, rawQuery string) (*http.Response, error)
 	// Failure turns a transport error into a client's answer.

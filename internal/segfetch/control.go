@@ -22,9 +22,21 @@ import (
 //     connection on a fast link keeps doubling; a fast connection on a
 //     saturated link stops at two. The new streams' first round trip falls
 //     into the window that judges them, which only makes growth cautious.
+//   - A stop is not final: every reprobeWindows windows after growth
+//     stopped the number of streams doubles once more and is judged again.
+//     A link that was saturated by other downloads (the other layers of the
+//     same pull) has room once they end, and this download can only take
+//     it with more connections; it cannot see the others end, so it asks
+//     again now and then. On a link that stays saturated that costs one
+//     doubling per re-probe, bounded by MaxStreams and by admission.
 //   - The target is held: when a stream finishes early, the largest range
-//     left is halved and its tail given to a new stream, unless the rest
-//     would be done within two windows anyway.
+//     left is halved and its tail given to a new stream, unless its stream
+//     would finish it within two windows anyway (at one stream's share of
+//     the measured rate: the tail of a download runs on one connection).
+//   - Beyond InitialStreams, no stream is added while one added before
+//     still waits for its first answer: a CDN that answers slowly is not
+//     sent more requests on top, and one that ignores Range (found by that
+//     answer) is asked for the whole blob once, not once per window.
 //   - Every stream beyond the first takes a slot from Acquire, waiting at
 //     most one window for it: where admission has no room the download just
 //     keeps fewer streams, and never waits on itself.
@@ -32,13 +44,18 @@ import (
 // growthGain is the rate increase a doubling must bring to go on doubling.
 const growthGain = 1.25
 
+// reprobeWindows is how many windows growth rests after it stopped.
+const reprobeWindows = 3
+
 // control runs after the first answer until the download is done.
 func (f *fill) control(ctx context.Context) {
 	window := f.opts.Probe
-	growing := window > 0
-	if !growing {
+	adaptive := window > 0
+	growing := adaptive
+	if !adaptive {
 		window = DefaultProbe // still the tick for holding the target
 	}
+	rested := 0 // windows since growth stopped
 	target := f.opts.InitialStreams
 	f.hold(ctx, target, 0, window)
 	tick := time.NewTicker(window)
@@ -60,11 +77,15 @@ func (f *fill) control(ctx context.Context) {
 		if growing {
 			switch {
 			case prevRate > 0 && rate < prevRate*growthGain:
-				growing = false
+				growing, rested = false, 0
 			case target >= f.opts.MaxStreams:
 				growing = false
 			default:
 				prevRate, target = rate, min(f.opts.MaxStreams, target*2)
+			}
+		} else if adaptive && target < f.opts.MaxStreams {
+			if rested++; rested >= reprobeWindows {
+				growing, prevRate, target = true, rate, min(f.opts.MaxStreams, target*2)
 			}
 		}
 		f.hold(ctx, target, rate, window)
@@ -72,14 +93,22 @@ func (f *fill) control(ctx context.Context) {
 }
 
 // hold starts streams until target are live, each taking the tail half of
-// the largest range left. rate (bytes/s, 0 if unknown) skips splits that
-// would not finish sooner than the streams already running.
+// the largest range left. rate (bytes/s, 0 if unknown) skips splits of a
+// range its stream would finish within two windows anyway.
 func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Duration) {
 	for {
 		f.mu.Lock()
-		seg, left, live := f.largest()
+		seg, _, live := f.largest()
+		var segLeft int64
+		if seg != nil {
+			segLeft = seg.end - seg.next
+		}
+		waiting := f.pending > 0 && live >= f.opts.InitialStreams
 		f.mu.Unlock()
-		if live >= target || seg == nil || (rate > 0 && float64(left)/rate < 2*wait.Seconds()) {
+		// The largest range left runs at one stream's share of the rate,
+		// not at the download's: judged by the aggregate, a long tail on
+		// one connection would never be split.
+		if live >= target || seg == nil || waiting || (rate > 0 && float64(segLeft)*float64(live)/rate < 2*wait.Seconds()) {
 			return
 		}
 		var release func()
@@ -135,8 +164,9 @@ func (f *fill) split() *segment {
 		return nil
 	}
 	mid := seg.next + (seg.end-seg.next)/2
-	tail := &segment{next: mid, end: seg.end}
+	tail := &segment{next: mid, end: seg.end, awaiting: true}
 	seg.end = mid
+	f.pending++
 	f.live[tail] = struct{}{}
 	f.res.MaxParallel = max(f.res.MaxParallel, len(f.live))
 	return tail

@@ -174,6 +174,9 @@ type segment struct {
 	// close it from the controller (the stall watchdog).
 	progress time.Time
 	abort    func()
+	// awaiting is set while a split-off stream waits for its first answer
+	// (fill.pending counts them).
+	awaiting bool
 }
 
 type fill struct {
@@ -186,6 +189,7 @@ type fill struct {
 	done    chan struct{} // closed when no segment is left
 	moved   int64         // bytes written so far (for the controller's rate)
 	noSplit bool          // the upstream ignored Range
+	pending int           // split-off streams still waiting for a first answer
 	res     Result
 }
 
@@ -242,6 +246,7 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 	}
 	defer signal()
 	defer f.finish(seg)
+	defer f.answered(seg)
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
 	var lastErr error
@@ -278,6 +283,7 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 			f.noSplit, f.res.RangeIgnored = true, true
 			f.mu.Unlock()
 		}
+		f.answered(seg)
 		signal()
 		reading := body
 		closeBody := sync.OnceFunc(func() { reading.Close() }) // also the watchdog's
@@ -383,6 +389,16 @@ func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
 		if rerr != nil {
 			return rerr
 		}
+	}
+}
+
+// answered ends seg's wait for its first answer, if it was waiting.
+func (f *fill) answered(seg *segment) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if seg.awaiting {
+		seg.awaiting = false
+		f.pending--
 	}
 }
 

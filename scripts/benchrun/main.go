@@ -64,7 +64,7 @@ func main() {
 	flag.DurationVar(&cfg.ttl, "ttl", 2*time.Second, "pullcache --tag-ttl in the TTL scenario")
 	flag.IntVar(&cfg.ttlPulls, "ttl-pulls", 0, "pulls after the TTL expired (default 3, quick 2)")
 	flag.StringVar(&cfg.versions, "versions", "", "tool versions to print in the report (one per line)")
-	flag.StringVar(&cfg.only, "scenarios", "", "comma-separated scenario keys to run (default all): cold-small, cold-large, cold-multi, cold-storm-16, cold-storm-32, warm-storm-32, warm-storm-32-raw, distinct-20, ttl, startup")
+	flag.StringVar(&cfg.only, "scenarios", "", "comma-separated scenario keys to run (default all): cold-small, cold-large, cold-multi, cold-storm-16, cold-storm-32, warm-storm-32, warm-storm-32-raw, distinct-20, ttl, startup, wan-cold, wan-storm-16")
 	flag.IntVar(&cfg.startupBlobs, "startup-blobs", 100000, "blobs in the store of the startup scenario")
 	flag.IntVar(&cfg.startupRuns, "startup-runs", 0, "starts of each kind in the startup scenario (default 5, quick 3)")
 	flag.Parse()
@@ -154,6 +154,12 @@ func run(ctx context.Context, cfg config) error {
 	log.Printf("corpus: %s in %d manifests", fmtBytes(float64(c.TotalBytes)), len(c.Manifests))
 
 	b := &bench{cfg: cfg, hop: h, hopAddr: ln.Addr().String(), corpus: c, work: work}
+	var wan *wanResult
+	if cold, storm := wanSelected(cfg.only); cold || storm {
+		if wan, err = b.runWAN(ctx, upURL, cold, storm); err != nil {
+			return err
+		}
+	}
 	var sections []section
 	for _, s := range scenarios(cfg, c) {
 		if cfg.only != "" && !slices.Contains(strings.Split(cfg.only, ","), s.key) {
@@ -179,7 +185,7 @@ func run(ctx context.Context, cfg config) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return writeReport(cfg, report{cfg: cfg, corpus: c, sections: sections, startup: startup, elapsed: time.Since(started)})
+	return writeReport(cfg, report{cfg: cfg, corpus: c, sections: sections, startup: startup, wan: wan, elapsed: time.Since(started)})
 }
 
 // writeReport writes the Markdown report to cfg.out and prints it.

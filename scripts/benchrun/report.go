@@ -123,6 +123,7 @@ type report struct {
 	sections []section
 	gobench  *goBench
 	startup  *startupResult // nil unless the startup scenario ran
+	wan      *wanResult     // nil unless a WAN scenario ran (wan.go)
 	elapsed  time.Duration
 }
 
@@ -156,6 +157,7 @@ func (rep report) markdown() string {
 	for _, sec := range rep.sections {
 		rep.table(&b, sec)
 	}
+	rep.wan.markdown(&b)
 	if rep.startup != nil {
 		rep.startup.markdown(&b)
 	}
@@ -301,6 +303,7 @@ func (rep report) verdicts(b *strings.Builder) {
 		m := fmt.Sprintf("%s, %s (empty store %s)", fmtWall(median(r.clean)), fmtWall(median(r.killed)), fmtWall(median(r.empty)))
 		vs = append(vs, verdict{t, m, judge(r.startupPass())})
 	}
+	vs = append(vs, rep.wan.verdicts()...)
 	fmt.Fprintf(b, "## Targets\n\n| target | measured | verdict |\n|---|---|---|\n")
 	for _, v := range vs {
 		mark := "n/a"
