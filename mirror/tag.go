@@ -18,28 +18,7 @@ import (
 // headTag learns a tag's current digest, type and size with an upstream
 // HEAD and records it; the body is fetched by digest when a client GETs it.
 func (m *Mirror) headTag(ctx context.Context, src Source, repo, tag string) (cachestore.TagRecord, error) {
-	ns := src.Name()
-	resp, err := m.upManifest(ctx, src, http.MethodHead, repo, tag)
-	if err != nil {
-		return cachestore.TagRecord{}, src.Failure(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return cachestore.TagRecord{}, src.Check(resp, apierr.ManifestUnknown, repo+":"+tag)
-	}
-	tr, ok := tagFromHead(resp, m.opts.Now())
-	if ok && tr.Size > m.opts.MaxManifestSize {
-		return cachestore.TagRecord{}, m.manifestTooLarge(tag, nil)
-	}
-	if !ok {
-		// An upstream that does not describe the manifest in a HEAD
-		// answer: only a GET can tell.
-		if _, err := m.fetchManifest(ctx, src, repo, tag, nil); err != nil {
-			return cachestore.TagRecord{}, err
-		}
-		return m.store.GetTag(ns, repo, tag)
-	}
-	return tr, m.store.PutTag(ns, repo, tag, tr)
+	return m.resolveTag(ctx, src, repo, tag, nil)
 }
 
 // tagFromHead reads a manifest HEAD answer into a tag record.
@@ -61,33 +40,40 @@ func tagFromHead(resp *http.Response, now time.Time) (cachestore.TagRecord, bool
 // count). The manifest itself is fetched, by digest, only when a client
 // GETs a digest we do not hold.
 func (m *Mirror) revalidate(ctx context.Context, src Source, repo, tag string, old cachestore.TagRecord) (cachestore.TagRecord, error) {
-	ns := src.Name()
 	m.stats.Revalidations.Add(1)
+	return m.resolveTag(ctx, src, repo, tag, &old)
+}
+
+// resolveTag is headTag and revalidate: one upstream HEAD, recorded. old is
+// the record being revalidated (nil for a first look): a tag gone upstream
+// (404) is then forgotten rather than served from a mapping the upstream no
+// longer has, and an unchanged digest keeps its FetchedAt.
+func (m *Mirror) resolveTag(ctx context.Context, src Source, repo, tag string, old *cachestore.TagRecord) (cachestore.TagRecord, error) {
+	ns := src.Name()
 	resp, err := m.upManifest(ctx, src, http.MethodHead, repo, tag)
 	if err != nil {
 		return cachestore.TagRecord{}, src.Failure(err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		if resp.StatusCode == http.StatusNotFound {
-			// The tag is gone upstream: forget it rather than serve a
-			// mapping the upstream no longer has.
+		if old != nil && resp.StatusCode == http.StatusNotFound {
 			_ = m.store.DeleteTag(ns, repo, tag)
 		}
 		return cachestore.TagRecord{}, src.Check(resp, apierr.ManifestUnknown, repo+":"+tag)
 	}
-	now := m.opts.Now()
-	tr, ok := tagFromHead(resp, now)
+	tr, ok := tagFromHead(resp, m.opts.Now())
 	if ok && tr.Size > m.opts.MaxManifestSize {
 		return cachestore.TagRecord{}, m.manifestTooLarge(tag, nil)
 	}
 	if !ok {
+		// An upstream that does not describe the manifest in a HEAD
+		// answer: only a GET can tell.
 		if _, err := m.fetchManifest(ctx, src, repo, tag, nil); err != nil {
 			return cachestore.TagRecord{}, err
 		}
 		return m.store.GetTag(ns, repo, tag)
 	}
-	if tr.Digest == old.Digest {
+	if old != nil && tr.Digest == old.Digest {
 		tr.FetchedAt = old.FetchedAt
 	}
 	return tr, m.store.PutTag(ns, repo, tag, tr)
