@@ -57,6 +57,12 @@ type BlobWriter struct {
 	positional atomic.Bool
 	hashMu     sync.Mutex
 	pos        positionalState
+
+	// Early writeback (writeback.go): how far the file was handed to the
+	// kernel's writeback, and how often. Touched only by whoever advances
+	// written (the filler, or hashPrefix under hashMu).
+	wbDone     int64
+	writebacks int
 }
 
 // NewBlobWriter starts a fill of blob expected. expectedSize is the size
@@ -131,9 +137,10 @@ func (w *BlobWriter) Write(p []byte) (int, error) {
 	n, werr := w.f.Write(p)
 	w.h.Write(p[:n])
 	w.mu.Lock()
-	w.written.Add(int64(n))
+	upTo := w.written.Add(int64(n))
 	w.cond.Broadcast()
 	w.mu.Unlock()
+	w.writeback(upTo)
 	if werr != nil {
 		// Also the path taken when a concurrent Abort closed the file: fail
 		// is then a no-op and writable reports the abort.

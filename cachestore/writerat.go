@@ -27,7 +27,8 @@ import (
 //     read as zeros), so before that happens the writer creates a record
 //     beside it, <temp>.prefix, holding the prefix length, and rewrites it
 //     as the prefix grows (always after the bytes it vouches for were
-//     written). Recovery trims such a file to its recorded prefix before
+//     written), at most once per recordEvery of growth: a record that lags
+//     only vouches for less. Recovery trims such a file to its recorded prefix before
 //     keeping it (trimToPrefixRecord, when the dead fill is settled). The bytes beyond the prefix are
 //     dropped: persisting the whole range map would save more of a dead
 //     fill, but would make adoption positional too, for a rare event.
@@ -35,6 +36,12 @@ import (
 // prefixRecordSuffix names a positional fill's prefix record:
 // tmp/<hex>.<rand>.prefix beside tmp/<hex>.<rand>.
 const prefixRecordSuffix = ".prefix"
+
+// recordEvery is how much the prefix grows between two rewrites of its
+// record. Rewriting it at every advance cost a write(2) per received chunk
+// (a third of a segmented fill's system calls); a kill -9 now loses at most
+// this much of what the next fill could have adopted.
+const recordEvery = 1 << 20
 
 // readBackBufSize is the buffer for hashing bytes that landed ahead, one
 // per positional writer while it runs (so small: many fills run at once).
@@ -46,6 +53,8 @@ type positionalState struct {
 	claimed spans // ranges being written or written: no WriteAt may overlap them
 	landed  spans // ranges whose bytes are in the file
 	record  *os.File
+	// recorded is the prefix the record last vouched for; mu.
+	recorded int64
 	// buf is the read-back buffer; hashMu only.
 	buf []byte
 }
@@ -131,6 +140,7 @@ func (w *BlobWriter) claim(off, end int64) error {
 		if err := w.writeRecord(w.written.Load()); err != nil {
 			return err
 		}
+		w.pos.recorded = w.written.Load()
 	}
 	w.pos.claimed.add(off, end)
 	return nil
@@ -168,14 +178,17 @@ func (w *BlobWriter) hashPrefix(p []byte, off int64) error {
 		at += int64(len(chunk))
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.pos.record != nil {
+	if w.pos.record != nil && (at-w.pos.recorded >= recordEvery || at == w.expectedSize) {
 		// After the bytes, so the record never vouches for a gap. A failed
 		// update only leaves the record behind: a shorter adoptable prefix.
-		w.writeRecord(at)
+		if w.writeRecord(at) == nil {
+			w.pos.recorded = at
+		}
 	}
 	w.written.Store(at)
 	w.cond.Broadcast()
+	w.mu.Unlock()
+	w.writeback(at) // still under hashMu, not under mu: followers go on
 	return nil
 }
 

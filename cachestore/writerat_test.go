@@ -221,12 +221,13 @@ func TestWriteAtRefusals(t *testing.T) {
 }
 
 // A kill -9 mid-fill (the writer abandoned: no Abort, no Commit, the store
-// reopened) leaves a partial of exactly the contiguous prefix, whatever
-// landed beyond it; the next writer adopts it and the fill completes.
+// reopened) leaves a partial of the contiguous prefix its record last
+// vouched for (rewritten once per recordEvery of growth), whatever landed
+// beyond it; the next writer adopts it and the fill completes.
 func TestWriteAtDeadFillLeavesAdoptablePrefix(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	d, body := randomBlob(t, 1<<20)
+	d, body := randomBlob(t, 3_000_000)
 	s1, err := Open(Options{Dir: dir, NoSync: true})
 	if err != nil {
 		t.Fatal(err)
@@ -235,14 +236,14 @@ func TestWriteAtDeadFillLeavesAdoptablePrefix(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustWriteAt(t, w, body[600_000:900_000], 600_000) // ahead of the prefix
-	mustWriteAt(t, w, body[0:200_000], 0)
-	mustWriteAt(t, w, body[300_000:400_000], 300_000)
-	mustWriteAt(t, w, body[200_000:250_000], 200_000)
-	const prefix = 250_000
-	if w.Written() != prefix {
-		t.Fatalf("Written() = %d, want %d", w.Written(), prefix)
+	mustWriteAt(t, w, body[2_400_000:], 2_400_000) // ahead of the prefix: the record is made, at 0
+	mustWriteAt(t, w, body[0:1_200_000], 0)        // grew by more than recordEvery: recorded
+	mustWriteAt(t, w, body[1_500_000:1_600_000], 1_500_000)
+	mustWriteAt(t, w, body[1_200_000:1_500_000], 1_200_000) // grew by 400 kB: not yet recorded
+	if w.Written() != 1_600_000 {
+		t.Fatalf("Written() = %d, want 1600000", w.Written())
 	}
+	const prefix = 1_200_000 // what the record vouches for
 	// The process dies: descriptors go, files stay.
 	w.f.Close()
 	w.pos.record.Close()
@@ -440,5 +441,51 @@ func TestWriteAtRecordBeforeBytesBeyondThePrefix(t *testing.T) {
 	s2 := openTestStore(t, dir)
 	if got := s2.PartialSize(d); got != 0 {
 		t.Fatalf("PartialSize = %d, want 0: nothing contiguous from byte 0 had landed", got)
+	}
+}
+
+// A fill hands its bytes to the kernel's writeback as they arrive, in
+// chunks of writebackChunk, sequential or positional, so Commit's fsync
+// finds little left; a NoSync store asks for none.
+func TestFillStartsWritebackEarly(t *testing.T) {
+	t.Parallel()
+	d, body := randomBlob(t, 5*writebackChunk/2)
+	for _, noSync := range []bool{false, true} {
+		for _, positional := range []bool{false, true} {
+			s, err := Open(Options{Dir: t.TempDir(), NoSync: noSync})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w, err := s.NewBlobWriter(d, int64(len(body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if positional {
+				half := int64(len(body) / 2)
+				mustWriteAt(t, w, body[half:], half)
+				mustWriteAt(t, w, body[:half], 0)
+			} else {
+				for p := body; len(p) > 0; p = p[min(len(p), 1<<20):] {
+					if _, err := w.Write(p[:min(len(p), 1<<20)]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			want := 2 // 2.5 chunks: a call per whole chunk when sequential, one for both when the prefix jumps
+			if positional {
+				want = 1
+			}
+			if noSync {
+				want = 0
+			}
+			if w.writebacks != want || (want > 0 && w.wbDone < writebackChunk) {
+				t.Errorf("noSync %v, positional %v: %d writeback calls up to %d, want %d", noSync, positional, w.writebacks, w.wbDone, want)
+			}
+			if _, err := w.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			assertBlob(t, s, d, body)
+			s.Close()
+		}
 	}
 }

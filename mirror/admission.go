@@ -29,34 +29,53 @@ const (
 
 // admitted sends one request of kind to src through admission.
 func (m *Mirror) admitted(ctx context.Context, src Source, kind string, do func(context.Context) (*http.Response, error)) (*http.Response, error) {
-	ns := src.Name()
-	var ticket *admit.Ticket
-	if m.admit != nil {
-		key := admit.Key{Upstream: ns, Identity: src.Identity()}
-		var err error
-		if kind == kindManifestGet {
-			ticket, err = m.admit.Counted(ctx, key, ClientOf(ctx))
-		} else {
-			ticket, err = m.admit.Uncounted(ctx, key, ClientOf(ctx))
-		}
-		if err != nil {
-			var te *admit.ThrottledError
-			if errors.As(err, &te) {
-				m.stats.Throttled.Add(1)
-				// "pull rate limit" for counted requests: a child pullcache
-				// (--parent) reads it as a pull limit, holding back its
-				// pulls only, not its blob downloads from this cache.
-				limit := "rate limit"
-				if kind == kindManifestGet {
-					limit = "pull rate limit"
-				}
-				return nil, apierr.Wrap(apierr.TooManyRequests, err,
-					"pullcache is holding requests to %s to stay within its %s (%s); retry later", ns, limit, te.Reason).
-					WithRetryAfter(te.RetryAfter)
-			}
-			return nil, err
-		}
+	ticket, err := m.admission(ctx, src, kind)
+	if err != nil {
+		return nil, err
 	}
+	return m.send(ctx, src, kind, ticket, do)
+}
+
+// admission waits for src's admission of one request of kind and returns
+// its ticket (nil without admission control); a refusal is the 429 the
+// client gets.
+func (m *Mirror) admission(ctx context.Context, src Source, kind string) (*admit.Ticket, error) {
+	if m.admit == nil {
+		return nil, nil
+	}
+	ns := src.Name()
+	key := admit.Key{Upstream: ns, Identity: src.Identity()}
+	var ticket *admit.Ticket
+	var err error
+	if kind == kindManifestGet {
+		ticket, err = m.admit.Counted(ctx, key, ClientOf(ctx))
+	} else {
+		ticket, err = m.admit.Uncounted(ctx, key, ClientOf(ctx))
+	}
+	if err != nil {
+		var te *admit.ThrottledError
+		if errors.As(err, &te) {
+			m.stats.Throttled.Add(1)
+			// "pull rate limit" for counted requests: a child pullcache
+			// (--parent) reads it as a pull limit, holding back its
+			// pulls only, not its blob downloads from this cache.
+			limit := "rate limit"
+			if kind == kindManifestGet {
+				limit = "pull rate limit"
+			}
+			return nil, apierr.Wrap(apierr.TooManyRequests, err,
+				"pullcache is holding requests to %s to stay within its %s (%s); retry later", ns, limit, te.Reason).
+				WithRetryAfter(te.RetryAfter)
+		}
+		return nil, err
+	}
+	return ticket, nil
+}
+
+// send makes one admitted request under ticket, which it owns from here on:
+// it is released when the response body closes, or at once on failure.
+func (m *Mirror) send(ctx context.Context, src Source, kind string, ticket *admit.Ticket, do func(context.Context) (*http.Response, error)) (*http.Response, error) {
+	ns := src.Name()
 	resp, err := do(ctx) // the upstream client has normalized any throttle
 	status := 0
 	if err == nil {

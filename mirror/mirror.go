@@ -37,7 +37,8 @@ type Options struct {
 	// (defaultSegmentMin); negative turns segmented fills off.
 	SegmentMin int64
 	// SegmentStreams is how many ranges a segmented fill starts with
-	// before it adapts (zero: one, growing while throughput rises).
+	// before it adapts (zero: one per defaultInitialSegment of the blob,
+	// growing while throughput rises).
 	SegmentStreams int
 	// ManifestTimeout bounds one manifest fetch or revalidation. Default 60s.
 	ManifestTimeout time.Duration

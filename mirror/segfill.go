@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/pullcache/pullcache/admit"
 	"github.com/pullcache/pullcache/internal/segfetch"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 )
@@ -57,6 +58,17 @@ func (m *Mirror) segmentMin() int64 {
 // the pull. A 2 MiB range still moves ~4x what one request's latency costs.
 const defaultSegmentMin = 2 << 20
 
+// defaultInitialSegment sizes a segmented fill's first split: one stream
+// per 8 MiB left (segfetch.Options.InitialSegment), 8 at most. A CDN grants
+// one connection about 25 MiB/s, so 8 MiB is a third of a second per
+// stream, long beside a request's round trip; a 60 MiB layer then starts
+// on 8 connections instead of probing its way up from one in 100 ms steps
+// while the small layers of the same pull end and leave the link idle, and
+// the layers of one pull, which share the link, get streams in proportion
+// to their size and so finish close together. The extra requests go to the
+// CDN, never to the registry.
+const defaultInitialSegment = 8 << 20
+
 // segmentable says whether the rest of f is fetched as ranges: the first
 // answer came from a CDN, named the size, is positioned where the writer
 // stands without having ignored a Range, and what is left is worth
@@ -87,7 +99,9 @@ func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo st
 		Size: f.size, From: from,
 		First:          &segfetch.Body{ReadCloser: first.Body, Ranged: true, Start: from},
 		Fetch:          rs.fetch,
+		Acquire:        rs.acquire,
 		InitialStreams: m.opts.SegmentStreams,
+		InitialSegment: defaultInitialSegment,
 		MinSegment:     m.segmentMin(),
 		Retryable:      retryable,
 	})
@@ -132,16 +146,43 @@ type rangeSource struct {
 	refreshed bool     // the registry was asked again for a fresh URL
 }
 
+// acquire is segfetch's AcquireFunc: a range is split off only once
+// admission granted it a slot (segfetch waits one probe window at most),
+// and the request then goes out under that ticket. A range split off first
+// would hold its bytes while queued behind other blobs' requests, and the
+// fill would wait for it at its end.
+func (r *rangeSource) acquire(ctx context.Context) (*segfetch.Slot, error) {
+	t, err := r.m.admission(ctx, r.src, kindBlobCDN)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return &segfetch.Slot{}, nil
+	}
+	// Release is for a slot whose request never went out: once send took
+	// the ticket, its body's Close released it and this is a no-op.
+	return &segfetch.Slot{Value: t, Release: func() { t.Fail(admit.ErrNotSent) }}, nil
+}
+
 // fetch is segfetch's FetchFunc: bytes [off, end) from the CDN, admitted
-// like every upstream request.
+// like every upstream request (under the slot acquire got for it).
 func (r *rangeSource) fetch(ctx context.Context, off, end int64) (segfetch.Body, error) {
+	held, _ := segfetch.SlotValue(ctx).(*admit.Ticket)
 	for {
 		r.mu.Lock()
 		loc := r.cdn
 		r.mu.Unlock()
-		resp, err := r.m.admitted(ctx, r.src, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
+		do := func(ctx context.Context) (*http.Response, error) {
 			return r.src.ResumeRange(ctx, loc, off, end, r.size)
-		})
+		}
+		var resp *http.Response
+		var err error
+		if held != nil {
+			resp, err = r.m.send(ctx, r.src, kindBlobCDN, held, do)
+			held = nil // a retry after a refresh is admitted again
+		} else {
+			resp, err = r.m.admitted(ctx, r.src, kindBlobCDN, do)
+		}
 		if err != nil {
 			return segfetch.Body{}, r.src.Failure(err)
 		}

@@ -111,26 +111,24 @@ func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Dur
 		if live >= target || seg == nil || waiting || (rate > 0 && float64(segLeft)*float64(live)/rate < 2*wait.Seconds()) {
 			return
 		}
-		var release func()
+		var slot *Slot
 		if f.opts.Acquire != nil {
 			ctx, cancel := context.WithTimeout(ctx, wait)
-			rel, err := f.opts.Acquire(ctx)
+			s, err := f.opts.Acquire(ctx)
 			cancel()
 			if err != nil {
 				return // admission has no room now; try again next window
 			}
-			release = rel
+			slot = s
 		}
 		f.mu.Lock()
 		tail := f.split()
 		f.mu.Unlock()
 		if tail == nil { // the range finished while the slot was coming
-			if release != nil {
-				release()
-			}
+			slot.release()
 			return
 		}
-		f.g.Go(func() error { return f.run(ctx, tail, nil, release, nil) })
+		f.g.Go(func() error { return f.run(ctx, tail, nil, slot, nil) })
 	}
 }
 

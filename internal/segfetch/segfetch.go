@@ -71,9 +71,39 @@ type Body struct {
 type FetchFunc func(ctx context.Context, off, end int64) (Body, error)
 
 // AcquireFunc reserves one of the upstream's connection slots (admission's
-// concurrency limit) until release is called. It returns ctx's error if no
-// slot came before ctx ended.
-type AcquireFunc func(ctx context.Context) (release func(), err error)
+// concurrency limit) until the slot is released. It returns ctx's error if
+// no slot came before ctx ended.
+type AcquireFunc func(ctx context.Context) (*Slot, error)
+
+// Slot is one reservation from Acquire.
+type Slot struct {
+	// Release gives the slot back. Fill calls it once, when the body
+	// fetched under the slot is closed or its request failed; it must be
+	// harmless if the caller's Fetch already let the slot go with the body.
+	Release func()
+	// Value, if not nil, reaches the Fetch made under this slot as
+	// SlotValue(ctx): a caller whose slot is itself what a request needs
+	// (mirror's admission ticket) hands it on rather than queueing again.
+	Value any
+}
+
+type slotKey struct{}
+
+// SlotValue returns the Value of the slot a Fetch was called under (nil if
+// none, or for First's request, which the caller made itself).
+func SlotValue(ctx context.Context) any {
+	s, _ := ctx.Value(slotKey{}).(*Slot)
+	if s == nil {
+		return nil
+	}
+	return s.Value
+}
+
+func (s *Slot) release() {
+	if s != nil && s.Release != nil {
+		s.Release()
+	}
+}
 
 // Defaults for the zero Options fields.
 const (
@@ -100,8 +130,17 @@ type Options struct {
 	// MaxStreams bounds the requests in flight at once (default 8).
 	MaxStreams int
 	// InitialStreams is how many streams the download is split into as soon
-	// as the first answer honoured Range (default 1).
+	// as the first answer honoured Range (default 1, or what InitialSegment
+	// gives).
 	InitialStreams int
+	// InitialSegment, if positive and InitialStreams is not set, sizes the
+	// first split by the bytes left instead: ceil(left / InitialSegment)
+	// streams (at most MaxStreams), so that every stream starts with about
+	// the same share whatever the blob's size. Fills of different sizes that
+	// share one link then finish close together, rather than the largest
+	// running on alone at what one connection is granted while the
+	// controller probes its way up.
+	InitialSegment int64
 	// MinSegment is the smallest range worth a request of its own: nothing
 	// below 2*MinSegment is ever split (default 4 MiB, so blobs under 8 MiB
 	// always come in one stream).
@@ -127,6 +166,10 @@ type Options struct {
 func (o *Options) setDefaults() {
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxStreams
+	}
+	if o.InitialStreams <= 0 && o.InitialSegment > 0 {
+		left := o.Size - o.From
+		o.InitialStreams = int(min(int64(o.MaxStreams), (left+o.InitialSegment-1)/o.InitialSegment))
 	}
 	o.InitialStreams = min(max(o.InitialStreams, 1), o.MaxStreams)
 	if o.MinSegment <= 0 {
@@ -234,10 +277,10 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 }
 
 // run streams one segment to the end, resuming from where it stopped after
-// a drop. release is the slot the segment was started with (nil: acquire
+// a drop. slot is the one the segment was started with (nil: acquire
 // one per request). answered, if not nil, is closed once the first answer
 // arrived (or the segment gave up).
-func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func(), answered chan struct{}) error {
+func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, answered chan struct{}) error {
 	signal := func() {
 		if answered != nil {
 			close(answered)
@@ -264,8 +307,8 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 			}
 		}
 		if body == nil {
-			b, rel, err := f.request(ctx, off, end, release, attempt > 0)
-			release = nil // the first request used the slot it was started with
+			b, sl, err := f.request(ctx, off, end, slot, attempt > 0)
+			slot = nil // the first request used the slot it was started with
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -276,7 +319,7 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 				lastErr = err
 				continue
 			}
-			body, release = b, rel
+			body, slot = b, sl
 		}
 		if !body.Ranged {
 			f.mu.Lock()
@@ -295,10 +338,8 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 		seg.abort = nil
 		f.mu.Unlock()
 		closeBody()
-		if release != nil {
-			release()
-			release = nil
-		}
+		slot.release()
+		slot = nil
 		body = nil
 		var we *WriteError
 		switch {
@@ -314,13 +355,16 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, release func()
 }
 
 // request acquires a slot (unless given one) and fetches [off, end).
-func (f *fill) request(ctx context.Context, off, end int64, release func(), retry bool) (*Body, func(), error) {
-	if release == nil && f.opts.Acquire != nil {
-		rel, err := f.opts.Acquire(ctx)
+func (f *fill) request(ctx context.Context, off, end int64, slot *Slot, retry bool) (*Body, *Slot, error) {
+	if slot == nil && f.opts.Acquire != nil {
+		s, err := f.opts.Acquire(ctx)
 		if err != nil {
 			return nil, nil, err
 		}
-		release = rel
+		slot = s
+	}
+	if slot != nil {
+		ctx = context.WithValue(ctx, slotKey{}, slot)
 	}
 	f.mu.Lock()
 	f.res.Requests++
@@ -330,12 +374,10 @@ func (f *fill) request(ctx context.Context, off, end int64, release func(), retr
 	f.mu.Unlock()
 	b, err := f.opts.Fetch(ctx, off, end)
 	if err != nil {
-		if release != nil {
-			release()
-		}
+		slot.release()
 		return nil, nil, err
 	}
-	return &b, release, nil
+	return &b, slot, nil
 }
 
 // copy writes body's bytes of seg from off on, until the segment's (maybe

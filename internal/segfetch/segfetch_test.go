@@ -247,7 +247,7 @@ func TestFillStaysWithinAcquiredSlots(t *testing.T) {
 	slots := make(chan struct{}, 2)
 	var mu sync.Mutex
 	held, peak := 0, 0
-	acquire := func(ctx context.Context) (func(), error) {
+	acquire := func(ctx context.Context) (*Slot, error) {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -257,12 +257,12 @@ func TestFillStaysWithinAcquiredSlots(t *testing.T) {
 		held++
 		peak = max(peak, held)
 		mu.Unlock()
-		return func() {
+		return &Slot{Release: func() {
 			mu.Lock()
 			held--
 			mu.Unlock()
 			<-slots
-		}, nil
+		}}, nil
 	}
 	sink := newMemSink(int(size))
 	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: httpFetch(t, srv.URL, size), Acquire: acquire,

@@ -202,6 +202,15 @@ func startRegistry(ctx context.Context, bin, name, dir, remote string) (*proc, s
 	return p, addr, nil
 }
 
+// pullcacheLogLevel is warn unless BENCH_PULLCACHE_LOG_LEVEL says otherwise
+// (debug shows every fill's segments, for looking into a slow scenario).
+func pullcacheLogLevel() string {
+	if l := os.Getenv("BENCH_PULLCACHE_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "warn"
+}
+
 // startPullcache runs pullcache serve on dir, mirroring the hop as docker.io.
 func startPullcache(ctx context.Context, bin, dir, hopAddr string, ttl time.Duration) (*proc, string, error) {
 	addr, err := freeAddr()
@@ -215,7 +224,7 @@ func startPullcache(ctx context.Context, bin, dir, hopAddr string, ttl time.Dura
 	p, err := startProc("pullcache", logPath, bin, "serve",
 		"--listen", addr, "--dir", dir,
 		"--upstream", "docker.io=http://"+hopAddr, "--default-upstream", "docker.io",
-		"--tag-ttl", ttl.String(), "--log-level", "warn")
+		"--tag-ttl", ttl.String(), "--log-level", pullcacheLogLevel())
 	if err != nil {
 		return nil, "", err
 	}
