@@ -35,6 +35,17 @@ import (
 //
 // Close stops it between two steps; the next Open starts it again, and
 // every step is idempotent.
+//
+// The scans (files against records, records against files, manifests
+// against blobs) are what grows with the cache. They repair what a crash
+// can leave: a blob file installed whose record was not yet written, a
+// record whose file a delete had already removed. A Store that closes after
+// its sweep finished, with every fill ended, leaves neither (a failure of
+// one operation while running leaves at most an orphan file, never served,
+// or a record whose file is gone, which reads as a miss), so Close marks
+// the index clean and the next Open skips the scans; the marker is removed
+// by the transaction Open makes, so any crash after that means a full sweep
+// again. 'pullcache verify' remains the full check whatever the marker says.
 
 // sweepBatch bounds how many index records the sweep reads per transaction,
 // so that it never holds a long read transaction (which would pin pages and
@@ -60,13 +71,40 @@ func (s *Store) RecoveryErr() error {
 	}
 }
 
-func (s *Store) recoverInBackground(now time.Time, junkTemps []string, hook func(<-chan struct{})) {
+func (s *Store) recoverInBackground(now time.Time, junkTemps []string, delay time.Duration, hook func(<-chan struct{})) {
 	defer s.bgWG.Done()
 	defer close(s.recovered)
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.stop:
+			t.Stop()
+			s.recoverErr = errSweepStopped
+			return
+		}
+	}
 	if hook != nil {
 		hook(s.stop)
 	}
 	s.recoverErr = s.recover(now, junkTemps)
+}
+
+// markCleanClose records, at Close, that files and records agree: the sweep
+// finished without a problem it could not repair. Close calls it after the
+// background goroutines ended.
+func (s *Store) markCleanClose() error {
+	select {
+	case <-s.recovered:
+	default:
+		return nil
+	}
+	if s.recoverErr != nil {
+		return nil
+	}
+	return s.update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketSchema).Put(keyCleanClose, []byte{1})
+	})
 }
 
 func (s *Store) stopping() bool {
@@ -92,9 +130,9 @@ func (s *Store) recover(now time.Time, junkTemps []string) error {
 			}
 			return nil
 		},
-		func() error { return s.reconcileFiles(now) },
-		s.reconcileIndex,
-		s.dropOrphanManifests,
+	}
+	if !s.trusted {
+		steps = append(steps, func() error { return s.reconcileFiles(now) }, s.reconcileIndex, s.dropOrphanManifests)
 	}
 	var errs []error
 	for _, step := range steps {

@@ -40,6 +40,7 @@ func TestCrashRecovery(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	forgetCleanClose(t, dir) // what follows happened in a crash
 
 	write := func(path, body string) { writeFile(t, path, body) }
 	path := func(d string) string {

@@ -251,6 +251,7 @@ func TestSHA512CrashRecovery(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	forgetCleanClose(t, dir) // what follows happened in a crash
 	path := func(d v1.Hash) string { return filepath.Join(dir, "blobs", "sha512", d.Hex[:2], d.Hex) }
 	write := func(p, body string) {
 		t.Helper()

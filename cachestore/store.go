@@ -40,6 +40,9 @@ var (
 	bucketLinks     = []byte("links")     // repo\0digest → empty: local repository holds digest (link.go)
 	bucketLinkedBy  = []byte("linkedby")  // digest\0repo → empty: the same links, by digest
 	keyVersion      = []byte("version")
+	// keyCleanClose is present while no Store has the index open and the
+	// last one closed cleanly after a full recovery sweep (recover.go).
+	keyCleanClose = []byte("clean-close")
 	// A bucket added later (pins) needs no schema bump: Open creates it in
 	// an older index, and older builds never look at it. bucketCounters
 	// (totals.go) did need one, as older builds would not keep it right.
@@ -76,6 +79,13 @@ type Options struct {
 	// content). For tests and benchmarks only.
 	NoSync bool
 
+	// SweepDelay is how long the background recovery sweep waits after
+	// Open before it starts. A server sets it so that the sweep's scan of
+	// the volume (after a crash) does not compete for the CPU with its own
+	// start-up; zero starts it at once. Nothing waits for the sweep either
+	// way (recover.go).
+	SweepDelay time.Duration
+
 	// beforeSweep, if set, runs at the start of the background recovery
 	// sweep; tests block in it (until stop is closed, at Close) to show the
 	// store is usable before the sweep has done anything.
@@ -100,6 +110,9 @@ type Store struct {
 	dead       deadFills     // the dead owner's fills, until settled (partial.go)
 	recovered  chan struct{} // closed when the recovery sweep has ended
 	recoverErr error         // what the sweep could not repair; read after recovered
+	// trusted: the previous Store closed cleanly, so the sweep skips its
+	// scans of files and records (recover.go). Set by Open.
+	trusted bool
 
 	blobLocks   keyedMutex // per digest: serializes install/delete of one blob
 	uploadLocks keyedMutex // per upload id: serializes appends/commit/cancel
@@ -198,7 +211,7 @@ func Open(opts Options) (*Store, error) {
 	junk := s.listDeadTemps(deadTemps, now)
 	s.bgWG.Add(2)
 	go s.accessFlusher()
-	go s.recoverInBackground(now, junk, opts.beforeSweep)
+	go s.recoverInBackground(now, junk, opts.SweepDelay, opts.beforeSweep)
 	return s, nil
 }
 
@@ -210,6 +223,12 @@ func (s *Store) initSchema() error {
 			}
 		}
 		b := tx.Bucket(bucketSchema)
+		// Taken away in the same transaction that opens the index for
+		// writing: from here on a crash leaves no marker behind.
+		s.trusted = b.Get(keyCleanClose) != nil
+		if err := b.Delete(keyCleanClose); err != nil {
+			return err
+		}
 		switch v := b.Get(keyVersion); {
 		case v == nil:
 			if err := putTotals(tx, blobTotals{}); err != nil {
@@ -244,8 +263,9 @@ func (s *Store) Close() error {
 		close(s.stop)
 		s.bgWG.Wait()
 		flushErr := s.flushAccess()
+		markErr := s.markCleanClose()
 		s.closed.Store(true)
-		s.closeErr = errors.Join(flushErr, s.db.Close())
+		s.closeErr = errors.Join(flushErr, markErr, s.db.Close())
 	})
 	return s.closeErr
 }

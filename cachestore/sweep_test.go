@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	bolt "go.etcd.io/bbolt"
@@ -39,6 +40,7 @@ func makeCrashedVolume(t *testing.T, dir string, n int) crashedVolume {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	forgetCleanClose(t, dir) // what follows happened in a crash
 	write := func(path, body string) { writeFile(t, path, body) }
 	blobFile := func(d v1.Hash) string { return filepath.Join(dir, "blobs", "sha256", d.Hex[:2], d.Hex) }
 	v.adopted, _ = content("renamed but not indexed")
@@ -258,5 +260,102 @@ func wantTotals(t *testing.T, s *Store, blobs int) {
 	}
 	if int64(n) != counted.count || size != counted.bytes || n != blobs {
 		t.Errorf("Usage = %d blobs, %d bytes; records: %d blobs, %d bytes; want %d blobs", n, size, counted.count, counted.bytes, blobs)
+	}
+}
+
+// forgetCleanClose removes the clean-close marker Close left, as a crash
+// would have: the next Open must sweep fully.
+func forgetCleanClose(t *testing.T, dir string) {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, "index.db"), 0o644, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketSchema).Delete(keyCleanClose) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func hasCleanClose(t *testing.T, s *Store) bool {
+	t.Helper()
+	var ok bool
+	if err := s.view(func(tx *bolt.Tx) error { ok = tx.Bucket(bucketSchema).Get(keyCleanClose) != nil; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// After a clean Close the next Open trusts files and records and skips the
+// scans that grow with the cache (start-up stays O(1) and quiet); the
+// marker is gone while a Store has the index open, so a crash then means a
+// full sweep again. An unindexed file (which only a crash or a hand leaves)
+// is therefore left alone after a clean close and adopted after a crash.
+func TestCleanCloseSkipsScans(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := openTestStore(t, dir)
+	<-s.Recovered()
+	mustPut(t, s, "one")
+	if hasCleanClose(t, s) {
+		t.Error("clean-close marker present while the store is open")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	orphan, _ := content("placed by hand")
+	writeFile(t, filepath.Join(dir, "blobs", "sha256", orphan.Hex[:2], orphan.Hex), "placed by hand")
+
+	s, err := Open(Options{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-s.Recovered()
+	if err := s.RecoveryErr(); err != nil {
+		t.Fatal(err)
+	}
+	if !s.trusted || hasCleanClose(t, s) {
+		t.Errorf("after a clean close: trusted %v, marker still there %v; want true, false", s.trusted, hasCleanClose(t, s))
+	}
+	if n, _, _ := s.Usage(); n != 1 {
+		t.Errorf("records after a trusted sweep: %d, want 1 (the scans were skipped)", n)
+	}
+	// A crash now: the process stops, the marker is never written back.
+	close(s.stop)
+	s.bgWG.Wait()
+	s.closed.Store(true)
+	if err := s.db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(Options{Dir: dir, NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	<-s2.Recovered()
+	if s2.trusted {
+		t.Error("a store reopened after a crash trusted its files")
+	}
+	if n, _, _ := s2.Usage(); n != 2 {
+		t.Errorf("records after the full sweep: %d, want 2 (the unindexed file adopted)", n)
+	}
+}
+
+// A sweep stopped by Close leaves no clean-close marker: the next Open
+// sweeps fully.
+func TestStoppedSweepLeavesNoMarker(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s, err := Open(Options{Dir: dir, NoSync: true, SweepDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, s.RecoveryErr(), ErrClosed)
+	s = openTestStore(t, dir)
+	if s.trusted {
+		t.Error("trusted after a sweep that never ran")
 	}
 }

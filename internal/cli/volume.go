@@ -32,11 +32,15 @@ func startVolume(cfg config.Serve, mirrorOpts sidecar.Options, log *slog.Logger)
 	if d := mirrorOpts.DefaultUpstream; d != "" && !hasUpstream(mirrorOpts.Upstreams, d) {
 		return nil, fmt.Errorf("default upstream %q is not among the configured upstreams (%s)", d, upstreamNames(mirrorOpts.Upstreams))
 	}
+	// sweepDelay holds the crash-recovery sweep (a scan of the whole volume
+	// after a kill -9) back until the server is up: on a 2-core runner it
+	// would otherwise take half the CPU of the start-up it runs beside.
+	const sweepDelay = time.Second
 	return volume.Start(volume.Options{
 		Dir:           cfg.Dir,
 		Logger:        log,
 		LocalPrefixes: mirrorOpts.LocalPrefixes,
-		Store:         cachestore.Options{UploadTimeout: cfg.UploadTimeout},
+		Store:         cachestore.Options{UploadTimeout: cfg.UploadTimeout, SweepDelay: sweepDelay},
 		Build: func(store *cachestore.Store) (volume.Service, error) {
 			for _, ref := range cfg.Pins {
 				ns, repo, id, err := parsePinRef(ref)
