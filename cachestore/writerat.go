@@ -53,8 +53,10 @@ type positionalState struct {
 	claimed spans // ranges being written or written: no WriteAt may overlap them
 	landed  spans // ranges whose bytes are in the file
 	record  *os.File
-	// recorded is the prefix the record last vouched for; mu.
-	recorded int64
+	// recorded is the prefix the record last vouched for; publishes counts
+	// advances of Written (for tests); mu.
+	recorded  int64
+	publishes int
 	// buf is the read-back buffer; hashMu only.
 	buf []byte
 }
@@ -176,7 +178,24 @@ func (w *BlobWriter) hashPrefix(p []byte, off int64) error {
 		}
 		w.h.Write(chunk)
 		at += int64(len(chunk))
+		if at-w.written.Load() >= publishEvery {
+			// The prefix can jump by most of the blob when the range at
+			// its end lands last: followers stream what is hashed while
+			// the rest is read back, rather than wait for all of it.
+			w.publish(at)
+		}
 	}
+	w.publish(at)
+	return nil
+}
+
+// publishEvery is how much of a long read-back is hashed before followers
+// are let at it.
+const publishEvery = 1 << 20
+
+// publish advances Written to at (hashed): the prefix record first, then
+// followers, then the kernel's writeback. hashMu held.
+func (w *BlobWriter) publish(at int64) {
 	w.mu.Lock()
 	if w.pos.record != nil && (at-w.pos.recorded >= recordEvery || at == w.expectedSize) {
 		// After the bytes, so the record never vouches for a gap. A failed
@@ -186,10 +205,10 @@ func (w *BlobWriter) hashPrefix(p []byte, off int64) error {
 		}
 	}
 	w.written.Store(at)
+	w.pos.publishes++
 	w.cond.Broadcast()
 	w.mu.Unlock()
-	w.writeback(at) // still under hashMu, not under mu: followers go on
-	return nil
+	w.writeback(at) // not under mu: followers go on
 }
 
 // writeRecord stores the prefix length; mu held.
