@@ -29,16 +29,17 @@
 //		Fetch: ... // ResumeRange at RedirectedTo(first answer), admitted like
 //		           // any blob request; back to BlobRange when the CDN URL
 //		           // answers 4xx (expired), once per fill, not per range
+//		Acquire: ... // an admission ticket, as the Slot's Value
 //		Retryable: ..., // the fill's own: no retry on 404 or a throttle
 //	})
 //
-// A Fetch that goes through admission (a ticket whose slot lives as long as
-// the body) already keeps the streams within the upstream's concurrency
-// limit; a split-off range then waits in admission's queue like any request
-// and adds no throughput while it waits, so the controller stops growing.
-// Acquire is for a caller that can hand out slots apart from requests: Fill
-// waits at most one Probe window for one, so a busy upstream means fewer
-// streams rather than a queued range. Followers keep reading the writer as
+// Acquire keeps the streams within the upstream's concurrency limit, and it
+// comes before the split: Fill waits at most one Probe window for a slot,
+// so a busy upstream means fewer streams, never a split-off range sitting
+// in admission's queue with bytes its blob then waits for at the end. The
+// slot's Value reaches the Fetch made under it (SlotValue), so a caller
+// whose slot is an admission ticket sends the request under that ticket
+// rather than queueing a second time. Followers keep reading the writer as
 // before: Written is the contiguous prefix. A WriteError is the store's
 // failure (disk full), not the upstream's.
 package segfetch
