@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/cachestore"
+	"github.com/pullcache/pullcache/internal/ctxtime"
 	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 	"github.com/pullcache/pullcache/upstream"
@@ -115,7 +116,7 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 	for attempt := 0; attempt < maxFillAttempts; attempt++ {
 		if attempt > 0 {
 			m.stats.FillResumes.Add(1)
-			if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+			if err := ctxtime.Sleep(ctx, backoff(attempt)); err != nil {
 				return fmt.Errorf("giving up after %w (last: %w)", err, lastErr)
 			}
 		}
@@ -325,15 +326,4 @@ func backoff(attempt int) time.Duration {
 		d = 3 * time.Second
 	}
 	return d
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

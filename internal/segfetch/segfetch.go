@@ -52,6 +52,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pullcache/pullcache/internal/ctxtime"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -303,7 +304,7 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, an
 			if attempt > f.opts.Retries {
 				return fmt.Errorf("segfetch: range [%d,%d) failed %d times: %w", off, end, attempt, lastErr)
 			}
-			if err := sleep(ctx, min(2*time.Second, f.opts.RetryWait<<(attempt-1))); err != nil {
+			if err := ctxtime.Sleep(ctx, min(2*time.Second, f.opts.RetryWait<<(attempt-1))); err != nil {
 				return err
 			}
 		}
@@ -466,14 +467,3 @@ func (f *fill) finish(seg *segment) {
 // yields; with up to MaxStreams streams per fill and a fill per cold layer,
 // bigger buffers would show in the sidecar's peak RSS, not in its speed.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}

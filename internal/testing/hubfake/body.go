@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"time"
+
+	"github.com/pullcache/pullcache/internal/ctxtime"
 )
 
 // errDropped is what the backend's writes get once a dropped body has been
@@ -101,7 +103,7 @@ func (b *bodyWriter) Write(p []byte) (int, error) {
 func (b *bodyWriter) pace() error {
 	due := b.start.Add(time.Duration(b.written/b.bps)*time.Second +
 		time.Duration(b.written%b.bps)*time.Second/time.Duration(b.bps))
-	return sleep(b.ctx, time.Until(due))
+	return ctxtime.Sleep(b.ctx, time.Until(due))
 }
 
 // Flush lets backends that flush (httputil.ReverseProxy) do so.
@@ -114,19 +116,3 @@ func (b *bodyWriter) Flush() {
 
 // Unwrap gives http.ResponseController the real writer.
 func (b *bodyWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
-
-// sleep waits for d or until ctx ends, on the time package's clock (which
-// testing/synctest fakes).
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}

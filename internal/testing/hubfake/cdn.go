@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/pullcache/pullcache/internal/ctxtime"
 )
 
 // DefaultCDNURLTTL is how long a signed CDN URL lives when
@@ -212,7 +214,7 @@ func (c cdnHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if h.opts.Latency > 0 {
-		if sleep(r.Context(), h.opts.Latency) != nil {
+		if ctxtime.Sleep(r.Context(), h.opts.Latency) != nil {
 			return // the client went away
 		}
 	}

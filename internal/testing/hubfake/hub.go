@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/pullcache/pullcache/internal/ctxtime"
 )
 
 // Hub is the fake. It is an http.Handler; Start also runs it on a loopback
@@ -211,7 +213,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if h.opts.Latency > 0 {
-		if sleep(r.Context(), h.opts.Latency) != nil {
+		if ctxtime.Sleep(r.Context(), h.opts.Latency) != nil {
 			return // the client went away
 		}
 	}
