@@ -126,12 +126,7 @@ func TestCDNColdStormOneRegistryGETPerBlob(t *testing.T) {
 	failed := pullStorm(t, host, "app:1", 16, want.String())
 	c := hub.Counts()
 	t.Logf("failed pulls: %d/16; hub: %+v; coalesced waiters: %d", failed, c, srv.Stats().CoalescedWaiters.Load())
-	if c.ManifestGET != 1 {
-		t.Errorf("registry manifest GETs = %d, want 1", c.ManifestGET)
-	}
-	if c.BlobGET != layers+1 {
-		t.Errorf("registry blob GETs = %d, want %d (one per blob)", c.BlobGET, layers+1)
-	}
+	wantOnePerBlob(t, c, layers+1)
 	if c.Redirects < layers+1 {
 		t.Errorf("redirects = %d: the blobs did not come through the CDN", c.Redirects)
 	}
@@ -344,5 +339,17 @@ func TestRedirectToLinkLocalIs502(t *testing.T) {
 	}
 	if got := srv.Stats().UpstreamRequests("docker.io", "blob_get"); got != 1 {
 		t.Errorf("upstream blob GETs = %d, want 1: a refused redirect is not retried", got)
+	}
+}
+
+// wantOnePerBlob checks what a pull of one image with blobs blobs cost the
+// fake hub's registry: one manifest GET, one blob GET per blob.
+func wantOnePerBlob(t *testing.T, c hubfake.Counts, blobs int64) {
+	t.Helper()
+	if c.ManifestGET != 1 {
+		t.Errorf("registry manifest GETs = %d, want 1", c.ManifestGET)
+	}
+	if c.BlobGET != blobs {
+		t.Errorf("registry blob GETs = %d, want %d (one per blob)", c.BlobGET, blobs)
 	}
 }

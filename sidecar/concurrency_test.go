@@ -103,12 +103,7 @@ func TestConcurrentColdPullsOneUpstreamFetch(t *testing.T) {
 		}
 	}
 	c := e.hub.Counts()
-	if c.ManifestGET != 1 {
-		t.Errorf("upstream manifest GETs = %d, want 1", c.ManifestGET)
-	}
-	if c.BlobGET != layers+1 {
-		t.Errorf("upstream blob GETs = %d, want %d (one per blob)", c.BlobGET, layers+1)
-	}
+	wantOnePerBlob(t, c, layers+1)
 	if w := e.srv.Stats().CoalescedWaiters.Load(); w == 0 {
 		t.Errorf("no request joined a fetch in flight: the clients did not overlap")
 	}

@@ -221,15 +221,11 @@ type verdict struct {
 	pass             *bool
 }
 
+// judge is a verdict's pass field: met or not.
+func judge(ok bool) *bool { return &ok }
+
 func (rep report) verdicts(b *strings.Builder) {
 	var vs []verdict
-	yes, no := true, false
-	judge := func(ok bool) *bool {
-		if ok {
-			return &yes
-		}
-		return &no
-	}
 	for _, key := range []string{"warm-storm-32", "warm-storm-32-raw"} {
 		sec := rep.find(key)
 		if sec == nil {

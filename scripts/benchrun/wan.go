@@ -222,13 +222,6 @@ func (w *wanResult) verdicts() []verdict {
 		return nil
 	}
 	var vs []verdict
-	yes, no := true, false
-	judge := func(ok bool) *bool {
-		if ok {
-			return &yes
-		}
-		return &no
-	}
 	if pc := find(w.cold, mPullcache); pc != nil {
 		t := fmt.Sprintf("WAN cold pull ≤ %.1f× the uplink's limit (%s ÷ %s = %s)", wanColdTarget, fmtBytes(float64(w.image.Bytes)), fmtRate(w.link.SharedBytesPerSec), fmtWall(w.limit()))
 		if !pc.ok() || pc.fails > 0 {
