@@ -114,12 +114,15 @@ func startWANUpstream(upURL *url.URL) (h *hop, regAddr string, stop func(), err 
 		return nil, "", nil, err
 	}
 	u := &wanUpstream{h: newHop(upURL, wanLink{}), cdnAddr: cdnLn.Addr().String()}
-	shaped := wanSite.Shape(u) // one call: registry and CDN share the uplink
+	traceCtx, stopTrace := context.WithCancel(context.Background())
+	// One Shape call: registry and CDN share the uplink. The trace counts
+	// what leaves the link.
+	shaped := traceWAN(traceCtx, wanSite.Shape(u))
 	regSrv := &http.Server{Handler: shaped, ErrorLog: discardLogger()}
 	cdnSrv := &http.Server{Handler: shaped, ErrorLog: discardLogger()}
 	go regSrv.Serve(regLn)
 	go cdnSrv.Serve(cdnLn)
-	return u.h, regLn.Addr().String(), func() { regSrv.Close(); cdnSrv.Close() }, nil
+	return u.h, regLn.Addr().String(), func() { stopTrace(); regSrv.Close(); cdnSrv.Close() }, nil
 }
 
 // runWAN runs the selected WAN scenarios against pullcache and

@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"log"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// The WAN trace (BENCH_WAN_TRACE=1): every request the shaped upstream
+// answers (when it came, which blob or manifest, its Range, how long it
+// took) and the link's throughput in every 50 ms, on the driver's log.
+// It is how the time of a cold WAN pull was taken apart (README): when the
+// first bytes flow, where the link idles, how long after the last byte
+// from the CDN the client is done.
+
+const wanTraceTick = 50 * time.Millisecond
+
+// traceWAN wraps h with the trace if BENCH_WAN_TRACE is set; the sampler
+// stops with ctx.
+func traceWAN(ctx context.Context, h http.Handler) http.Handler {
+	if os.Getenv("BENCH_WAN_TRACE") == "" {
+		return h
+	}
+	var moved atomic.Int64
+	go func() {
+		t := time.NewTicker(wanTraceTick)
+		defer t.Stop()
+		var last int64
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				if n := moved.Load(); n != last {
+					log.Printf("wan-trace %s link %.1f MiB/s", now.Format("05.000"), float64(n-last)/(1<<20)/wanTraceTick.Seconds())
+					last = n
+				}
+			}
+		}
+	}()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		began := time.Now()
+		h.ServeHTTP(&countingResponse{ResponseWriter: w, n: &moved}, r)
+		p := r.URL.Path
+		log.Printf("wan-trace %s %s …%s %s took %s", began.Format("05.000"), r.Method, p[max(0, len(p)-12):],
+			r.Header.Get("Range"), time.Since(began).Round(time.Millisecond))
+	})
+}
+
+type countingResponse struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingResponse) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingResponse) Unwrap() http.ResponseWriter { return c.ResponseWriter }
