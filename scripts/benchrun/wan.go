@@ -115,9 +115,8 @@ func startWANUpstream(upURL *url.URL) (h *hop, regAddr string, stop func(), err 
 	}
 	u := &wanUpstream{h: newHop(upURL, wanLink{}), cdnAddr: cdnLn.Addr().String()}
 	traceCtx, stopTrace := context.WithCancel(context.Background())
-	// One Shape call: registry and CDN share the uplink. The trace counts
-	// what leaves the link.
-	shaped := traceWAN(traceCtx, wanSite.Shape(u))
+	// One Shape call: registry and CDN share the uplink.
+	shaped := traceWAN(traceCtx, wanSite.Shape(u), &u.h.bytes)
 	regSrv := &http.Server{Handler: shaped, ErrorLog: discardLogger()}
 	cdnSrv := &http.Server{Handler: shaped, ErrorLog: discardLogger()}
 	go regSrv.Serve(regLn)

@@ -18,13 +18,13 @@ import (
 
 const wanTraceTick = 50 * time.Millisecond
 
-// traceWAN wraps h with the trace if BENCH_WAN_TRACE is set; the sampler
-// stops with ctx.
-func traceWAN(ctx context.Context, h http.Handler) http.Handler {
+// traceWAN wraps h with the trace if BENCH_WAN_TRACE is set. moved is the
+// hop's byte counter (it counts what the registry and the CDN send, and is
+// reset between runs); the sampler stops with ctx.
+func traceWAN(ctx context.Context, h http.Handler, moved *atomic.Int64) http.Handler {
 	if os.Getenv("BENCH_WAN_TRACE") == "" {
 		return h
 	}
-	var moved atomic.Int64
 	go func() {
 		t := time.NewTicker(wanTraceTick)
 		defer t.Stop()
@@ -34,7 +34,11 @@ func traceWAN(ctx context.Context, h http.Handler) http.Handler {
 			case <-ctx.Done():
 				return
 			case now := <-t.C:
-				if n := moved.Load(); n != last {
+				n := moved.Load()
+				if n < last { // the hop was reset for the next run
+					last = 0
+				}
+				if n != last {
 					log.Printf("wan-trace %s link %.1f MiB/s", now.Format("05.000"), float64(n-last)/(1<<20)/wanTraceTick.Seconds())
 					last = n
 				}
@@ -43,22 +47,9 @@ func traceWAN(ctx context.Context, h http.Handler) http.Handler {
 	}()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		began := time.Now()
-		h.ServeHTTP(&countingResponse{ResponseWriter: w, n: &moved}, r)
+		h.ServeHTTP(w, r)
 		p := r.URL.Path
 		log.Printf("wan-trace %s %s …%s %s took %s", began.Format("05.000"), r.Method, p[max(0, len(p)-12):],
 			r.Header.Get("Range"), time.Since(began).Round(time.Millisecond))
 	})
 }
-
-type countingResponse struct {
-	http.ResponseWriter
-	n *atomic.Int64
-}
-
-func (c *countingResponse) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c *countingResponse) Unwrap() http.ResponseWriter { return c.ResponseWriter }
