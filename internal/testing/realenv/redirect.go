@@ -321,6 +321,9 @@ http {
             limit_except GET {
                 deny all;
             }
+            # A CDN grants one connection a fraction of a site's link
+            # (REGISTRIES.md); large layers then come as parallel ranges.
+            limit_rate 32m;
         }
     }
 }
