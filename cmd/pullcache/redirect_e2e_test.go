@@ -275,8 +275,7 @@ func ociLayoutDigest(t *testing.T, dir string) string {
 // above all, which asked for the whole blob without a Range) is closed with
 // whatever nginx had already written into the connection, and that is
 // wasted (1.3–4.2 MB of 25.2 MB in three runs here, on loopback's large
-// socket buffers; issue
-// 14's note).
+// socket buffers; issue 14's note).
 func TestE2ERedirectingUpstreamLargeLayerComesAsRanges(t *testing.T) {
 	realenv.RequireE2E(t)
 	t.Parallel()
