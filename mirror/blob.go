@@ -62,8 +62,10 @@ func (m *Mirror) BlobSize(ctx context.Context, src Source, repo string, d v1.Has
 // the whole blob's length when the upstream said so and offset is 0, else
 // -1. The caller closes body.
 func (m *Mirror) PassThrough(ctx context.Context, src Source, repo string, d v1.Hash, offset int64) (body io.ReadCloser, size int64, err error) {
-	var cdn *url.URL // a single attempt: nothing to resume from
-	resp, err := m.blobFrom(ctx, src, repo, d, offset, &cdn)
+	// A single attempt, all of it in one stream: nothing to resume from,
+	// nothing to split.
+	var cdn *url.URL
+	resp, err := m.blobFrom(ctx, src, repo, d, offset, -1, 0, &cdn)
 	if err != nil {
 		return nil, -1, src.Failure(err)
 	}

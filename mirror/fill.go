@@ -113,6 +113,10 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 	// a resume goes there first, and back to the registry once it stops
 	// working. Never kept beyond this fill.
 	var cdn *url.URL
+	// How much a CDN is asked for at first (0: all of it): a fill that goes
+	// on as ranges asks for the rest itself, and so never cuts a stream
+	// short (segfill.go).
+	limit := m.firstRange()
 	for attempt := 0; attempt < maxFillAttempts; attempt++ {
 		if attempt > 0 {
 			m.stats.FillResumes.Add(1)
@@ -125,7 +129,18 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 		if f.writer != nil {
 			offset = f.writer.Written()
 		}
-		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, &cdn)
+		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, f.size, limit, &cdn)
+		if err == nil && limit > 0 && cdn != nil && resp.StatusCode == http.StatusPartialContent {
+			if _, _, total, _ := httpx.ParseContentRange(resp.Header.Get("Content-Range")); total < 0 {
+				// A CDN that answers a bounded range without the blob's
+				// size leaves no way to know where the blob ends: ask
+				// for all of it from here on.
+				resp.Body.Close()
+				limit = 0
+				lastErr = fmt.Errorf("upstream %s: the CDN answered a range of %s without its size", ns, f.digest)
+				continue
+			}
+		}
 		if err != nil {
 			lastErr = src.Failure(err)
 			if !retryable(lastErr) {
@@ -217,10 +232,15 @@ func (m *Mirror) commit(f *Fill, ns string) error {
 // URL works; an answer of 4xx (expired, forged, gone) or a failure there
 // sends it back to the registry for a fresh redirect. An upstream that
 // refuses the Range (416) is asked for the whole blob instead;
-// positionBody then skips the bytes already held.
-func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset int64, cdn **url.URL) (*http.Response, error) {
+// positionBody then skips the bytes already held. limit, if positive,
+// bounds what the CDN is asked for (BlobFirst; a resume there needs the
+// blob's size, -1 when not known yet, to be bounded).
+func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Hash, offset, size, limit int64, cdn **url.URL) (*http.Response, error) {
 	if *cdn != nil && offset > 0 {
 		resp, err := m.admitted(ctx, src, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
+			if limit > 0 && size > offset {
+				return src.ResumeRange(ctx, *cdn, offset, min(offset+limit, size), size)
+			}
 			return src.Resume(ctx, *cdn, offset)
 		})
 		if err == nil && (resp.StatusCode == http.StatusPartialContent || resp.StatusCode == http.StatusOK) {
@@ -235,6 +255,9 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 	}
 	get := func(off int64) (*http.Response, error) {
 		resp, err := m.admitted(ctx, src, kindBlobGet, func(ctx context.Context) (*http.Response, error) {
+			if limit > 0 {
+				return src.BlobFirst(ctx, repo, d, off, limit)
+			}
 			return src.Blob(ctx, http.MethodGet, repo, d, off)
 		})
 		if err == nil {

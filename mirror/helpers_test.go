@@ -153,6 +153,9 @@ func (f *fakeSource) RedirectedTo(*http.Response) *url.URL { return nil }
 func (f *fakeSource) Resume(context.Context, *url.URL, int64) (*http.Response, error) {
 	return nil, errors.New("fakeSource serves no blobs")
 }
+func (f *fakeSource) BlobFirst(context.Context, string, v1.Hash, int64, int64) (*http.Response, error) {
+	return nil, errors.New("fakeSource serves no blobs")
+}
 func (f *fakeSource) BlobRange(context.Context, string, v1.Hash, int64, int64, int64) (*http.Response, error) {
 	return nil, errors.New("fakeSource serves no blobs")
 }

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/pullcache/pullcache/admit"
+	"github.com/pullcache/pullcache/internal/httpx"
 	"github.com/pullcache/pullcache/internal/segfetch"
 	"github.com/pullcache/pullcache/sidecar/apierr"
 )
@@ -26,13 +27,17 @@ import (
 // contiguous prefix, so followers are unchanged). The first answer keeps
 // streaming as the first range.
 //
-// The first request is today's: no Range at offset 0 (a 200 from byte 0 is
-// the same stream a 206 to "bytes=0-" would be, and go-containerregistry's
-// registry, a common test upstream, answers 416 to an open-ended range,
-// which would cost a second GET per blob), "bytes=offset-" when resuming.
-// A 200 to a resume means the upstream ignores Range: one stream. Whether
-// the CDN honours ranges shows in its first answer; one that does not
-// sends whole blobs, which segfetch reads as one stream from then on.
+// The first request to the registry is today's: no Range at offset 0 (a
+// 200 from byte 0 is the same stream a 206 to "bytes=0-" would be, and
+// go-containerregistry's registry, a common test upstream, answers 416 to
+// an open-ended range, which would cost a second GET per blob), "bytes=
+// offset-" when resuming. Only the hop its redirect leads to is bounded
+// (BlobFirst): the CDN is asked for firstRange bytes, and its 206 names the
+// blob's size. The fill then plans the rest as ranges, each asking for
+// exactly the bytes it brings, so no stream is ever cut short: closing a
+// connection mid-body loses whatever the CDN had sent past the cut (a TCP
+// window and socket buffers, megabytes against a real CDN). A CDN that
+// ignores Range answers 200 with the whole blob, read as one stream.
 //
 // Why only behind a redirect: the registry must see one blob GET per blob
 // however the bytes come, so the other ranges can only go to the CDN. A
@@ -69,16 +74,33 @@ const defaultSegmentMin = 2 << 20
 // CDN, never to the registry.
 const defaultInitialSegment = 8 << 20
 
+// firstRange is how much of a blob a fill asks the CDN for at first (0:
+// all of it, when segmented fills are off): two of the smallest ranges, so
+// that a blob which fits is one request, and a larger one has its size
+// known after the first round trip, with bytes flowing meanwhile.
+func (m *Mirror) firstRange() int64 {
+	if m.opts.SegmentMin < 0 {
+		return 0
+	}
+	return 2 * m.segmentMin()
+}
+
 // segmentable says whether the rest of f is fetched as ranges: the first
 // answer came from a CDN, named the size, is positioned where the writer
-// stands without having ignored a Range, and what is left is worth
-// splitting (segfetch splits nothing under two segments).
+// stands without having ignored a Range, and either ends before the blob
+// does (a bounded answer: the rest must come as ranges) or leaves enough
+// to be worth splitting (segfetch splits nothing under two segments).
 func (m *Mirror) segmentable(f *Fill, resp *http.Response, cdn *url.URL) bool {
 	if m.opts.SegmentMin < 0 || cdn == nil || f.size < 0 {
 		return false
 	}
 	from := f.writer.Written()
-	if resp.StatusCode != http.StatusPartialContent && (resp.StatusCode != http.StatusOK || from != 0) {
+	switch {
+	case resp.StatusCode == http.StatusPartialContent:
+		if _, last, _, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range")); ok && last+1 < f.size {
+			return true
+		}
+	case resp.StatusCode != http.StatusOK || from != 0:
 		return false
 	}
 	return f.size-from >= 2*m.segmentMin()
@@ -95,9 +117,13 @@ func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo st
 	began := time.Now()
 	rs := &rangeSource{m: m, src: src, repo: repo, d: f.digest, size: f.size, cdn: cdn}
 	var res segfetch.Result
+	firstBody, err := segfetch.BodyOf(first)
+	if err != nil {
+		return err
+	}
 	res, err = segfetch.Fill(ctx, countingWriterAt{f.writer, m}, segfetch.Options{
 		Size: f.size, From: from,
-		First:          &segfetch.Body{ReadCloser: first.Body, Ranged: true, Start: from},
+		First:          &firstBody,
 		Fetch:          rs.fetch,
 		Acquire:        rs.acquire,
 		InitialStreams: m.opts.SegmentStreams,
@@ -109,7 +135,7 @@ func (m *Mirror) segmentedFill(ctx context.Context, f *Fill, src Source, repo st
 	fetched := time.Since(began)
 	defer func() {
 		m.log.Debug("segmented blob fill", "upstream", ns, "digest", f.digest, "size", f.size, "from", from,
-			"requests", res.Requests+1, "retries", res.Retries, "max_parallel", res.MaxParallel, "range_ignored", res.RangeIgnored,
+			"requests", res.Requests+1, "retries", res.Retries, "max_parallel", res.MaxParallel, "range_ignored", res.RangeIgnored, "cuts", res.Cuts,
 			"fetch_took", fetched, "commit_took", time.Since(began)-fetched, "err", err)
 	}()
 	if err != nil {

@@ -84,6 +84,13 @@ func (c *cdnSource) Blob(ctx context.Context, method, repo string, d v1.Hash, of
 	return resp, err
 }
 
+// BlobFirst is the fill's first request as BlobFirst makes it: the
+// registry's GET, whose redirect asks the CDN for limit bytes.
+func (c *cdnSource) BlobFirst(ctx context.Context, repo string, d v1.Hash, off, limit int64) (*http.Response, error) {
+	size := int64(len(c.blob))
+	return c.BlobRange(ctx, repo, d, off, min(off+limit, size), size)
+}
+
 func (c *cdnSource) BlobRange(_ context.Context, _ string, _ v1.Hash, off, end, _ int64) (*http.Response, error) {
 	c.mu.Lock()
 	c.registryGET++
@@ -262,6 +269,9 @@ func TestSegmentedFillFollowersReadInOrder(t *testing.T) {
 	if cdn < 3 {
 		t.Errorf("CDN range GETs = %d (%v), want at least 3: the blob did not come as ranges", cdn, ranges)
 	}
+	if n := src.delivered.Load(); n != int64(len(src.blob)) {
+		t.Errorf("the fill read %d body bytes for a %d-byte blob", n, len(src.blob))
+	}
 	if _, err := store.StatBlob(src.d); err != nil {
 		t.Errorf("blob not in the store after the fill: %v", err)
 	}
@@ -338,23 +348,24 @@ func TestSegmentedFillFlippedByteIsNeverVisible(t *testing.T) {
 	}
 }
 
-// A CDN that ignores Range (200 with the whole blob to every range) makes
-// the fill one stream from its first answer on: the range split off
-// before that skips to its offset in the whole blob, and no range is asked
-// after it.
+// A CDN that ignores Range answers the fill's bounded first request with
+// the whole blob (200): the fill reads it as one stream and asks for no
+// range at all.
 func TestSegmentedFillCDNIgnoringRange(t *testing.T) {
 	t.Parallel()
 	src := newCDNSource(t, 4<<20)
 	src.ignoreRange = true
-	src.holdFirst, src.splitAt = make(chan struct{}), 1
 	m, _ := segMirror(t, src, 2)
 
 	got, err := follow(t.Context(), m, src, src.d)
 	if err != nil || !bytes.Equal(got, src.blob) {
 		t.Fatalf("read %d bytes, err %v; want the blob", len(got), err)
 	}
-	if registry, cdn, ranges := src.counts(); registry != 1 || cdn != 1 {
-		t.Errorf("registry GETs %d, CDN GETs %d (%v); want 1 and 1", registry, cdn, ranges)
+	if registry, cdn, ranges := src.counts(); registry != 1 || cdn != 0 {
+		t.Errorf("registry GETs %d, CDN GETs %d (%v); want 1 and 0", registry, cdn, ranges)
+	}
+	if n := src.delivered.Load(); n != int64(len(src.blob)) {
+		t.Errorf("the fill read %d body bytes for a %d-byte blob", n, len(src.blob))
 	}
 }
 

@@ -51,6 +51,10 @@ type Source interface {
 	// URL), or nil; Resume asks there again from offset.
 	RedirectedTo(resp *http.Response) *url.URL
 	Resume(ctx context.Context, loc *url.URL, offset int64) (*http.Response, error)
+	// BlobFirst is Blob's GET from offset for a fill that may go on as
+	// ranges: a redirect to another host (a CDN) asks it for bytes
+	// [offset, offset+limit) only; the registry sees Blob's request.
+	BlobFirst(ctx context.Context, repo string, d v1.Hash, offset, limit int64) (*http.Response, error)
 	// BlobRange asks the registry for bytes [off, end) of d, whose size is
 	// size, with a Range header always ("bytes=off-" for end = size = -1):
 	// a fill's first request, whose answer says whether ranges work.

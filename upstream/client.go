@@ -188,7 +188,7 @@ func (c *Client) Identity() string { return c.identity }
 // library/ prefix is added here.
 func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.Response, error) {
 	h := http.Header{"Accept": {strings.Join(ManifestAccept, ", ")}}
-	return c.do(ctx, method, repo, "/manifests/"+ref, "", h)
+	return c.do(ctx, method, repo, "/manifests/"+ref, "", h, nil)
 }
 
 // Blob sends GET or HEAD for a blob; a positive offset asks for the rest of
@@ -196,7 +196,7 @@ func (c *Client) Manifest(ctx context.Context, method, repo, ref string) (*http.
 // followed: the response's Request.URL is where the bytes came from (a CDN,
 // usually), which Resume may reuse.
 func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offset int64) (*http.Response, error) {
-	resp, err := c.blob(ctx, method, repo, d, func() http.Header { return rangeFrom(offset) })
+	resp, err := c.blob(ctx, method, repo, d, func() http.Header { return rangeFrom(offset) }, nil)
 	if err != nil || method != http.MethodHead {
 		return resp, err
 	}
@@ -212,12 +212,12 @@ func (c *Client) Blob(ctx context.Context, method, repo string, d v1.Hash, offse
 // blob sends a blob request with the headers hdr makes (a fresh set per
 // attempt), asking the registry once more when the CDN URL it redirected to
 // was stale by the time it was used (clock skew, a slow queue).
-func (c *Client) blob(ctx context.Context, method, repo string, d v1.Hash, hdr func() http.Header) (*http.Response, error) {
-	resp, err := c.do(ctx, method, repo, "/blobs/"+d.String(), "", hdr())
+func (c *Client) blob(ctx context.Context, method, repo string, d v1.Hash, hdr func() http.Header, hop http.Header) (*http.Response, error) {
+	resp, err := c.do(ctx, method, repo, "/blobs/"+d.String(), "", hdr(), hop)
 	if err == nil && method == http.MethodGet && c.RedirectedTo(resp) != nil &&
 		(resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
 		resp.Body.Close()
-		resp, err = c.do(ctx, method, repo, "/blobs/"+d.String(), "", hdr())
+		resp, err = c.do(ctx, method, repo, "/blobs/"+d.String(), "", hdr(), hop)
 	}
 	return resp, err
 }
@@ -230,7 +230,7 @@ func (c *Client) headByGet(ctx context.Context, loc *url.URL) (*http.Response, e
 		return nil, err
 	}
 	req.Header.Set("Range", "bytes=0-0")
-	resp, err := c.follow(req, c.hops)
+	resp, err := c.follow(req, c.hops, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +280,7 @@ func (c *Client) resume(ctx context.Context, loc *url.URL, h http.Header) (*http
 		return nil, err
 	}
 	req.Header = h
-	return c.follow(req, c.hops)
+	return c.follow(req, c.hops, nil)
 }
 
 // RedirectedTo returns the URL a response's body came from when a redirect
@@ -305,10 +305,13 @@ func rangeFrom(offset int64) http.Header {
 // Get sends a GET for another read-only endpoint of repo (tags/list,
 // referrers/<digest>) with the client's query string.
 func (c *Client) Get(ctx context.Context, repo, suffix, rawQuery string) (*http.Response, error) {
-	return c.do(ctx, http.MethodGet, repo, suffix, rawQuery, http.Header{"Accept": {"application/json, application/vnd.oci.image.index.v1+json"}})
+	return c.do(ctx, http.MethodGet, repo, suffix, rawQuery, http.Header{"Accept": {"application/json, application/vnd.oci.image.index.v1+json"}}, nil)
 }
 
-func (c *Client) do(ctx context.Context, method, repo, suffix, rawQuery string, h http.Header) (*http.Response, error) {
+// do sends a request for /v2/<repo><suffix> with headers h, following
+// redirects; hop, if not nil, holds headers that replace h's on every hop
+// to a host other than the registry (follow).
+func (c *Client) do(ctx context.Context, method, repo, suffix, rawQuery string, h, hop http.Header) (*http.Response, error) {
 	repo = c.reg.NormalizeRepo(repo)
 	rt, err := c.transport(ctx, repo)
 	if err != nil {
@@ -322,7 +325,7 @@ func (c *Client) do(ctx context.Context, method, repo, suffix, rawQuery string, 
 		return nil, err
 	}
 	req.Header = h
-	return c.follow(req, rt)
+	return c.follow(req, rt, hop)
 }
 
 // transport returns the authenticated transport for repo's pull scope,

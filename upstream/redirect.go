@@ -38,12 +38,13 @@ func isRedirect(code int) bool {
 }
 
 // follow sends req through rt (the registry's authenticated transport) and
-// follows redirects. Every answer leaves here with its throttling dialect
+// follows redirects. hop, if not nil, replaces headers of the requests to
+// hosts other than the registry (BlobFirst's bounded Range for the CDN). Every answer leaves here with its throttling dialect
 // normalized (NormalizeThrottle). The returned response's Request is the last hop's
 // request, so its URL is where the body came from. Signed Locations are
 // never stored beyond the response: the caller may reuse one for a resume
 // while it works (Resume), and goes back to the registry when it does not.
-func (c *Client) follow(req *http.Request, rt http.RoundTripper) (*http.Response, error) {
+func (c *Client) follow(req *http.Request, rt http.RoundTripper, hop http.Header) (*http.Response, error) {
 	for hops := 0; ; hops++ {
 		resp, err := rt.RoundTrip(req)
 		if err != nil {
@@ -75,6 +76,9 @@ func (c *Client) follow(req *http.Request, rt http.RoundTripper) (*http.Response
 		req = next
 		if !c.isRegistry(next.URL) {
 			rt = c.hops
+			for k, v := range hop {
+				next.Header[k] = append([]string(nil), v...)
+			}
 		}
 	}
 }

@@ -11,8 +11,16 @@ import (
 //
 //   - A blob (or what is left of it) under 2*MinSegment is one stream: a
 //     request's latency would eat what a second stream could win.
-//   - After the first answer honoured Range, the download is split into
-//     InitialStreams (default 1) at once.
+//   - The first answer is planned (plan): the download gets InitialStreams
+//     shares of equal size (at most MaxRequest each). The first stream
+//     keeps its share, asking for the rest of it when its bounded body
+//     ends; what is left is a queue of pieces that the other streams, and
+//     every stream whose piece is done, take in order. A piece is the
+//     stream's share of the work left (at least MinSegment, at most
+//     MaxRequest), so pieces shrink as the queue empties and the streams
+//     finish together. Every request asks for exactly its piece: none is
+//     cut short while the queue has work, so the upstream sends no byte
+//     that is thrown away.
 //   - Every Probe the aggregate rate over the last window is measured. While
 //     growing, the number of streams doubles (up to MaxStreams) each window;
 //     when a doubling raised the rate by less than a quarter, connections
@@ -29,10 +37,14 @@ import (
 //     it with more connections; it cannot see the others end, so it asks
 //     again now and then. On a link that stays saturated that costs one
 //     doubling per re-probe, bounded by MaxStreams and by admission.
-//   - The target is held: when a stream finishes early, the largest range
-//     left is halved and its tail given to a new stream, unless its stream
-//     would finish it within two windows anyway (at one stream's share of
-//     the measured rate: the tail of a download runs on one connection).
+//   - The target is held: streams are added while the queue has pieces.
+//     Once it is empty, a stream beyond the target can only come from
+//     cutting a piece in flight (cut): its tail half goes to a new stream,
+//     and the bytes the upstream sent past the cut are lost. That is done
+//     only when the piece's stream would otherwise run on alone for
+//     cutWindows windows (at one stream's share of the measured rate: the
+//     tail of a download runs on one connection); a tail no request has
+//     asked for yet costs nothing and is split at two windows.
 //   - Beyond InitialStreams, no stream is added while one added before
 //     still waits for its first answer: a CDN that answers slowly is not
 //     sent more requests on top, and one that ignores Range (found by that
@@ -47,16 +59,60 @@ const growthGain = 1.25
 // reprobeWindows is how many windows growth rests after it stopped.
 const reprobeWindows = 3
 
-// control runs after the first answer until the download is done.
-func (f *fill) control(ctx context.Context) {
-	window := f.opts.Probe
-	adaptive := window > 0
-	growing := adaptive
-	if !adaptive {
-		window = DefaultProbe // still the tick for holding the target
+// cutWindows is how long a piece's stream must have left to run alone
+// before the piece is cut in flight: the cut loses what the upstream had
+// sent past it (a TCP window or more), so it has to save real time.
+const cutWindows = 4
+
+// plan sizes the download once the first answer came: InitialStreams
+// shares (at least two when a bounded first answer leaves bytes to fetch),
+// the first stream keeping its own and the rest queued for the others. A
+// first stream that is done with its first piece already keeps what it
+// took from the queue since.
+func (f *fill) plan(first *segment) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	size := f.opts.Size
+	n := f.initial
+	if f.firstEnd < size {
+		n = max(n, min(2, f.opts.MaxStreams))
 	}
+	f.initial, f.target = n, n
+	_, live := f.live[first]
+	if !live || f.noSplit || first.end != f.firstEnd || first.next >= first.end || f.queue != f.firstEnd {
+		return
+	}
+	// Shares of the whole download, not of what is left: the first body
+	// may have delivered some bytes by now, and they are its share's.
+	left := size - f.opts.From
+	share := max(f.opts.MinSegment, min(f.opts.MaxRequest, ceilDiv(left, int64(n))))
+	stop := min(size, f.opts.From+share)
+	switch {
+	case first.reqEnd >= size:
+		// An unbounded first answer: cut where its share ends, if the
+		// rest is worth another stream and the stream is not past it.
+		if n < 2 || left < 2*f.opts.MinSegment || size-stop < f.opts.MinSegment || stop <= first.next {
+			return
+		}
+		f.res.Cuts++
+	case stop-first.reqEnd < f.opts.MinSegment:
+		// The bounded answer is about the share already: it is the
+		// first stream's piece, everything after it is queued.
+		return
+	}
+	first.end = stop
+	f.queue = stop
+}
+
+// control runs after the plan until the download is done.
+func (f *fill) control(ctx context.Context) {
+	window := f.window()
+	adaptive := f.opts.Probe > 0
+	growing := adaptive
 	rested := 0 // windows since growth stopped
-	target := f.opts.InitialStreams
+	f.mu.Lock()
+	target := f.initial
+	f.mu.Unlock()
 	f.hold(ctx, target, 0, window)
 	tick := time.NewTicker(window)
 	defer tick.Stop()
@@ -92,23 +148,28 @@ func (f *fill) control(ctx context.Context) {
 	}
 }
 
-// hold starts streams until target are live, each taking the tail half of
-// the largest range left. rate (bytes/s, 0 if unknown) skips splits of a
-// range its stream would finish within two windows anyway.
+// window is the controller's tick: Probe, or the default when the number
+// of streams is fixed (the tick still holds the target and the watchdog).
+func (f *fill) window() time.Duration {
+	if f.opts.Probe > 0 {
+		return f.opts.Probe
+	}
+	return DefaultProbe
+}
+
+// hold starts streams until target are live: each takes the next piece of
+// the queue, or, once it is empty, the tail of a piece worth cutting (rate
+// in bytes/s, 0 if unknown: no cut). Every stream starts under a slot from
+// Acquire, waited for at most wait.
 func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Duration) {
 	for {
 		f.mu.Lock()
-		seg, _, live := f.largest()
-		var segLeft int64
-		if seg != nil {
-			segLeft = seg.end - seg.next
-		}
-		waiting := f.pending > 0 && live >= f.opts.InitialStreams
+		f.target = target
+		live := len(f.live)
+		work := !f.noSplit && (f.queued() || f.cuttable(rate, wait) != nil)
+		waiting := f.pending > 0 && live >= f.initial
 		f.mu.Unlock()
-		// The largest range left runs at one stream's share of the rate,
-		// not at the download's: judged by the aggregate, a long tail on
-		// one connection would never be split.
-		if live >= target || seg == nil || waiting || (rate > 0 && float64(segLeft)*float64(live)/rate < 2*wait.Seconds()) {
+		if live >= target || !work || waiting {
 			return
 		}
 		var slot *Slot
@@ -122,52 +183,165 @@ func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Dur
 			slot = s
 		}
 		f.mu.Lock()
-		tail := f.split()
+		seg := f.startPiece(rate, wait)
 		f.mu.Unlock()
-		if tail == nil { // the range finished while the slot was coming
+		if seg == nil { // the work went to a stream while the slot was coming
 			slot.release()
 			return
 		}
-		f.g.Go(func() error { return f.run(ctx, tail, nil, slot, nil) })
+		f.g.Go(func() error { return f.run(ctx, seg, nil, slot, nil) })
 	}
 }
 
-// largest returns the segment with the most bytes left if it may be split,
-// the bytes left in all segments and how many are live; f.mu held.
-func (f *fill) largest() (*segment, int64, int) {
-	if f.noSplit || len(f.live) == 0 {
-		return nil, 0, len(f.live)
+// take gives a stream whose piece is done the next one from the queue,
+// under a new slot. false: the stream ends, retired already (no work left,
+// or no slot within a window while other streams run: they take the queue
+// as they finish, and the controller adds streams when slots free up). The
+// last stream never leaves work behind: it waits for its slot.
+func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool) {
+	for {
+		f.mu.Lock()
+		if !f.queued() {
+			f.retire(seg)
+			f.mu.Unlock()
+			return nil, false
+		}
+		alone := len(f.live) == 1
+		f.mu.Unlock()
+		var slot *Slot
+		if f.opts.Acquire != nil {
+			actx, cancel := ctx, context.CancelFunc(func() {})
+			if !alone {
+				actx, cancel = context.WithTimeout(ctx, f.window())
+			}
+			s, err := f.opts.Acquire(actx)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, false
+				}
+				f.mu.Lock()
+				leave := len(f.live) > 1
+				if leave {
+					f.retire(seg)
+				}
+				f.mu.Unlock()
+				if leave {
+					return nil, false
+				}
+				continue
+			}
+			slot = s
+		}
+		f.mu.Lock()
+		if !f.queued() {
+			f.retire(seg)
+			f.mu.Unlock()
+			slot.release()
+			return nil, false
+		}
+		p := f.pieceSize()
+		seg.next, seg.end, seg.reqEnd = f.queue, f.queue+p, f.queue
+		f.queue += p
+		f.countParallel()
+		f.mu.Unlock()
+		return slot, true
+	}
+}
+
+// queued reports whether the queue has bytes no stream has taken; f.mu
+// held.
+func (f *fill) queued() bool {
+	return f.queue < f.opts.Size
+}
+
+// pieceSize is the next piece's length: a stream's share of the work left
+// (the queue and every live piece's rest) at the current target, at least
+// MinSegment and at most MaxRequest, and the whole queue when less than
+// MinSegment would remain; f.mu held.
+func (f *fill) pieceSize() int64 {
+	left := f.opts.Size - f.queue
+	work := left
+	for s := range f.live {
+		work += max(0, s.end-s.next)
+	}
+	p := min(max(ceilDiv(work, int64(max(1, f.target))), f.opts.MinSegment), f.opts.MaxRequest)
+	if left-p < f.opts.MinSegment {
+		p = left
+	}
+	return min(p, left)
+}
+
+// startPiece makes the segment of a stream about to start: the queue's
+// next piece, or the tail of a piece worth cutting; nil if neither; f.mu
+// held.
+func (f *fill) startPiece(rate float64, wait time.Duration) *segment {
+	var seg *segment
+	switch victim := f.cuttable(rate, wait); {
+	case f.queued():
+		p := f.pieceSize()
+		seg = &segment{next: f.queue, end: f.queue + p, reqEnd: f.queue}
+		f.queue += p
+	case victim != nil:
+		mid := victim.next + (victim.end-victim.next)/2
+		seg = &segment{next: mid, end: victim.end, reqEnd: mid}
+		if mid < victim.reqEnd {
+			f.res.Cuts++
+		}
+		// The victim's stream stops at the new end: it reserves bytes
+		// under f.mu before writing them, so the tail holds no byte it
+		// has claimed.
+		victim.end = mid
+	default:
+		return nil
+	}
+	seg.awaiting = true
+	f.pending++
+	f.live[seg] = struct{}{}
+	f.countParallel()
+	return seg
+}
+
+// countParallel notes how many streams hold a piece now (a stream between
+// pieces, waiting for a slot, is not in flight); f.mu held.
+func (f *fill) countParallel() {
+	n := 0
+	for s := range f.live {
+		if s.next < s.end {
+			n++
+		}
+	}
+	f.res.MaxParallel = max(f.res.MaxParallel, n)
+}
+
+// cuttable returns the live piece with the most bytes left if cutting it
+// in half is worth a stream: at least 2*MinSegment left, which its stream
+// would need more than cutWindows windows for at one stream's share of
+// rate (two windows if no request has asked for the tail yet, which makes
+// the cut free). Nil with no rate yet: the plan made the first split; f.mu
+// held.
+func (f *fill) cuttable(rate float64, wait time.Duration) *segment {
+	if f.noSplit || rate <= 0 {
+		return nil
 	}
 	var best *segment
-	var left int64
 	for s := range f.live {
-		left += s.end - s.next
 		if best == nil || s.end-s.next > best.end-best.next {
 			best = s
 		}
 	}
-	if best.end-best.next < 2*f.opts.MinSegment {
-		return nil, left, len(f.live)
-	}
-	return best, left, len(f.live)
-}
-
-// split gives the tail half of the largest splittable segment to a new
-// segment and returns it (nil if none may be split); f.mu held. The stream
-// that had it stops at the new end: it reserves bytes under f.mu before
-// writing them, so the tail holds no byte it has claimed.
-func (f *fill) split() *segment {
-	seg, _, _ := f.largest()
-	if seg == nil {
+	if best == nil || best.end-best.next < 2*f.opts.MinSegment {
 		return nil
 	}
-	mid := seg.next + (seg.end-seg.next)/2
-	tail := &segment{next: mid, end: seg.end, awaiting: true}
-	seg.end = mid
-	f.pending++
-	f.live[tail] = struct{}{}
-	f.res.MaxParallel = max(f.res.MaxParallel, len(f.live))
-	return tail
+	windows := 2.0
+	if mid := best.next + (best.end-best.next)/2; mid < best.reqEnd {
+		windows = cutWindows
+	}
+	alone := float64(best.end-best.next) * float64(len(f.live)) / rate
+	if alone < windows*wait.Seconds() {
+		return nil
+	}
+	return best
 }
 
 // abortStalled closes the bodies of streams that delivered nothing for
@@ -196,3 +370,5 @@ func (f *fill) movedSoFar() int64 {
 	defer f.mu.Unlock()
 	return f.moved
 }
+
+func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }

@@ -8,7 +8,7 @@ import (
 )
 
 // BodyOf turns an upstream's answer to a range request into a Body: a 206
-// starts where its Content-Range says, a 200 is the whole blob. Any other
+// spans what its Content-Range says, a 200 is the whole blob. Any other
 // status, or a 206 without a usable Content-Range, is an error and the
 // response body is closed; the caller classifies statuses it cares about
 // (404, 429) before calling.
@@ -17,12 +17,12 @@ func BodyOf(resp *http.Response) (Body, error) {
 	case http.StatusOK:
 		return Body{ReadCloser: resp.Body}, nil
 	case http.StatusPartialContent:
-		start, _, _, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range"))
+		start, last, _, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range"))
 		if !ok {
 			resp.Body.Close()
 			return Body{}, fmt.Errorf("%w: Content-Range %q", ErrBadRange, resp.Header.Get("Content-Range"))
 		}
-		return Body{ReadCloser: resp.Body, Ranged: true, Start: start}, nil
+		return Body{ReadCloser: resp.Body, Ranged: true, Start: start, End: last + 1}, nil
 	default:
 		resp.Body.Close()
 		return Body{}, fmt.Errorf("segfetch: upstream answered %s", resp.Status)

@@ -15,17 +15,23 @@
 //     slot from Acquire is released when the body fetched under it closes.
 //   - Fill returns nil only when every byte of [From, Size) was written once.
 //     It does not verify content: the sink does (cachestore.BlobWriter).
+//   - Every request Fill makes asks for exactly the piece it is for, and is
+//     read to its end: no connection is closed with bytes in flight, which
+//     a real CDN would have sent in vain, except when the controller cuts a
+//     straggling piece (Result.Cuts) or First is unbounded.
 //
 // # Wiring it into a fill
 //
-// The fill makes its first request as today, but with a closed range
-// (upstream.Client.BlobRange(ctx, repo, d, offset, -1, -1): "bytes=0-" when
-// it starts), creates the BlobWriter from the answer's size, and, when the
-// size is known and the answer was a 206, hands the rest to Fill:
+// The fill makes its first request bounded where it leaves the registry
+// (upstream.Client.BlobFirst: the registry sees an unchanged GET, the CDN
+// it redirects to is asked for the first few MiB), creates the BlobWriter
+// from the answer's size, and, when the size is known and the answer was a
+// 206, hands the rest to Fill:
 //
+//	first, err := segfetch.BodyOf(resp) // Start and End from Content-Range
 //	segfetch.Fill(ctx, writer, segfetch.Options{
 //		Size: size, From: offset,
-//		First: &segfetch.Body{ReadCloser: resp.Body, Ranged: true, Start: offset},
+//		First: &first,
 //		Fetch: ... // ResumeRange at RedirectedTo(first answer), admitted like
 //		           // any blob request; back to BlobRange when the CDN URL
 //		           // answers 4xx (expired), once per fill, not per range
@@ -34,9 +40,9 @@
 //	})
 //
 // Acquire keeps the streams within the upstream's concurrency limit, and it
-// comes before the split: Fill waits at most one Probe window for a slot,
-// so a busy upstream means fewer streams, never a split-off range sitting
-// in admission's queue with bytes its blob then waits for at the end. The
+// comes before a piece is taken: Fill waits at most one Probe window for a
+// slot, so a busy upstream means fewer streams, never a piece sitting in
+// admission's queue with bytes its blob then waits for at the end. The
 // slot's Value reaches the Fetch made under it (SlotValue), so a caller
 // whose slot is an admission ticket sends the request under that ticket
 // rather than queueing a second time. Followers keep reading the writer as
@@ -65,6 +71,11 @@ type Body struct {
 	// answer tells whether the upstream honours ranges.
 	Ranged bool
 	Start  int64
+	// End, if positive, is where a ranged body stops (exclusive): the
+	// answer to a bounded request ("bytes=Start-(End-1)"). Zero means the
+	// body runs to the blob's end. A body that ends at End is complete, not
+	// dropped: its stream asks for the rest of its piece with a new request.
+	End int64
 }
 
 // FetchFunc asks the upstream for bytes [off, end) of the blob (Range:
@@ -111,6 +122,7 @@ func (s *Slot) release() {
 const (
 	DefaultMaxStreams = 8
 	DefaultMinSegment = 4 << 20
+	DefaultMaxRequest = 32 << 20
 	DefaultProbe      = 100 * time.Millisecond
 	DefaultRetries    = 5
 	DefaultStall      = 30 * time.Second
@@ -124,33 +136,42 @@ type Options struct {
 	// Fetch issues one range request. Required.
 	Fetch FetchFunc
 	// First, if set, is a body the caller already has for [From, ...),
-	// fetched under the caller's own slot; Fill owns it from here on.
+	// fetched under the caller's own slot; Fill owns it from here on. A
+	// bounded one (End set) lets the download go on without cutting a
+	// stream short; an unbounded one is cut where its share ends, and what
+	// the upstream had sent beyond that point by then is lost.
 	First *Body
 	// Acquire is called before every request Fill makes (not for First);
 	// nil means no limit but MaxStreams.
 	Acquire AcquireFunc
 	// MaxStreams bounds the requests in flight at once (default 8).
 	MaxStreams int
-	// InitialStreams is how many streams the download is split into as soon
-	// as the first answer honoured Range (default 1, or what InitialSegment
-	// gives).
+	// InitialStreams is how many streams the download is planned for as
+	// soon as the first answer honoured Range (default 1, or what
+	// InitialSegment gives; at least 2 when a bounded first answer leaves
+	// bytes to fetch).
 	InitialStreams int
 	// InitialSegment, if positive and InitialStreams is not set, sizes the
-	// first split by the bytes left instead: ceil(left / InitialSegment)
+	// first plan by the bytes left instead: ceil(left / InitialSegment)
 	// streams (at most MaxStreams), so that every stream starts with about
 	// the same share whatever the blob's size. Fills of different sizes that
 	// share one link then finish close together, rather than the largest
 	// running on alone at what one connection is granted while the
 	// controller probes its way up.
 	InitialSegment int64
-	// MinSegment is the smallest range worth a request of its own: nothing
+	// MinSegment is the smallest piece worth a request of its own: nothing
 	// below 2*MinSegment is ever split (default 4 MiB, so blobs under 8 MiB
-	// always come in one stream).
+	// come in one stream unless a bounded First leaves a rest).
 	MinSegment int64
+	// MaxRequest bounds the bytes one request asks for (default 32 MiB):
+	// a larger blob is a queue of pieces taken in order, so that followers
+	// see the blob's start early and the pieces near its end, sized down
+	// as the queue empties, finish together.
+	MaxRequest int64
 	// Probe is the measuring window for adapting the number of streams
 	// (default 100 ms); negative keeps InitialStreams throughout.
 	Probe time.Duration
-	// Retries bounds how often one segment is resumed after a drop
+	// Retries bounds how often one piece is resumed after a drop
 	// (default 5); RetryWait is the first pause, doubled each time up to
 	// 2 s (default 100 ms).
 	Retries   int
@@ -177,6 +198,10 @@ func (o *Options) setDefaults() {
 	if o.MinSegment <= 0 {
 		o.MinSegment = DefaultMinSegment
 	}
+	if o.MaxRequest <= 0 {
+		o.MaxRequest = DefaultMaxRequest
+	}
+	o.MaxRequest = max(o.MaxRequest, 2*o.MinSegment)
 	if o.Probe == 0 {
 		o.Probe = DefaultProbe
 	}
@@ -197,6 +222,11 @@ type Result struct {
 	Retries      int  // of them, resumptions after a drop
 	MaxParallel  int  // most streams in flight at once
 	RangeIgnored bool // the upstream sent whole blobs: one stream throughout
+	// Cuts counts the requests ended short of what they asked for, to give
+	// their tail to another stream: the bytes the upstream had already sent
+	// past the cut are lost. Zero when every request was bounded to its
+	// piece and no straggler was worth rescuing.
+	Cuts int
 }
 
 // WriteError marks a failure of the sink (the store), not of the upstream:
@@ -210,11 +240,14 @@ func (e *WriteError) Unwrap() error { return e.Err }
 // bytes from somewhere else than asked (and not the whole blob).
 var ErrBadRange = errors.New("segfetch: upstream answered another range")
 
-// segment is one stream's share of the blob: [next, end). Both change
-// under fill.mu: next as the stream reserves bytes, end when the
-// controller gives the segment's tail to a new stream.
+// segment is one stream's current piece of the blob: [next, end) is left
+// to write. next moves as the stream reserves bytes; end shrinks only when
+// the controller cuts the piece's tail off for a new stream (control.go).
+// reqEnd is where the request being read ends: below end, the rest of the
+// piece is asked for once the body is read (a bounded first answer); above
+// end, the piece was cut and the body is closed at end. All under fill.mu.
 type segment struct {
-	next, end int64
+	next, end, reqEnd int64
 	// While a body is being read: when it last delivered, and how to
 	// close it from the controller (the stall watchdog).
 	progress time.Time
@@ -229,13 +262,17 @@ type fill struct {
 	dst  io.WriterAt
 	g    *errgroup.Group
 
-	mu      sync.Mutex
-	live    map[*segment]struct{}
-	done    chan struct{} // closed when no segment is left
-	moved   int64         // bytes written so far (for the controller's rate)
-	noSplit bool          // the upstream ignored Range
-	pending int           // split-off streams still waiting for a first answer
-	res     Result
+	mu       sync.Mutex
+	live     map[*segment]struct{}
+	done     chan struct{} // closed when no segment is left
+	queue    int64         // [queue, Size) is no stream's yet: pieces are taken from here, in order
+	firstEnd int64         // where the first stream's first piece ends until the plan
+	target   int           // the streams the controller wants (sizes the pieces)
+	initial  int           // the streams of the first plan
+	moved    int64         // bytes written so far (for the controller's rate)
+	noSplit  bool          // the upstream ignored Range
+	pending  int           // split-off streams still waiting for a first answer
+	res      Result
 }
 
 // Fill downloads [From, Size) into dst. See the package comment for the
@@ -255,8 +292,16 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 		return Result{}, nil
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	f := &fill{opts: opts, dst: dst, g: g, live: map[*segment]struct{}{}, done: make(chan struct{})}
-	first := &segment{next: opts.From, end: opts.Size}
+	// Until the first answer is planned (control.go), the first stream
+	// holds what its body covers (all of it unless First is bounded) and
+	// the rest is queued.
+	firstEnd := opts.Size
+	if b := opts.First; b != nil && b.Ranged && b.End > opts.From {
+		firstEnd = min(b.End, opts.Size)
+	}
+	f := &fill{opts: opts, dst: dst, g: g, live: map[*segment]struct{}{}, done: make(chan struct{}),
+		queue: firstEnd, firstEnd: firstEnd, target: opts.InitialStreams, initial: opts.InitialStreams}
+	first := &segment{next: opts.From, end: firstEnd, reqEnd: firstEnd}
 	f.live[first] = struct{}{}
 	f.res.MaxParallel = 1
 	answered := make(chan struct{})
@@ -269,6 +314,7 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 		case <-gctx.Done():
 			return nil
 		}
+		f.plan(first)
 		f.control(gctx)
 		return nil
 	})
@@ -278,10 +324,10 @@ func Fill(ctx context.Context, dst io.WriterAt, opts Options) (Result, error) {
 	return f.res, err
 }
 
-// run streams one segment to the end, resuming from where it stopped after
-// a drop. slot is the one the segment was started with (nil: acquire
-// one per request). answered, if not nil, is closed once the first answer
-// arrived (or the segment gave up).
+// run streams pieces until the queue is empty: its own first, then those
+// it takes in order. slot is the one the stream was started with (nil:
+// acquire one per request). answered, if not nil, is closed once the first
+// answer arrived (or the stream gave up).
 func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, answered chan struct{}) error {
 	signal := func() {
 		if answered != nil {
@@ -294,10 +340,27 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, an
 	defer f.answered(seg)
 	bufp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bufp)
+	for {
+		if err := f.piece(ctx, seg, body, slot, *bufp, signal); err != nil {
+			return err
+		}
+		body = nil
+		var ok bool
+		if slot, ok = f.take(ctx, seg); !ok {
+			return ctx.Err()
+		}
+	}
+}
+
+// piece fetches what is left of seg, asking for the rest of the piece
+// when a bounded body ends before it, and resuming it after a drop. It owns
+// slot (nil: acquire one per request) and body, if given.
+func (f *fill) piece(ctx context.Context, seg *segment, body *Body, slot *Slot, buf []byte, signal func()) error {
 	var lastErr error
-	for attempt := 0; ; attempt++ {
+	for attempt := 0; ; {
 		off, end, ok := f.remaining(seg)
 		if !ok {
+			slot.release() // a slot taken for a piece that is gone (cut away)
 			return nil
 		}
 		if attempt > 0 {
@@ -319,13 +382,23 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, an
 					return err
 				}
 				lastErr = err
+				attempt++
 				continue
 			}
 			body, slot = b, sl
 		}
+		bodyEnd := f.opts.Size
+		if body.Ranged && body.End > 0 {
+			bodyEnd = body.End
+		}
 		if !body.Ranged {
+			// The whole blob came: no more streams, and this one reads on
+			// through the queue if the queue begins where its piece ends.
 			f.mu.Lock()
 			f.noSplit, f.res.RangeIgnored = true, true
+			if seg.end == f.queue {
+				seg.end, f.queue = f.opts.Size, f.opts.Size
+			}
 			f.mu.Unlock()
 		}
 		f.answered(seg)
@@ -333,9 +406,9 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, an
 		reading := body
 		closeBody := sync.OnceFunc(func() { reading.Close() }) // also the watchdog's
 		f.mu.Lock()
-		seg.progress, seg.abort = time.Now(), closeBody
+		seg.progress, seg.abort, seg.reqEnd = time.Now(), closeBody, bodyEnd
 		f.mu.Unlock()
-		err := f.copy(seg, body, off, *bufp)
+		err := f.copy(seg, body, off, bodyEnd, buf)
 		f.mu.Lock()
 		seg.abort = nil
 		f.mu.Unlock()
@@ -346,13 +419,17 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, an
 		var we *WriteError
 		switch {
 		case err == nil:
-			return nil
+			// The piece is done, or the body ended where it was bounded:
+			// the next turn asks for the rest (not a retry).
+			attempt = 0
+			continue
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case errors.As(err, &we), errors.Is(err, ErrBadRange):
 			return err // retrying cannot help
 		}
 		lastErr = err
+		attempt++
 	}
 }
 
@@ -383,9 +460,10 @@ func (f *fill) request(ctx context.Context, off, end int64, slot *Slot, retry bo
 }
 
 // copy writes body's bytes of seg from off on, until the segment's (maybe
-// shrinking) end. A body that ends early is io.ErrUnexpectedEOF: the
-// caller resumes from where it stopped.
-func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
+// shrinking) end or bodyEnd, where a bounded body stops. A body that ends
+// before either is io.ErrUnexpectedEOF: the caller resumes from where it
+// stopped.
+func (f *fill) copy(seg *segment, body *Body, off, bodyEnd int64, buf []byte) error {
 	switch {
 	case body.Ranged && body.Start == off:
 	case !body.Ranged || body.Start < off:
@@ -397,17 +475,20 @@ func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
 	default:
 		return fmt.Errorf("%w: asked for %d, got %d", ErrBadRange, off, body.Start)
 	}
+	if bodyEnd <= off {
+		return fmt.Errorf("%w: asked for %d, got a body ending at %d", ErrBadRange, off, bodyEnd)
+	}
 	pos := off
 	for {
 		f.mu.Lock()
-		limit := seg.end - pos
+		limit := min(seg.end, bodyEnd) - pos
 		f.mu.Unlock()
 		if limit <= 0 {
 			return nil
 		}
 		n, rerr := body.Read(buf[:min(int64(len(buf)), limit)])
 		if n > 0 {
-			// Reserve before writing: a split only ever takes bytes no
+			// Reserve before writing: a cut only ever takes bytes no
 			// stream has claimed.
 			f.mu.Lock()
 			n = int(min(int64(n), seg.end-pos))
@@ -423,7 +504,7 @@ func (f *fill) copy(seg *segment, body *Body, off int64, buf []byte) error {
 		}
 		if rerr == io.EOF {
 			f.mu.Lock()
-			short := pos < seg.end
+			short := pos < min(seg.end, bodyEnd)
 			f.mu.Unlock()
 			if short {
 				return fmt.Errorf("range from %d ended at %d: %w", off, pos, io.ErrUnexpectedEOF)
@@ -457,6 +538,15 @@ func (f *fill) remaining(seg *segment) (off, end int64, ok bool) {
 func (f *fill) finish(seg *segment) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.retire(seg)
+}
+
+// retire removes seg from the live streams, closing done when it was the
+// last; f.mu held. It is a no-op for a segment already retired.
+func (f *fill) retire(seg *segment) {
+	if _, ok := f.live[seg]; !ok {
+		return
+	}
 	delete(f.live, seg)
 	if len(f.live) == 0 {
 		close(f.done)

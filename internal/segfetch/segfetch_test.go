@@ -3,12 +3,14 @@ package segfetch
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"io"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -363,5 +365,132 @@ func TestFillKilledLeavesAdoptablePartial(t *testing.T) {
 	defer r.Close()
 	if got, _ := io.ReadAll(r); !bytes.Equal(got, u.blob) {
 		t.Error("committed blob differs")
+	}
+}
+
+// A bounded first answer is planned without cutting anything: the first
+// stream asks for the rest of its share when its body ends, the others
+// take the queue, every request asks for exactly the bytes it delivers,
+// and together they ask for each byte once. In a bubble, with every
+// connection paced alike, so that the controller runs as on a real link.
+func TestFillBoundedFirstCutsNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const size = 8 << 20
+		blob := make([]byte, size)
+		rand.Read(blob)
+		var mu sync.Mutex
+		var reqs []asked
+		fetch := func(_ context.Context, off, end int64) (Body, error) {
+			mu.Lock()
+			reqs = append(reqs, asked{off, end})
+			mu.Unlock()
+			r := &pacedReader{r: bytes.NewReader(blob[off:end]), chunk: 64 << 10, tick: 5 * time.Millisecond}
+			return Body{ReadCloser: io.NopCloser(r), Ranged: true, Start: off, End: end}, nil
+		}
+		first, _ := fetch(t.Context(), 0, 1<<20)
+		sink := newMemSink(size)
+		res, err := Fill(t.Context(), sink, Options{Size: size, First: &first, Fetch: fetch,
+			InitialStreams: 2, MinSegment: 512 << 10, StallTimeout: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := reqs[1:] // [0] is the first answer's
+		slices.SortFunc(got, func(a, b asked) int { return int(a.start - b.start) })
+		// Two shares of 4 MiB: the first stream's rest [1,4) MiB, and
+		// [4,8) MiB; growth finds no piece it would be worth cutting.
+		want := []asked{{1 << 20, 4 << 20}, {4 << 20, size}}
+		if !slices.Equal(got, want) {
+			t.Errorf("ranges asked after the first: %v, want %v", got, want)
+		}
+		if res.Cuts != 0 || res.Retries != 0 || res.Requests != 2 {
+			t.Errorf("result %+v, want 2 requests, no retry, no cut", res)
+		}
+		if !bytes.Equal(sink.b, blob) || sink.overlap {
+			t.Errorf("the blob was not written whole, once (overlapping writes: %v)", sink.overlap)
+		}
+	})
+}
+
+// A blob larger than MaxRequest per stream is a queue of pieces taken in
+// order: no request asks for more than MaxRequest, pieces are asked for in
+// the blob's order (give or take the streams racing), and no byte is asked
+// for twice.
+func TestFillTakesPiecesInOrder(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 12<<20)
+	size := int64(len(u.blob))
+	fetch := httpFetch(t, srv.URL, size)
+	first, err := fetch(t.Context(), 0, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, First: &first, Fetch: fetch,
+		InitialStreams: 2, MinSegment: 256 << 10, MaxRequest: 1 << 20, Probe: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := u.requests()
+	var total int64
+	for i, a := range reqs {
+		total += a.end - a.start
+		if a.end-a.start > 1<<20 {
+			t.Errorf("request %d asked for [%d,%d), more than MaxRequest", i, a.start, a.end)
+		}
+		if i > 1 && a.start < reqs[i-1].start && a.start < reqs[i-2].start {
+			t.Errorf("request %d at %d came after two requests further on (%v)", i, a.start, reqs[i-2:i])
+		}
+	}
+	if total != size {
+		t.Errorf("the upstream was asked for %d bytes in all, want %d (each once)", total, size)
+	}
+	if res.Cuts != 0 || res.Retries != 0 {
+		t.Errorf("result %+v, want no cut, no retry", res)
+	}
+	if !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Errorf("the blob was not written whole, once (overlapping writes: %v)", sink.overlap)
+	}
+}
+
+// An upstream that answers a range with less than was asked (a CDN that
+// caps what one response carries) is asked for the rest, not retried.
+func TestFillShortRangeAnswerIsContinued(t *testing.T) {
+	t.Parallel()
+	u, srv := newFakeUpstream(t, 4<<20)
+	size := int64(len(u.blob))
+	capped := func(ctx context.Context, off, end int64) (Body, error) {
+		return httpFetch(t, srv.URL, size)(ctx, off, min(end, off+300<<10))
+	}
+	sink := newMemSink(int(size))
+	res, err := Fill(t.Context(), sink, Options{Size: size, Fetch: capped, InitialStreams: 2, MinSegment: 1 << 20, Probe: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Retries != 0 || !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Errorf("result %+v; blob whole: %v", res, bytes.Equal(sink.b, u.blob))
+	}
+}
+
+// A piece is a stream's share of the work left, so pieces shrink as the
+// queue empties and the streams finish together; never below MinSegment,
+// never above MaxRequest, and never leaving less than MinSegment behind.
+func TestPieceSize(t *testing.T) {
+	const MiB = 1 << 20
+	for _, c := range []struct {
+		queue, inFlight int64 // where the queue starts; bytes left in the one live piece
+		want            int64
+	}{
+		{queue: 0, inFlight: 0, want: 16 * MiB},              // 64 MiB over 4 streams, capped at MaxRequest
+		{queue: 32 * MiB, inFlight: 8 * MiB, want: 10 * MiB}, // (32+8)/4
+		{queue: 56 * MiB, inFlight: 8 * MiB, want: 4 * MiB},  // (8+8)/4
+		{queue: 60 * MiB, inFlight: 2 * MiB, want: 2 * MiB},  // (4+2)/4 = 1.5, raised to MinSegment
+		{queue: 61 * MiB, inFlight: 2 * MiB, want: 3 * MiB},  // 2 would leave 1 < MinSegment: all of it
+	} {
+		live := &segment{next: 0, end: c.inFlight}
+		f := &fill{opts: Options{Size: 64 * MiB, MinSegment: 2 * MiB, MaxRequest: 16 * MiB},
+			queue: c.queue, target: 4, live: map[*segment]struct{}{live: {}}}
+		if got := f.pieceSize(); got != c.want {
+			t.Errorf("queue at %d MiB, %d MiB in flight: piece of %d bytes, want %d", c.queue/MiB, c.inFlight/MiB, got, c.want)
+		}
 	}
 }

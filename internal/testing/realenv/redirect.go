@@ -173,6 +173,7 @@ type CDNRequest struct {
 	BodyBytes     int64 // response body bytes sent
 	Authorization bool  // the request carried an Authorization header
 	UserAgent     string
+	Range         string // the request's Range header, "" without one
 }
 
 // Digest is the blob digest ("sha256:...") a request for a registry storage
@@ -301,7 +302,7 @@ http {
         ""      "-";
         default "auth";
     }
-    log_format realenv '$request_method $status $body_bytes_sent $realenv_auth "$uri" "$args" "$http_user_agent"';
+    log_format realenv '$request_method $status $body_bytes_sent $realenv_auth "$uri" "$args" "$http_user_agent" "$http_range"';
 
     server {
         listen %[2]s;
@@ -401,7 +402,7 @@ func (c *CDN) flush() int64 {
 
 // parseCDNLog reads the realenv log_format:
 //
-//	GET 200 1024 - "/docker/registry/v2/blobs/sha256/ab/ab.../data" "-" "ua"
+//	GET 200 1024 - "/docker/registry/v2/blobs/sha256/ab/ab.../data" "-" "ua" "bytes=0-1023"
 func parseCDNLog(rd io.Reader) ([]CDNRequest, error) {
 	var reqs []CDNRequest
 	sc := bufio.NewScanner(rd)
@@ -415,7 +416,7 @@ func parseCDNLog(rd io.Reader) ([]CDNRequest, error) {
 		status, err1 := strconv.Atoi(f[1])
 		n, err2 := strconv.ParseInt(f[2], 10, 64)
 		quoted := strings.Split(f[4], `" "`)
-		if err1 != nil || err2 != nil || len(quoted) != 3 {
+		if err1 != nil || err2 != nil || len(quoted) != 4 {
 			return nil, fmt.Errorf("CDN access log: unexpected line %q", line)
 		}
 		r := CDNRequest{
@@ -425,10 +426,14 @@ func parseCDNLog(rd io.Reader) ([]CDNRequest, error) {
 			Authorization: f[3] == "auth",
 			Path:          strings.TrimPrefix(quoted[0], `"`),
 			Query:         quoted[1],
-			UserAgent:     strings.TrimSuffix(quoted[2], `"`),
+			UserAgent:     quoted[2],
+			Range:         strings.TrimSuffix(quoted[3], `"`),
 		}
 		if r.Query == "-" {
 			r.Query = ""
+		}
+		if r.Range == "-" {
+			r.Range = ""
 		}
 		if strings.HasPrefix(r.Path, cdnInternal) {
 			continue

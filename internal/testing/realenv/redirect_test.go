@@ -15,12 +15,12 @@ import (
 
 func TestParseCDNLog(t *testing.T) {
 	t.Parallel()
-	log := `GET 200 65536 - "/docker/registry/v2/blobs/sha256/ab/abcd/data" "-" "crane/0.20.6"
-HEAD 200 0 - "/docker/registry/v2/blobs/sha256/ab/abcd/data" "-" "Go-http-client/1.1"
-GET 206 100 - "/docker/registry/v2/blobs/sha256/cd/cdef/data" "x=1" "containerd/1.6"
-GET 400 50 auth "/docker/registry/v2/blobs/sha256/ab/abcd/data" "-" "-"
-GET 204 0 - "/_realenv/marker-00ff" "-" "Go-http-client/1.1"
-GET 404 153 - "/nope" "-" "curl"
+	log := `GET 200 65536 - "/docker/registry/v2/blobs/sha256/ab/abcd/data" "-" "crane/0.20.6" "-"
+HEAD 200 0 - "/docker/registry/v2/blobs/sha256/ab/abcd/data" "-" "Go-http-client/1.1" "-"
+GET 206 100 - "/docker/registry/v2/blobs/sha256/cd/cdef/data" "x=1" "containerd/1.6" "bytes=0-99"
+GET 400 50 auth "/docker/registry/v2/blobs/sha256/ab/abcd/data" "-" "-" "-"
+GET 204 0 - "/_realenv/marker-00ff" "-" "Go-http-client/1.1" "-"
+GET 404 153 - "/nope" "-" "curl" "-"
 `
 	reqs, err := parseCDNLog(strings.NewReader(log))
 	if err != nil {
@@ -29,8 +29,11 @@ GET 404 153 - "/nope" "-" "curl"
 	if len(reqs) != 5 {
 		t.Fatalf("parsed %d requests, want 5 (markers dropped): %+v", len(reqs), reqs)
 	}
-	if r := reqs[2]; r.Query != "x=1" || r.Status != 206 || r.Digest() != "sha256:cdef" || r.UserAgent != "containerd/1.6" {
+	if r := reqs[2]; r.Query != "x=1" || r.Status != 206 || r.Digest() != "sha256:cdef" || r.UserAgent != "containerd/1.6" || r.Range != "bytes=0-99" {
 		t.Errorf("third request parsed as %+v (digest %q)", r, r.Digest())
+	}
+	if r := reqs[0]; r.Range != "" || r.UserAgent != "crane/0.20.6" {
+		t.Errorf("first request parsed as %+v", r)
 	}
 	if d := reqs[4].Digest(); d != "" {
 		t.Errorf("digest of /nope = %q", d)
