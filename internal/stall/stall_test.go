@@ -114,3 +114,26 @@ func TestSteadyReaderIsServed(t *testing.T) {
 	}
 	<-done
 }
+
+// Chunks double while they go quickly, halve when they go slowly, and stay
+// between Chunk and MaxChunk.
+func TestChunkFollowsTheClient(t *testing.T) {
+	t.Parallel()
+	const d = 8 * time.Second
+	chunk := int64(stall.Chunk)
+	for range 10 { // fast: 1/16 of the timeout each
+		chunk = stall.NextChunk(chunk, d/16, d)
+	}
+	if chunk != stall.MaxChunk {
+		t.Errorf("after fast chunks: %d, want MaxChunk", chunk)
+	}
+	if got := stall.NextChunk(chunk, d/5, d); got != chunk {
+		t.Errorf("a chunk between 1/8 and 1/4 of the timeout changed the size: %d to %d", chunk, got)
+	}
+	for range 10 { // slow: half the timeout each
+		chunk = stall.NextChunk(chunk, d/2, d)
+	}
+	if chunk != stall.Chunk {
+		t.Errorf("after slow chunks: %d, want Chunk", chunk)
+	}
+}

@@ -170,8 +170,16 @@ func run(ctx context.Context, cfg config) error {
 		}
 		log.Printf("scenario: %s", s.title)
 		sec := section{scenario: s}
-		for _, m := range mirrors {
-			r := b.runScenario(ctx, s, m)
+		var results []result
+		if s.warm {
+			results = b.runWarm(ctx, s, mirrors)
+		} else {
+			for _, m := range mirrors {
+				results = append(results, b.runScenario(ctx, s, m))
+			}
+		}
+		for _, r := range results {
+			m := r.mirror
 			if r.firstErr != nil {
 				log.Printf("  %s: %d failed pulls, first: %v", m, r.fails, r.firstErr)
 			}
@@ -324,8 +332,6 @@ func (b *bench) runScenario(ctx context.Context, s scenario, m string) result {
 		r.na = "nginx is no cache: it can only serve what is already on disk"
 	case s.ttl:
 		b.runTTL(ctx, s, m, &r)
-	case s.warm:
-		b.runWarm(ctx, s, m, &r)
 	default:
 		b.runCold(ctx, s, m, &r)
 	}
@@ -353,45 +359,77 @@ func (b *bench) runCold(ctx context.Context, s scenario, m string, r *result) {
 	}
 }
 
-// runWarm fills the mirror with one pull, restarts it (a fresh process, so
+// runWarm measures the mirrors of a warm scenario side by side: each is
+// prepared first (startWarm), then they take turns, one run each per round.
+// The machine's speed drifts over minutes, and measured one after the other
+// in blocks of runs, the mirrors would meet different machines; in turns,
+// the drift moves all of them alike and their ratio holds.
+func (b *bench) runWarm(ctx context.Context, s scenario, ms []string) []result {
+	results := make([]result, len(ms))
+	procs := make([]*proc, len(ms))
+	hosts := make([]string, len(ms))
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	for i, m := range ms {
+		results[i].mirror = m
+		p, host, err := b.startWarm(ctx, s, m)
+		if err != nil {
+			results[i].fail(err)
+			continue
+		}
+		procs[i], hosts[i] = p, host
+	}
+	for range s.runs {
+		for i := range ms {
+			if hosts[i] == "" {
+				continue
+			}
+			p := procs[i]
+			b.hop.reset()
+			cpu0 := p.cpuTime()
+			wall, n, errs := storm(ctx, hosts[i], s.pulls, s.raw)
+			results[i].record(wall, n, b.hop.snapshot(), p.cpuTime()-cpu0, errs)
+		}
+	}
+	for i, p := range procs {
+		results[i].rss = p.peakRSS()
+	}
+	return results
+}
+
+// startWarm fills mirror m with one pull, restarts it (a fresh process, so
 // its peak RSS is the warm serving's own), warms the page cache with one
-// unmeasured pull, then measures.
-func (b *bench) runWarm(ctx context.Context, s scenario, m string, r *result) {
+// unmeasured pull, and returns it serving.
+func (b *bench) startWarm(ctx context.Context, s scenario, m string) (*proc, string, error) {
 	dir := b.freshDir(m)
 	if m == mPullcache || m == mDistribution {
 		p, host, err := b.startMirror(ctx, m, dir, 10*time.Minute)
 		if err != nil {
-			r.fail(err)
-			return
+			return nil, "", err
 		}
 		_, _, errs := storm(ctx, host, s.pulls[:1], s.raw)
 		p.stop()
 		if len(errs) > 0 {
-			r.fail(fmt.Errorf("warming: %w", errs[0]))
-			return
+			return nil, "", fmt.Errorf("warming: %w", errs[0])
 		}
 	}
 	p, host, err := b.startMirror(ctx, m, dir, 10*time.Minute)
 	if err != nil {
-		r.fail(err)
-		return
+		return nil, "", err
 	}
-	defer p.stop()
 	if _, _, errs := storm(ctx, host, s.pulls[:1], s.raw); len(errs) > 0 {
-		r.fail(fmt.Errorf("warm-up pull: %w", errs[0]))
-		return
+		p.stop()
+		return nil, "", fmt.Errorf("warm-up pull: %w", errs[0])
 	}
-	for range s.runs {
-		b.hop.reset()
-		cpu0 := p.cpuTime()
-		wall, n, errs := storm(ctx, host, s.pulls, s.raw)
-		r.record(wall, n, b.hop.snapshot(), p.cpuTime()-cpu0, errs)
-	}
-	r.rss = p.peakRSS()
 	if m == mPullcache {
-		// Kept for nginx, which serves this store's files next.
+		// Kept for nginx, which serves this store's files (next in
+		// mirrors, while this pullcache keeps running beside it).
 		b.nginxStore = dir
 	}
+	return p, host, nil
 }
 
 // runTTL pulls once, then pulls again after each expiry of the tag TTL.

@@ -1,0 +1,4 @@
+package stall
+
+// NextChunk is nextChunk, for the external tests.
+var NextChunk = nextChunk
