@@ -197,14 +197,16 @@ func (f *fill) hold(ctx context.Context, target int, rate float64, wait time.Dur
 // under a new slot. false: the stream ends, retired already (no work left,
 // or no slot within a window while other streams run: they take the queue
 // as they finish, and the controller adds streams when slots free up). The
-// last stream never leaves work behind: it waits for its slot.
-func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool) {
+// last stream never leaves work behind: it waits for its slot as long as
+// Acquire does, and a refusal (a throttle, admission's queue timeout) is
+// the download's error, as it would be for any request.
+func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool, error) {
 	for {
 		f.mu.Lock()
 		if !f.queued() {
 			f.retire(seg)
 			f.mu.Unlock()
-			return nil, false
+			return nil, false, nil
 		}
 		alone := len(f.live) == 1
 		f.mu.Unlock()
@@ -216,10 +218,12 @@ func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool) {
 			}
 			s, err := f.opts.Acquire(actx)
 			cancel()
-			if err != nil {
-				if ctx.Err() != nil {
-					return nil, false
-				}
+			switch {
+			case ctx.Err() != nil:
+				return nil, false, ctx.Err()
+			case err != nil && alone:
+				return nil, false, err
+			case err != nil:
 				f.mu.Lock()
 				leave := len(f.live) > 1
 				if leave {
@@ -227,9 +231,9 @@ func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool) {
 				}
 				f.mu.Unlock()
 				if leave {
-					return nil, false
+					return nil, false, nil
 				}
-				continue
+				continue // the others left meanwhile: wait as the last one
 			}
 			slot = s
 		}
@@ -238,14 +242,14 @@ func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool) {
 			f.retire(seg)
 			f.mu.Unlock()
 			slot.release()
-			return nil, false
+			return nil, false, nil
 		}
 		p := f.pieceSize()
 		seg.next, seg.end, seg.reqEnd = f.queue, f.queue+p, f.queue
 		f.queue += p
 		f.countParallel()
 		f.mu.Unlock()
-		return slot, true
+		return slot, true, nil
 	}
 }
 

@@ -346,8 +346,9 @@ func (f *fill) run(ctx context.Context, seg *segment, body *Body, slot *Slot, an
 		}
 		body = nil
 		var ok bool
-		if slot, ok = f.take(ctx, seg); !ok {
-			return ctx.Err()
+		var err error
+		if slot, ok, err = f.take(ctx, seg); !ok {
+			return err
 		}
 	}
 }

@@ -494,3 +494,32 @@ func TestPieceSize(t *testing.T) {
 		}
 	}
 }
+
+// When the last stream cannot get a slot for the next piece (admission
+// refuses: a throttle, its queue timeout), the download ends with that
+// refusal: it neither spins on Acquire nor leaves the rest unfetched.
+func TestFillLastStreamRefusedASlotFails(t *testing.T) {
+	t.Parallel()
+	const size = 4 << 20
+	blob := make([]byte, size)
+	rand.Read(blob)
+	refused := errors.New("throttled")
+	var calls atomic.Int64
+	acquire := func(context.Context) (*Slot, error) {
+		calls.Add(1)
+		return nil, refused
+	}
+	fetch := func(context.Context, int64, int64) (Body, error) {
+		t.Error("Fetch called without a slot")
+		return Body{}, errors.New("no")
+	}
+	first := &Body{ReadCloser: io.NopCloser(bytes.NewReader(blob[:1<<20])), Ranged: true, End: 1 << 20}
+	_, err := Fill(t.Context(), newMemSink(size), Options{Size: size, First: first, Fetch: fetch, Acquire: acquire,
+		MinSegment: 4 << 20, MaxStreams: 1, Probe: -1})
+	if !errors.Is(err, refused) {
+		t.Fatalf("Fill = %v, want the refusal", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("Acquire called %d times, want 1", n)
+	}
+}
