@@ -57,7 +57,8 @@ type Source interface {
 	BlobFirst(ctx context.Context, repo string, d v1.Hash, offset, limit int64) (*http.Response, error)
 	// BlobRange asks the registry for bytes [off, end) of d, whose size is
 	// size, with a Range header always ("bytes=off-" for end = size = -1):
-	// a fill's first request, whose answer says whether ranges work.
+	// one piece of a segmented fill, with a fresh redirect, when the CDN
+	// URL of its first answer stopped working.
 	BlobRange(ctx context.Context, repo string, d v1.Hash, off, end, size int64) (*http.Response, error)
 	// ResumeRange asks loc (from RedirectedTo) for bytes [off, end): the
 	// other ranges of a segmented fill.

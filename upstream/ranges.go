@@ -12,18 +12,17 @@ import (
 )
 
 // Ranges of a blob, for a fill that fetches a large blob as parallel
-// segments (internal/segfetch): unlike Blob and Resume, which ask for "the
-// rest from offset" and send no Range at offset 0, these always ask for a
-// closed range, also "bytes=0-" for the whole blob, so the first answer's
-// status (206 or 200) says whether the upstream honours ranges, and a
-// segment's connection can be reused once its range is read.
+// pieces (internal/segfetch). The fill's first request is BlobFirst: the
+// registry sees Blob's request, and only the CDN it redirects to is asked
+// for a bounded range. The pieces after it go to RedirectedTo of that
+// answer with ResumeRange, and BlobRange asks the registry again for one
+// piece when the CDN URL stopped working, so the registry sees one blob
+// GET per blob (two when a URL expires mid-fill). Each asks for a closed
+// range, so the connection can be reused once the piece is read.
 
 // BlobRange GETs bytes [off, end) of blob d, whose size is size, from the
-// registry, following its redirect as Blob does; end = size = -1 asks for
-// the rest from off when the size is not known yet (a fill's first
-// request). The first request of a fill uses it; the other ranges go to
-// RedirectedTo of its answer with ResumeRange, so the registry sees one
-// blob GET per blob.
+// registry, following its redirect as Blob does (the Range goes along to
+// the CDN); end = size = -1 asks for the rest from off.
 func (c *Client) BlobRange(ctx context.Context, repo string, d v1.Hash, off, end, size int64) (*http.Response, error) {
 	return c.blob(ctx, http.MethodGet, repo, d, func() http.Header {
 		return http.Header{"Range": {httpx.RangeHeader(off, end, size)}}

@@ -281,12 +281,11 @@ func (f *fill) pieceSize() int64 {
 // held.
 func (f *fill) startPiece(rate float64, wait time.Duration) *segment {
 	var seg *segment
-	switch victim := f.cuttable(rate, wait); {
-	case f.queued():
+	if f.queued() {
 		p := f.pieceSize()
 		seg = &segment{next: f.queue, end: f.queue + p, reqEnd: f.queue}
 		f.queue += p
-	case victim != nil:
+	} else if victim := f.cuttable(rate, wait); victim != nil {
 		mid := victim.next + (victim.end-victim.next)/2
 		seg = &segment{next: mid, end: victim.end, reqEnd: mid}
 		if mid < victim.reqEnd {
@@ -296,7 +295,7 @@ func (f *fill) startPiece(rate float64, wait time.Duration) *segment {
 		// under f.mu before writing them, so the tail holds no byte it
 		// has claimed.
 		victim.end = mid
-	default:
+	} else {
 		return nil
 	}
 	seg.awaiting = true
