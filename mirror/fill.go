@@ -266,6 +266,17 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 		return resp, err
 	}
 	resp, err := get(offset)
+	if err == nil && limit > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && *cdn != nil {
+		// The CDN refused the bounded range because it reaches past the
+		// blob's end (go-containerregistry's registry does so; RFC 9110
+		// says to serve what there is): ask the same URL for the rest,
+		// unbounded, rather than the registry a second time.
+		resp.Body.Close()
+		loc := *cdn
+		return m.admitted(ctx, src, kindBlobCDN, func(ctx context.Context) (*http.Response, error) {
+			return src.Resume(ctx, loc, offset)
+		})
+	}
 	if err == nil && offset > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable {
 		resp.Body.Close()
 		return get(0)

@@ -45,6 +45,9 @@ type cdnSource struct {
 	flipAt int64
 	// expireFirstURL answers 403 to every request for the first CDN URL.
 	expireFirstURL bool
+	// strictRange answers 416 to a range that reaches past the blob's end,
+	// as go-containerregistry's registry does.
+	strictRange bool
 
 	delivered atomic.Int64 // body bytes the fill read, all requests together
 
@@ -88,7 +91,17 @@ func (c *cdnSource) Blob(ctx context.Context, method, repo string, d v1.Hash, of
 // registry's GET, whose redirect asks the CDN for limit bytes.
 func (c *cdnSource) BlobFirst(ctx context.Context, repo string, d v1.Hash, off, limit int64) (*http.Response, error) {
 	size := int64(len(c.blob))
+	if c.strictRange && off+limit > size {
+		resp, err := c.BlobRange(ctx, repo, d, off, size, size) // counts the registry GET, names the CDN URL
+		resp.Body.Close()
+		return &http.Response{StatusCode: http.StatusRequestedRangeNotSatisfiable, Header: http.Header{}, Body: http.NoBody, Request: resp.Request}, err
+	}
 	return c.BlobRange(ctx, repo, d, off, min(off+limit, size), size)
+}
+
+// Resume is the CDN asked for the rest of the blob from off, unbounded.
+func (c *cdnSource) Resume(ctx context.Context, loc *url.URL, off int64) (*http.Response, error) {
+	return c.ResumeRange(ctx, loc, off, int64(len(c.blob)), int64(len(c.blob)))
 }
 
 func (c *cdnSource) BlobRange(_ context.Context, _ string, _ v1.Hash, off, end, _ int64) (*http.Response, error) {
@@ -387,6 +400,23 @@ func TestSegmentedFillExpiredURLAsksTheRegistryOnce(t *testing.T) {
 	}
 	if _, err := store.StatBlob(src.d); err != nil {
 		t.Errorf("blob not in the store: %v", err)
+	}
+}
+
+// A CDN that refuses a range reaching past the blob's end (416) is asked
+// for the small blob again without a bound, at the same URL: the pull
+// works, and the registry still sees one blob GET.
+func TestSmallBlobBehindAStrictRangeCDN(t *testing.T) {
+	t.Parallel()
+	src := newCDNSource(t, 300<<10)
+	src.strictRange = true
+	m, _ := segMirror(t, src, 4)
+	got, err := follow(t.Context(), m, src, src.d)
+	if err != nil || !bytes.Equal(got, src.blob) {
+		t.Fatalf("read %d bytes, err %v; want the blob", len(got), err)
+	}
+	if registry, cdn, ranges := src.counts(); registry != 1 || cdn != 1 {
+		t.Errorf("registry GETs %d, CDN GETs %d (%v); want 1 and 1", registry, cdn, ranges)
 	}
 }
 
