@@ -145,13 +145,15 @@ func TestE2EAbandonedUploadsStayUnderCap(t *testing.T) {
 	}
 	abandonUpload(t, pc.URL(), "cache/abandoned/fresh", chunk)
 
-	var used int64
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		used = treeBytes(t, filepath.Join(dir, "uploads")) + treeBytes(t, filepath.Join(dir, "blobs"))
-		if used <= cap {
-			break
+	// The janitor logs its eviction once it has finished: counting before
+	// that sees sessions it is still removing (the volume passes under the
+	// cap on its way to the low watermark).
+	for deadline := time.Now().Add(15 * time.Second); !strings.Contains(pc.Log(t), "idle_uploads"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the janitor did not log its eviction of idle uploads within 15s")
 		}
 	}
+	used := treeBytes(t, filepath.Join(dir, "uploads")) + treeBytes(t, filepath.Join(dir, "blobs"))
 	left := uploadSessions(t, dir)
 	t.Logf("24 abandoned + 1 fresh session of 4 MiB under a 64 MiB cap: %.1f MiB left in %d sessions", float64(used)/(1<<20), left)
 	if used > cap {
@@ -159,12 +161,6 @@ func TestE2EAbandonedUploadsStayUnderCap(t *testing.T) {
 	}
 	if left == 0 {
 		t.Error("every session was removed: eviction should stop at the low watermark (sessions are not expired yet)")
-	}
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(pc.Log(t), "idle_uploads"); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Error("the janitor did not log its eviction of idle uploads")
-			break
-		}
 	}
 	pc.Stop(t)
 
