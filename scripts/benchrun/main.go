@@ -127,7 +127,8 @@ func run(ctx context.Context, cfg config) error {
 	}
 
 	// The upstream and the counting hop in front of it.
-	upProc, upAddr, err := startRegistry(ctx, cfg.registryBin, "upstream docker-registry", filepath.Join(work, "upstream"), "")
+	upDir := filepath.Join(work, "upstream")
+	upProc, upAddr, err := startRegistry(ctx, cfg.registryBin, "upstream docker-registry", upDir, "")
 	if err != nil {
 		return err
 	}
@@ -153,7 +154,7 @@ func run(ctx context.Context, cfg config) error {
 	}
 	log.Printf("corpus: %s in %d manifests", fmtBytes(float64(c.TotalBytes)), len(c.Manifests))
 
-	b := &bench{cfg: cfg, hop: h, hopAddr: ln.Addr().String(), corpus: c, work: work}
+	b := &bench{cfg: cfg, hop: h, hopAddr: ln.Addr().String(), corpus: c, work: work, upstreamData: registryRoot(upDir)}
 	var wan *wanResult
 	if cold, storm := wanSelected(cfg.only); cold || storm {
 		if wan, err = b.runWAN(ctx, upURL, cold, storm); err != nil {
@@ -265,6 +266,9 @@ type bench struct {
 	corpus  *corpus
 	work    string
 	seq     int
+	// upstreamData is the upstream docker-registry's storage root (the
+	// WAN scenarios' CDN serves its blob files).
+	upstreamData string
 	// nginxStore is a pullcache store warmed with the warm-storm image;
 	// nginx serves its blob files.
 	nginxStore string

@@ -177,17 +177,21 @@ func freeAddr() (string, error) {
 
 // --- the servers -------------------------------------------------------------
 
+// registryRoot is the storage root of the docker-registry startRegistry
+// runs in dir.
+func registryRoot(dir string) string { return filepath.Join(dir, "data") }
+
 // startRegistry runs docker-registry with its storage and config in dir.
 func startRegistry(ctx context.Context, bin, name, dir, remote string) (*proc, string, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, "", err
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o755); err != nil {
+	if err := os.MkdirAll(registryRoot(dir), 0o755); err != nil {
 		return nil, "", err
 	}
 	cfg := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfg, []byte(distconfig.Config{Addr: addr, Root: filepath.Join(dir, "data"), RemoteURL: remote}.YAML()), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(distconfig.Config{Addr: addr, Root: registryRoot(dir), RemoteURL: remote}.YAML()), 0o644); err != nil {
 		return nil, "", err
 	}
 	logPath := filepath.Join(dir, "registry.log")

@@ -47,9 +47,24 @@ func traceWAN(ctx context.Context, h http.Handler, moved *atomic.Int64) http.Han
 	}()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		began := time.Now()
-		h.ServeHTTP(w, r)
+		fw := &firstWrite{ResponseWriter: w}
+		h.ServeHTTP(fw, r)
 		p := r.URL.Path
-		log.Printf("wan-trace %s %s …%s %s took %s", began.Format("05.000"), r.Method, p[max(0, len(p)-12):],
-			r.Header.Get("Range"), time.Since(began).Round(time.Millisecond))
+		log.Printf("wan-trace %s %s …%s %s took %s TTFB %s", began.Format("05.000"), r.Method, p[max(0, len(p)-12):],
+			r.Header.Get("Range"), time.Since(began).Round(time.Millisecond), fw.at.Sub(began).Round(time.Millisecond))
 	})
 }
+
+type firstWrite struct {
+	http.ResponseWriter
+	at time.Time
+}
+
+func (f *firstWrite) Write(b []byte) (int, error) {
+	if f.at.IsZero() {
+		f.at = time.Now()
+	}
+	return f.ResponseWriter.Write(b)
+}
+
+func (f *firstWrite) Unwrap() http.ResponseWriter { return f.ResponseWriter }
