@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -217,4 +218,121 @@ func TestNoSpaceTmpfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkConsistency(t, dir)
+}
+
+// gatedFile's Sync waits until its gate opens, then fails like a disk that
+// filled up: a commit stays in its sync for as long as a test wants.
+type gatedFile struct {
+	*os.File
+	syncing chan struct{} // closed when Sync is entered
+	gate    chan struct{}
+}
+
+func (f *gatedFile) Sync() error {
+	close(f.syncing)
+	<-f.gate
+	return &os.PathError{Op: "fsync", Path: f.Name(), Err: syscall.ENOSPC}
+}
+
+// A follower ends its stream once the bytes are verified, not once they
+// are synced and installed: a client of a fill does not wait for the
+// store's fsync. The store's copy is still visible only after its install,
+// and an install that fails leaves nothing behind; the follower's bytes,
+// verified, stay good.
+func TestFollowerEndsAtVerificationNotInstall(t *testing.T) {
+	t.Parallel()
+	s, err := Open(Options{Dir: t.TempDir()}) // fsync on: Commit calls Sync
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	gf := &gatedFile{syncing: make(chan struct{}), gate: make(chan struct{})}
+	s.createTemp = func(dir, pattern string) (blobFile, error) {
+		f, err := os.CreateTemp(dir, pattern)
+		if err != nil {
+			return nil, err
+		}
+		gf.File = f
+		return gf, nil
+	}
+	d, body := randomBlob(t, 100_000)
+	w, err := s.NewBlobWriter(d, int64(len(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := w.Follow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := w.Write(body); err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() { _, err := w.Commit(); committed <- err }()
+	<-gf.syncing
+	var got []byte
+	read := make(chan struct{})
+	go func() { got, err = io.ReadAll(r); close(read) }()
+	select {
+	case <-read:
+	case <-time.After(10 * time.Second): // a hang guard, not a timing
+		close(gf.gate)
+		<-read
+		t.Fatal("the follower's stream ended only after the commit's sync")
+	}
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("follower during the commit's sync: %d bytes, %v; want the %d verified bytes and EOF", len(got), err, len(body))
+	}
+	select {
+	case err := <-committed:
+		t.Fatalf("Commit returned (%v) before its sync was let go", err)
+	default:
+	}
+	if _, err := s.StatBlob(d); !errors.Is(err, ErrNotFound) {
+		t.Errorf("blob visible before its install: %v", err)
+	}
+	close(gf.gate)
+	if err := <-committed; !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Commit with a failing sync = %v, want ErrNoSpace", err)
+	}
+	if _, err := s.StatBlob(d); !errors.Is(err, ErrNotFound) {
+		t.Errorf("blob visible after its install failed: %v", err)
+	}
+	if n := tmpEntries(t, s); n != 0 {
+		t.Errorf("%d temp files left", n)
+	}
+	if _, err := w.Follow(); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("Follow after the failed install = %v, want its error", err)
+	}
+}
+
+// A follower waiting in Read while Commit finds the digest wrong gets the
+// mismatch, never io.EOF: ending early at verification must not end a
+// stream of bytes that failed it.
+func TestFollowerWaitingThroughFailedVerification(t *testing.T) {
+	t.Parallel()
+	s := newTestStore(t)
+	d, _ := randomBlob(t, 1000)
+	_, other := randomBlob(t, 1000)
+	w, err := s.NewBlobWriter(d, int64(len(other)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := w.Follow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	read := make(chan error, 1)
+	go func() { _, err := io.ReadAll(r); read <- err }()
+	if _, err := w.Write(other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Commit(); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Commit of the wrong bytes = %v", err)
+	}
+	if err := <-read; !errors.Is(err, ErrDigestMismatch) {
+		t.Errorf("follower of the wrong bytes ended with %v, want ErrDigestMismatch", err)
+	}
 }

@@ -2,8 +2,9 @@ package cachestore
 
 // Early writeback. A fill's bytes sit in the page cache until Commit's
 // fsync, which then has the whole blob to write: ~120 ms for 60 MiB here,
-// with several layers of one pull committing at once more, and every
-// follower waits for it before its last byte (the tail of a cold pull).
+// with several layers of one pull committing at once more, and the blob
+// is visible to new requests (and a Range request for it answered) only
+// after it. (Followers already streaming end at verification, before it.)
 // Asking the kernel to start writing each chunk as soon as it is in place
 // (sync_file_range(SYNC_FILE_RANGE_WRITE), which does not wait for the
 // disk) spreads that work over the download, so Commit's fsync finds

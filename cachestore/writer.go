@@ -51,6 +51,10 @@ type BlobWriter struct {
 	state writerState
 	err   error    // why the writer failed (stateFailed)
 	info  BlobInfo // result of Commit (stateCommitted)
+	// verified is set by Commit once the digest and size matched, before
+	// the file is synced and installed: followers may end their stream
+	// then (see follower.Read). It stays set if installing fails.
+	verified bool
 
 	// Positional mode (WriteAt, writerat.go). pos is guarded by mu;
 	// hashing is serialized by hashMu, under which written advances.
@@ -249,6 +253,13 @@ func (w *BlobWriter) verifyAndInstall() (BlobInfo, error) {
 	if got := hex.EncodeToString(w.h.Sum(nil)); got != w.expected.Hex {
 		return discard(fmt.Errorf("%w: got %s:%s, want %s", ErrDigestMismatch, w.expected.Algorithm, got, w.expected))
 	}
+	// The bytes are the blob: followers may finish now, while the file is
+	// synced and installed (tens of ms for a large layer, the tail of a
+	// cold pull otherwise).
+	w.mu.Lock()
+	w.verified = true
+	w.cond.Broadcast()
+	w.mu.Unlock()
 	// CreateTemp made the file 0600; blobs are world-readable so sibling
 	// sidecars running as other users can serve them.
 	if err := w.f.Chmod(0o644); err != nil {
@@ -315,25 +326,31 @@ type follower struct {
 	closed bool  // guarded by w.mu
 }
 
+// Read returns io.EOF once every byte was read and the writer verified
+// them: a follower streams a fill to a client, which needs the right
+// bytes, not their durability, so it does not wait for Commit's sync and
+// install. A failure after verification (the sync, disk full) fails the
+// store's copy, not the bytes a follower has read or still reads from its
+// open descriptor.
 func (r *follower) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	w := r.w
 	w.mu.Lock()
-	for !r.closed && r.pos >= w.written.Load() && (w.state == stateWriting || w.state == stateCommitting) {
+	for !r.closed && r.pos >= w.written.Load() && !w.verified && (w.state == stateWriting || w.state == stateCommitting) {
 		w.cond.Wait()
 	}
-	closed, state, werr, avail := r.closed, w.state, w.err, w.written.Load()-r.pos
+	closed, state, werr, verified, avail := r.closed, w.state, w.err, w.verified, w.written.Load()-r.pos
 	w.mu.Unlock()
 
 	switch {
 	case closed:
 		return 0, fmt.Errorf("%w: follower", ErrClosed)
-	case state == stateFailed:
+	case state == stateFailed && !verified:
 		return 0, werr
 	case avail <= 0:
-		return 0, io.EOF // committed and fully read
+		return 0, io.EOF // verified and fully read
 	}
 	n, err := r.f.ReadAt(p[:min(int64(len(p)), avail)], r.pos)
 	r.pos += int64(n)
