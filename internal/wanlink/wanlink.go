@@ -28,12 +28,24 @@ type Link struct {
 // flight share the link fairly, large enough to cost little CPU.
 const chunk = 32 << 10
 
+// slack is how much link time a limiter keeps when nobody takes it: what
+// a real link's queues hold. A bucket of one chunk (0.26 ms of the shared
+// link) lost capacity whenever a writer woke late on a busy machine: six
+// streams got 95% of the link idle and ~85% during a pull (the mirror and
+// its client share the cores with the shaper), which no network does.
+const slack = 2 * time.Millisecond
+
+// burst is a limiter's bucket for rate: slack's worth, at least a chunk.
+func burst(rate float64) int {
+	return max(chunk, int(rate*slack.Seconds()))
+}
+
 // Shape returns h behind the link. Every call makes a new shared limiter:
 // shape all the handlers that share one uplink with one call.
 func (l Link) Shape(h http.Handler) http.Handler {
 	var shared *rate.Limiter
 	if l.SharedBytesPerSec > 0 {
-		shared = rate.NewLimiter(rate.Limit(l.SharedBytesPerSec), chunk)
+		shared = rate.NewLimiter(rate.Limit(l.SharedBytesPerSec), burst(l.SharedBytesPerSec))
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if l.Latency > 0 {
@@ -49,7 +61,7 @@ func (l Link) Shape(h http.Handler) http.Handler {
 		if l.PerConnBytesPerSec > 0 {
 			// Per response: HTTP/1.1 serves one response at a time on a
 			// connection, so this is the per-connection cap.
-			pw.own = rate.NewLimiter(rate.Limit(l.PerConnBytesPerSec), chunk)
+			pw.own = rate.NewLimiter(rate.Limit(l.PerConnBytesPerSec), burst(l.PerConnBytesPerSec))
 		}
 		h.ServeHTTP(pw, r)
 	})
