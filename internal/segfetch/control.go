@@ -17,8 +17,8 @@ import (
 //     ends; what is left is a queue of pieces that the other streams, and
 //     every stream whose piece is done, take in order. A piece is the
 //     stream's share of the work left (at least MinSegment, at most
-//     MaxRequest), so pieces shrink as the queue empties and the streams
-//     finish together. Every request asks for exactly its piece: none is
+//     MaxRequest; the blob's last piece at least MinSegment/2), so pieces
+//     shrink as the queue empties and the streams finish together. Every request asks for exactly its piece: none is
 //     cut short while the queue has work, so the upstream sends no byte
 //     that is thrown away.
 //   - Every Probe the aggregate rate over the last window is measured. While
@@ -260,17 +260,26 @@ func (f *fill) queued() bool {
 }
 
 // pieceSize is the next piece's length: a stream's share of the work left
-// (the queue and every live piece's rest) at the current target, at least
-// MinSegment and at most MaxRequest, and the whole queue when less than
-// MinSegment would remain; f.mu held.
+// (the queue and every live piece's rest) among the streams there are or
+// the controller wants, whichever is more, at least MinSegment and at most
+// MaxRequest; the whole queue when less than MinSegment/2 would remain.
+//
+// Both choices are about the blob's last bytes, which are taken last and
+// so end the download. Sharing among the controller's target alone, when
+// more streams live (slots came back), made pieces that ran on after the
+// others; and folding a rest of up to MinSegment into the last piece made
+// it the longest of all, alone on the link for ~100 ms of a 60 MiB layer
+// behind a CDN (benchrun's wan-cold trace). A rest of MinSegment/2 or more
+// is a piece of its own: the first stream to finish takes it. f.mu held.
 func (f *fill) pieceSize() int64 {
 	left := f.opts.Size - f.queue
 	work := left
 	for s := range f.live {
 		work += max(0, s.end-s.next)
 	}
-	p := min(max(ceilDiv(work, int64(max(1, f.target))), f.opts.MinSegment), f.opts.MaxRequest)
-	if left-p < f.opts.MinSegment {
+	streams := max(1, f.target, len(f.live))
+	p := min(max(ceilDiv(work, int64(streams)), f.opts.MinSegment), f.opts.MaxRequest)
+	if left-p < f.opts.MinSegment/2 {
 		p = left
 	}
 	return min(p, left)

@@ -159,9 +159,10 @@ type Options struct {
 	// running on alone at what one connection is granted while the
 	// controller probes its way up.
 	InitialSegment int64
-	// MinSegment is the smallest piece worth a request of its own: nothing
-	// below 2*MinSegment is ever split (default 4 MiB, so blobs under 8 MiB
-	// come in one stream unless a bounded First leaves a rest).
+	// MinSegment is the smallest piece worth a request of its own, but for
+	// the blob's last, which may be half of it: nothing below 2*MinSegment
+	// is split by the plan (default 4 MiB, so blobs under 8 MiB come in one
+	// stream unless a bounded First leaves a rest).
 	MinSegment int64
 	// MaxRequest bounds the bytes one request asks for (default 32 MiB):
 	// a larger blob is a queue of pieces taken in order, so that followers

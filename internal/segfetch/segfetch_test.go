@@ -477,20 +477,27 @@ func TestFillShortRangeAnswerIsContinued(t *testing.T) {
 func TestPieceSize(t *testing.T) {
 	const MiB = 1 << 20
 	for _, c := range []struct {
-		queue, inFlight int64 // where the queue starts; bytes left in the one live piece
+		queue, inFlight int64 // where the queue starts; bytes left in each live piece
+		live            int   // live pieces (the target is 4)
 		want            int64
 	}{
-		{queue: 0, inFlight: 0, want: 16 * MiB},              // 64 MiB over 4 streams, capped at MaxRequest
-		{queue: 32 * MiB, inFlight: 8 * MiB, want: 10 * MiB}, // (32+8)/4
-		{queue: 56 * MiB, inFlight: 8 * MiB, want: 4 * MiB},  // (8+8)/4
-		{queue: 60 * MiB, inFlight: 2 * MiB, want: 2 * MiB},  // (4+2)/4 = 1.5, raised to MinSegment
-		{queue: 61 * MiB, inFlight: 2 * MiB, want: 3 * MiB},  // 2 would leave 1 < MinSegment: all of it
+		{queue: 0, inFlight: 0, live: 1, want: 16 * MiB},                       // 64 MiB over 4 streams, capped at MaxRequest
+		{queue: 32 * MiB, inFlight: 8 * MiB, live: 1, want: 10 * MiB},          // (32+8)/4
+		{queue: 56 * MiB, inFlight: 8 * MiB, live: 1, want: 4 * MiB},           // (8+8)/4
+		{queue: 48 * MiB, inFlight: 2 * MiB, live: 8, want: 4 * MiB},           // (16+8*2)/8: more streams live than the target
+		{queue: 60 * MiB, inFlight: 2 * MiB, live: 1, want: 2 * MiB},           // (4+2)/4 = 1.5, raised to MinSegment
+		{queue: 61 * MiB, inFlight: 2 * MiB, live: 1, want: 2 * MiB},           // leaves 1 = MinSegment/2: a piece of its own
+		{queue: 61*MiB + MiB/2, inFlight: 2 * MiB, live: 1, want: 5 * MiB / 2}, // 2 would leave 0.5 < MinSegment/2: all of it
+		{queue: 63 * MiB, inFlight: 2 * MiB, live: 1, want: 1 * MiB},           // less than MinSegment left: all of it
 	} {
-		live := &segment{next: 0, end: c.inFlight}
+		live := map[*segment]struct{}{}
+		for range c.live {
+			live[&segment{next: 0, end: c.inFlight}] = struct{}{}
+		}
 		f := &fill{opts: Options{Size: 64 * MiB, MinSegment: 2 * MiB, MaxRequest: 16 * MiB},
-			queue: c.queue, target: 4, live: map[*segment]struct{}{live: {}}}
+			queue: c.queue, target: 4, live: live}
 		if got := f.pieceSize(); got != c.want {
-			t.Errorf("queue at %d MiB, %d MiB in flight: piece of %d bytes, want %d", c.queue/MiB, c.inFlight/MiB, got, c.want)
+			t.Errorf("queue at %.1f MiB, %d pieces with %d MiB in flight: piece of %d bytes, want %d", float64(c.queue)/MiB, c.live, c.inFlight/MiB, got, c.want)
 		}
 	}
 }
