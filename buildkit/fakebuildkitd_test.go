@@ -1,5 +1,3 @@
-//go:build !nobuildkit
-
 package buildkit
 
 import (

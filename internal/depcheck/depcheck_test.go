@@ -165,6 +165,21 @@ var rules = []rule{
 	// fleet is a Budget for admit, nothing more: the fill path, the HTTP
 	// face and the store stay out of it.
 	{"fleet links no package of the module but admit", linksOnly("fleet", "admit")},
+	// The mirror's binary starts with every CI job: the BuildKit client's
+	// packages (a third of its start-up) live in cmd/pullcache-buildkit.
+	{"cmd/pullcache links neither buildkit nor github.com/moby/buildkit", func(g graph) []string {
+		p, ok := g[module+"/cmd/pullcache"]
+		if !ok {
+			return []string{"package cmd/pullcache is missing from the graph"}
+		}
+		var bad []string
+		for _, d := range p.Deps {
+			if within(d, module+"/buildkit") || within(d, "github.com/moby/buildkit") {
+				bad = append(bad, "cmd/pullcache links "+rel(d))
+			}
+		}
+		return bad
+	}},
 }
 
 // linksNone reports every package at or below from that links one of the
@@ -282,6 +297,7 @@ func TestRulesBite(t *testing.T) {
 			pkg{ImportPath: m("clientconf"), Imports: []string{m("internal/proc")}, Deps: []string{m("internal/proc")}},
 			pkg{ImportPath: m("internal/proc")},
 			pkg{ImportPath: m("ctlapi"), Imports: []string{"net/http"}, Deps: []string{"net/http"}},
+			pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("config")}, Deps: []string{m("config"), m("admit")}},
 		)
 	}
 	for _, r := range rules {
@@ -312,6 +328,8 @@ func TestRulesBite(t *testing.T) {
 		{rules[11].name, pkg{ImportPath: m("clientconf"), Imports: []string{m("buildkit")}, Deps: []string{m("buildkit"), m("internal/proc")}}},
 		{rules[11].name, pkg{ImportPath: m("internal/proc"), Imports: []string{m("ctlapi")}, Deps: []string{m("ctlapi")}}},
 		{rules[12].name, pkg{ImportPath: m("fleet"), Imports: []string{m("sidecar")}, Deps: []string{m("sidecar"), m("admit")}}},
+		{rules[13].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/cli")}, Deps: []string{m("internal/cli"), m("buildkit")}}},
+		{rules[13].name, pkg{ImportPath: m("cmd/pullcache"), Imports: []string{m("internal/cli")}, Deps: []string{m("internal/cli"), "github.com/moby/buildkit/client"}}},
 	}
 	for _, b := range breaches {
 		g := with(clean(), b.pkg)

@@ -51,10 +51,15 @@ func archiveCmd(args []string) error {
 	return nil
 }
 
-// packArchive is a .tar.gz holding the binary as "pullcache" (0755) and the
-// extra files by their base names (0644), all owned by 0:0 with mtime at.
-// gzip's header carries no name and no time, so the bytes depend on the
-// inputs only.
+// companionName is the binary `pullcache buildkit` runs (cmd/pullcache-
+// buildkit); scripts/release builds it beside each pullcache.
+const companionName = "pullcache-buildkit"
+
+// packArchive is a .tar.gz holding the binary as "pullcache" (0755), the
+// companion beside it as "pullcache-buildkit" (0755) when there is one, and
+// the extra files by their base names (0644), all owned by 0:0 with mtime
+// at. gzip's header carries no name and no time, so the bytes depend on
+// the inputs only.
 func packArchive(bin string, extras []string, at time.Time) ([]byte, error) {
 	var buf bytes.Buffer
 	gz, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
@@ -77,6 +82,11 @@ func packArchive(bin string, extras []string, at time.Time) ([]byte, error) {
 	if err := add(bin, "pullcache", 0o755); err != nil {
 		return nil, err
 	}
+	if companion := filepath.Join(filepath.Dir(bin), companionName); fileExists(companion) {
+		if err := add(companion, companionName, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	for _, e := range extras {
 		if err := add(e, filepath.Base(e), 0o644); err != nil {
 			return nil, err
@@ -89,4 +99,9 @@ func packArchive(bin string, extras []string, at time.Time) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+func fileExists(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular()
 }

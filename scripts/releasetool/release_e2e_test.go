@@ -77,30 +77,42 @@ func TestE2EReleaseReproducible(t *testing.T) {
 		t.Fatalf("pushed index: %v, %+v", err, im)
 	}
 	for arch, machine := range map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64} {
-		bin := extractBinary(t, filepath.Join(a, ArchiveName(version, "linux", arch)))
-		f, err := elf.Open(bin)
-		if err != nil {
-			t.Fatalf("%s: %v", arch, err)
-		}
-		if f.Machine != machine {
-			t.Errorf("%s archive holds a %s binary", arch, f.Machine)
-		}
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
-				t.Errorf("%s binary is dynamically linked", arch)
+		var bin string
+		unpacked := t.TempDir()
+		for _, name := range []string{"pullcache", companionName} {
+			path := extractBinary(t, filepath.Join(a, ArchiveName(version, "linux", arch)), name, unpacked)
+			if name == "pullcache" {
+				bin = path
 			}
+			f, err := elf.Open(path)
+			if err != nil {
+				t.Fatalf("%s %s: %v", arch, name, err)
+			}
+			if f.Machine != machine {
+				t.Errorf("%s archive holds a %s %s", arch, f.Machine, name)
+			}
+			for _, p := range f.Progs {
+				if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+					t.Errorf("%s %s is dynamically linked", arch, name)
+				}
+			}
+			f.Close()
 		}
-		f.Close()
 		if arch == "amd64" {
 			out, err := exec.Command(bin, "version").CombinedOutput()
 			if err != nil || strings.TrimSpace(string(out)) != "pullcache "+version {
 				t.Errorf("pullcache version: %q, %v; want the stamped %s", out, err, version)
 			}
+			// As unpacked, `pullcache buildkit` finds its companion.
+			out, err = exec.Command(bin, "buildkit", "help").CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "Usage: pullcache buildkit daemon|usage|prune") {
+				t.Errorf("pullcache buildkit help: %q, %v; want the companion's usage", out, err)
+			}
 		}
 	}
 }
 
-func extractBinary(t *testing.T, archive string) string {
+func extractBinary(t *testing.T, archive, name, dir string) string {
 	t.Helper()
 	f, err := os.Open(archive)
 	if err != nil {
@@ -115,15 +127,15 @@ func extractBinary(t *testing.T, archive string) string {
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			t.Fatalf("%s: no pullcache in it", archive)
+			t.Fatalf("%s: no %s in it", archive, name)
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h.Name != "pullcache" {
+		if h.Name != name {
 			continue
 		}
-		out := filepath.Join(t.TempDir(), "pullcache")
+		out := filepath.Join(dir, name)
 		w, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY, 0o755)
 		if err != nil {
 			t.Fatal(err)

@@ -23,7 +23,9 @@ var (
 )
 
 // PullcacheBinary builds the pullcache command once per test binary and
-// returns its path. End-to-end tests run the real binary, as users do.
+// returns its path. End-to-end tests run the real binary, as users do;
+// pullcache-buildkit is built beside it, where `pullcache buildkit` finds
+// it in a release.
 func PullcacheBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -33,7 +35,8 @@ func PullcacheBinary(t testing.TB) string {
 			return
 		}
 		builtBin = filepath.Join(dir, "pullcache")
-		cmd := exec.Command("go", "build", "-o", builtBin, "github.com/pullcache/pullcache/cmd/pullcache")
+		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+			"github.com/pullcache/pullcache/cmd/pullcache", "github.com/pullcache/pullcache/cmd/pullcache-buildkit")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
