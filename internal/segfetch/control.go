@@ -246,11 +246,19 @@ func (f *fill) take(ctx context.Context, seg *segment) (*Slot, bool, error) {
 		}
 		p := f.pieceSize()
 		seg.next, seg.end, seg.reqEnd = f.queue, f.queue+p, f.queue
-		f.queue += p
+		f.tookFromQueue(p)
 		f.countParallel()
 		f.mu.Unlock()
 		return slot, true, nil
 	}
+}
+
+// tookFromQueue hands the queue's next p bytes to a stream; f.mu held.
+func (f *fill) tookFromQueue(p int64) {
+	if f.opts.queueTaken != nil {
+		f.opts.queueTaken(f.queue, f.queue+p)
+	}
+	f.queue += p
 }
 
 // queued reports whether the queue has bytes no stream has taken; f.mu
@@ -293,7 +301,7 @@ func (f *fill) startPiece(rate float64, wait time.Duration) *segment {
 	if f.queued() {
 		p := f.pieceSize()
 		seg = &segment{next: f.queue, end: f.queue + p, reqEnd: f.queue}
-		f.queue += p
+		f.tookFromQueue(p)
 	} else if victim := f.cuttable(rate, wait); victim != nil {
 		mid := victim.next + (victim.end-victim.next)/2
 		seg = &segment{next: mid, end: victim.end, reqEnd: mid}

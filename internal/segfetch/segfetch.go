@@ -185,6 +185,10 @@ type Options struct {
 	// negative: never). It covers bodies, not the wait for headers (the
 	// caller's transport bounds that).
 	StallTimeout time.Duration
+
+	// queueTaken, if set (tests), is told every piece handed out from the
+	// queue, in the order they are taken, under the fill's lock.
+	queueTaken func(off, end int64)
 }
 
 func (o *Options) setDefaults() {
