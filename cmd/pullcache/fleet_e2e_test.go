@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/pullcache/pullcache/fleet"
 	"github.com/pullcache/pullcache/internal/testing/hubfake"
 	"github.com/pullcache/pullcache/internal/testing/realenv"
 )
@@ -58,22 +60,32 @@ func TestE2EFleetSharesOneQuota(t *testing.T) {
 		t.Error("no pull succeeded")
 	}
 	// Every host shows the fleet's view: the shared budget, 3 hosts alive.
-	for i, h := range hosts {
-		var fleet map[string]any
+	// A host learns the count at its heartbeat (every 2 s): one that
+	// started before the others and was asked before its next beat still
+	// counts fewer, so the view is polled for up to three beats.
+	fleetView := func(h *realenv.Pullcache) map[string]any {
 		quotas, _ := h.Stats(t)["quota"].([]any)
 		for _, q := range quotas {
 			if f, _ := q.(map[string]any)["fleet"].(map[string]any); f != nil {
-				fleet = f
+				return f
 			}
 		}
-		t.Logf("host %d fleet view: %v", i, fleet)
+		return nil
+	}
+	for i, h := range hosts {
+		view := fleetView(h)
+		for deadline := time.Now().Add(3 * fleet.DefaultHeartbeat); view["hosts_alive"] != float64(3) && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			view = fleetView(h)
+		}
+		t.Logf("host %d fleet view: %v", i, view)
 		for _, line := range strings.Split(h.Log(t), "\n") {
 			if strings.Contains(line, `msg="fleet`) {
 				t.Logf("host %d: %s", i, line)
 			}
 		}
-		if fleet == nil || fleet["shared"] != true || fleet["hosts_alive"] != float64(3) {
-			t.Errorf("host %d stats fleet view %v, want shared with 3 hosts alive", i, fleet)
+		if view == nil || view["shared"] != true || view["hosts_alive"] != float64(3) {
+			t.Errorf("host %d stats fleet view %v, want shared with 3 hosts alive", i, view)
 		}
 	}
 }
