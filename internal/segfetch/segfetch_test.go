@@ -179,14 +179,25 @@ func TestFillResumesStalledSegment(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The resume starts where the client had read to when the watchdog
-	// fired: all 100 KiB, or less on a machine too busy to read them.
+	// fired: all 100 KiB, or less on a machine too busy to read them. A
+	// machine too busy to read for StallTimeout (CI, under the race
+	// detector) may make the resume look stalled too: any further resume
+	// must be of the same range, from where the one before stopped.
 	got := u.requests()
-	if len(got) != 3 || got[0] != (asked{0, size}) || got[1] != (asked{size / 2, size}) ||
+	if len(got) < 3 || got[0] != (asked{0, size}) || got[1] != (asked{size / 2, size}) ||
 		got[2].end != size || got[2].start < size/2 || got[2].start > size/2+100<<10 {
-		t.Errorf("upstream saw %v, want [0,%d), [%d,%d) and one resume of the latter", got, size, size/2, size)
+		t.Errorf("upstream saw %v, want [0,%d), [%d,%d) and a resume of the latter", got, size, size/2, size)
 	}
-	if res.Retries != 1 || !bytes.Equal(sink.b, u.blob) || sink.overlap {
-		t.Errorf("result %+v; sink right: %v", res, bytes.Equal(sink.b, u.blob))
+	for i := 3; i < len(got); i++ {
+		if got[i].end != size || got[i].start < got[i-1].start {
+			t.Errorf("request %d is %v: want a resume of [%d,%d) from where request %d stopped", i, got[i], size/2, size, i-1)
+		}
+	}
+	if res.Retries != len(got)-2 || !bytes.Equal(sink.b, u.blob) || sink.overlap {
+		t.Errorf("result %+v after %d requests; sink right: %v", res, len(got), bytes.Equal(sink.b, u.blob))
+	}
+	if len(got) > 3 {
+		t.Logf("%d resumes of a range that stalled once: the machine was too busy to read for %v", len(got)-2, 300*time.Millisecond)
 	}
 }
 
