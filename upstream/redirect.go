@@ -39,8 +39,9 @@ func isRedirect(code int) bool {
 
 // follow sends req through rt (the registry's authenticated transport) and
 // follows redirects. hop, if not nil, replaces headers of the requests to
-// hosts other than the registry (BlobFirst's bounded Range for the CDN). Every answer leaves here with its throttling dialect
-// normalized (NormalizeThrottle). The returned response's Request is the last hop's
+// hosts other than the registry (BlobFirst's bounded Range for the CDN).
+// Every answer leaves here with its throttling dialect normalized
+// (NormalizeThrottle). The returned response's Request is the last hop's
 // request, so its URL is where the body came from. Signed Locations are
 // never stored beyond the response: the caller may reuse one for a resume
 // while it works (Resume), and goes back to the registry when it does not.
