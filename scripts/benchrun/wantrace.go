@@ -50,8 +50,12 @@ func traceWAN(ctx context.Context, h http.Handler, moved *atomic.Int64) http.Han
 		fw := &firstWrite{ResponseWriter: w}
 		h.ServeHTTP(fw, r)
 		p := r.URL.Path
+		ttfb := "-" // no body (HEAD, an empty answer)
+		if !fw.at.IsZero() {
+			ttfb = fw.at.Sub(began).Round(time.Millisecond).String()
+		}
 		log.Printf("wan-trace %s %s …%s %s took %s TTFB %s", began.Format("05.000"), r.Method, p[max(0, len(p)-12):],
-			r.Header.Get("Range"), time.Since(began).Round(time.Millisecond), fw.at.Sub(began).Round(time.Millisecond))
+			r.Header.Get("Range"), time.Since(began).Round(time.Millisecond), ttfb)
 	})
 }
 
