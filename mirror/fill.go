@@ -130,17 +130,6 @@ func (m *Mirror) fill(ctx context.Context, f *Fill, src Source, repo string) err
 			offset = f.writer.Written()
 		}
 		resp, err := m.blobFrom(ctx, src, repo, f.digest, offset, f.size, limit, &cdn)
-		if err == nil && limit > 0 && cdn != nil && resp.StatusCode == http.StatusPartialContent {
-			if _, _, total, _ := httpx.ParseContentRange(resp.Header.Get("Content-Range")); total < 0 {
-				// A CDN that answers a bounded range without the blob's
-				// size leaves no way to know where the blob ends: ask
-				// for all of it from here on.
-				resp.Body.Close()
-				limit = 0
-				lastErr = fmt.Errorf("upstream %s: the CDN answered a range of %s without its size", ns, f.digest)
-				continue
-			}
-		}
 		if err != nil {
 			lastErr = src.Failure(err)
 			if !retryable(lastErr) {
@@ -226,6 +215,20 @@ func (m *Mirror) commit(f *Fill, ns string) error {
 	return nil
 }
 
+// boundedAnswer says whether resp answers BlobFirst's bounded request in
+// a way a fill can go on from: anything but a 416, and a 206 only with the
+// blob's size in its Content-Range.
+func boundedAnswer(resp *http.Response) bool {
+	switch resp.StatusCode {
+	case http.StatusRequestedRangeNotSatisfiable:
+		return false
+	case http.StatusPartialContent:
+		_, _, total, ok := httpx.ParseContentRange(resp.Header.Get("Content-Range"))
+		return ok && total >= 0
+	}
+	return true
+}
+
 // blobFrom GETs a blob from byte offset on. A resume tries *cdn first,
 // the URL the registry redirected the previous attempt to, so that a
 // dropped download does not cost another registry request while the signed
@@ -266,10 +269,12 @@ func (m *Mirror) blobFrom(ctx context.Context, src Source, repo string, d v1.Has
 		return resp, err
 	}
 	resp, err := get(offset)
-	if err == nil && limit > 0 && resp.StatusCode == http.StatusRequestedRangeNotSatisfiable && *cdn != nil {
+	if err == nil && limit > 0 && *cdn != nil && !boundedAnswer(resp) {
 		// The CDN refused the bounded range because it reaches past the
-		// blob's end (go-containerregistry's registry does so; RFC 9110
-		// says to serve what there is): ask the same URL for the rest,
+		// blob's end (416: go-containerregistry's registry does so; RFC
+		// 9110 says to serve what there is), or answered it without the
+		// blob's size ("bytes 0-N/*"), which leaves the fill no way to
+		// know where the blob ends: ask the same URL for the rest,
 		// unbounded, rather than the registry a second time.
 		resp.Body.Close()
 		loc := *cdn

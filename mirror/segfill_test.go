@@ -48,6 +48,8 @@ type cdnSource struct {
 	// strictRange answers 416 to a range that reaches past the blob's end,
 	// as go-containerregistry's registry does.
 	strictRange bool
+	// noTotal answers ranges without the blob's size ("bytes 0-N/*").
+	noTotal bool
 
 	delivered atomic.Int64 // body bytes the fill read, all requests together
 
@@ -147,7 +149,11 @@ func (c *cdnSource) answer(off, end int64, hold bool) *http.Response {
 	if c.ignoreRange {
 		status, off, end = http.StatusOK, 0, size
 	} else {
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, end-1, size))
+		total := strconv.FormatInt(size, 10)
+		if c.noTotal {
+			total = "*"
+		}
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%s", off, end-1, total))
 	}
 	part := bytes.Clone(c.blob[off:end])
 	if c.flipAt >= off && c.flipAt < end {
@@ -417,6 +423,26 @@ func TestSmallBlobBehindAStrictRangeCDN(t *testing.T) {
 	}
 	if registry, cdn, ranges := src.counts(); registry != 1 || cdn != 1 {
 		t.Errorf("registry GETs %d, CDN GETs %d (%v); want 1 and 1", registry, cdn, ranges)
+	}
+}
+
+// A CDN that answers the bounded first range without the blob's size
+// ("bytes 0-N/*") is asked the same URL for the whole blob, which is read
+// as one stream: no second registry GET, no retry of the fill.
+func TestBlobBehindACDNWithoutTotals(t *testing.T) {
+	t.Parallel()
+	src := newCDNSource(t, 3<<20)
+	src.noTotal = true
+	m, _ := segMirror(t, src, 4)
+	got, err := follow(t.Context(), m, src, src.d)
+	if err != nil || !bytes.Equal(got, src.blob) {
+		t.Fatalf("read %d bytes, err %v; want the blob", len(got), err)
+	}
+	if registry, cdn, ranges := src.counts(); registry != 1 || cdn != 1 || ranges[0] != [2]int64{0, int64(len(src.blob))} {
+		t.Errorf("registry GETs %d, CDN GETs %d (%v); want 1 and 1, the whole blob", registry, cdn, ranges)
+	}
+	if n := m.stats.FillResumes.Load(); n != 0 {
+		t.Errorf("%d fill resumes, want none", n)
 	}
 }
 
