@@ -191,7 +191,8 @@ func (s *Server) serveRangeAfterCommit(w http.ResponseWriter, r *http.Request, r
 
 // verifiedTail passes a follower's bytes through but holds back the last
 // read until the follower reported io.EOF, which the store sends only after
-// the blob was verified and committed.
+// the blob's digest and size were verified (before its copy is synced and
+// installed: the client needs the right bytes, not their durability).
 type verifiedTail struct {
 	r         io.Reader
 	remaining int64
